@@ -1,0 +1,42 @@
+# kubegate — the two commands a new machine needs are `make sandbox` and `make test`.
+SHELL := /usr/bin/env bash
+GO    ?= go
+BIN   := bin/kubegate
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+# Fuzz time per target inside `make test` (kept short); `make fuzz FUZZTIME=5m` for longer.
+FUZZTIME ?= 10s
+
+.PHONY: all build test vet unit fuzz bench tools sandbox clean
+
+all: build
+
+build: ## Build bin/kubegate
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/kubegate
+
+tools: ## Build (or reuse from .cache/tools) kube-apiserver, kube-controller-manager and etcd for the test bed
+	./test/tools/build.sh
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -count=1 ./...
+
+fuzz: ## Run every fuzz target for FUZZTIME each (go test -fuzz takes one target at a time)
+	./test/fuzz.sh $(FUZZTIME)
+
+test: tools vet unit fuzz ## Everything CI runs: build the test bed, vet, all tests, a short fuzz run
+
+bench: ## Benchmarks (figures reported as ratios against a floor measured in the same run)
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+sandbox: ## A real local stack: etcd, kube-apiserver, kubegate services and a data plane, with a demo directory
+	@echo "make sandbox will: build the test bed binaries (cached), start etcd, kube-apiserver,"
+	@echo "kube-controller-manager, kubegate authz/extproc/xds and a data plane, seed demo RBAC,"
+	@echo "write sandbox.kubeconfig for alice and bob, and print kubectl commands to try."
+	@echo "It is not built yet (see the end-to-end issue)."; exit 1
+
+clean:
+	rm -rf bin
