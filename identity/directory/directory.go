@@ -1,0 +1,407 @@
+package directory
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"kubegate.dev/kubegate/identity"
+)
+
+// ScopeK8sProxy is the token scope the gateway requires, as in GitLab.
+const ScopeK8sProxy = "k8s_proxy"
+
+// maxFileSize bounds the directory file; a larger file is almost certainly a mistake.
+const maxFileSize = 32 << 20
+
+// Directory is a loaded, validated directory file. It is immutable and safe for
+// concurrent use; reloading builds a new one.
+type Directory struct {
+	usersByName map[string]*user  // lower-case username
+	usersByID   map[int64]*user
+	groups      map[string]*group // lower-case full path
+	projects    map[string]*project
+	tokens      map[[sha256.Size]byte]*token
+	now         func() time.Time
+}
+
+type user struct {
+	identity.User
+	state   string
+	directG map[*group]identity.AccessLevel // direct group memberships
+	directP map[*project]identity.AccessLevel
+}
+
+type group struct {
+	id     int64
+	path   string
+	parent *group
+}
+
+type project struct {
+	id        int64
+	path      string
+	namespace *group
+}
+
+type token struct {
+	user      *user
+	name      string
+	scopes    []string
+	expiresAt time.Time
+	revoked   bool
+}
+
+// HashToken returns the digest a directory file stores for a token.
+func HashToken(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func parseDigest(s string) ([sha256.Size]byte, error) {
+	var d [sha256.Size]byte
+	hexPart, ok := strings.CutPrefix(s, "sha256:")
+	if !ok {
+		return d, errors.New(`digest must look like "sha256:<64 hex digits>" (kubegate directory hash-token prints one)`)
+	}
+	b, err := hex.DecodeString(hexPart)
+	if err != nil || len(b) != sha256.Size {
+		return d, errors.New(`digest must look like "sha256:<64 hex digits>" (kubegate directory hash-token prints one)`)
+	}
+	copy(d[:], b)
+	return d, nil
+}
+
+// Load reads and validates a directory file.
+func Load(file string) (*Directory, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("directory: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("directory %s: %w", file, err)
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("directory %s: larger than %d MiB", file, maxFileSize>>20)
+	}
+	return Parse(file, data)
+}
+
+// Parse validates a directory document; name is used in error messages.
+func Parse(name string, data []byte) (*Directory, error) {
+	var ff fileFormat
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&ff); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("directory %s: %v", name, err)
+	}
+	d, errs := build(ff)
+	if len(errs) > 0 {
+		return nil, &LoadError{File: name, Problems: errs}
+	}
+	return d, nil
+}
+
+// LoadError lists every problem found in a directory file.
+type LoadError struct {
+	File     string
+	Problems []string
+}
+
+func (e *LoadError) Error() string {
+	return fmt.Sprintf("directory %s: %d problem(s):\n  %s", e.File, len(e.Problems), strings.Join(e.Problems, "\n  "))
+}
+
+var userStates = map[string]bool{"active": true, "blocked": true, "deactivated": true, "banned": true}
+
+func build(ff fileFormat) (*Directory, []string) {
+	var errs []string
+	bad := func(line int, format string, args ...any) {
+		errs = append(errs, fmt.Sprintf("line %d: %s", line, fmt.Sprintf(format, args...)))
+	}
+	d := &Directory{
+		usersByName: map[string]*user{},
+		usersByID:   map[int64]*user{},
+		groups:      map[string]*group{},
+		projects:    map[string]*project{},
+		tokens:      map[[sha256.Size]byte]*token{},
+		now:         time.Now,
+	}
+
+	for i, u := range ff.Users {
+		where := fmt.Sprintf("users[%d]", i)
+		state := u.State
+		if state == "" {
+			state = "active"
+		}
+		switch {
+		case u.ID <= 0:
+			bad(u.line, "%s.id must be a positive number", where)
+		case u.Username == "" || strings.ContainsAny(u.Username, " /:\t"):
+			bad(u.line, "%s.username %q must be non-empty without spaces, '/' or ':'", where, u.Username)
+		case !userStates[state]:
+			bad(u.line, "%s.state %q must be active, blocked, deactivated or banned", where, u.State)
+		case d.usersByID[u.ID] != nil:
+			bad(u.line, "%s.id %d is used twice", where, u.ID)
+		case d.usersByName[strings.ToLower(u.Username)] != nil:
+			bad(u.line, "%s.username %q is used twice", where, u.Username)
+		default:
+			nu := &user{User: identity.User{ID: u.ID, Username: u.Username}, state: state,
+				directG: map[*group]identity.AccessLevel{}, directP: map[*project]identity.AccessLevel{}}
+			d.usersByID[u.ID] = nu
+			d.usersByName[strings.ToLower(u.Username)] = nu
+		}
+	}
+
+	ids := map[int64]bool{}
+	for i, g := range ff.Groups {
+		where := fmt.Sprintf("groups[%d]", i)
+		key := strings.ToLower(g.Path)
+		switch {
+		case g.ID <= 0:
+			bad(g.line, "%s.id must be a positive number", where)
+		case !validPath(g.Path):
+			bad(g.line, "%s.path %q is not a full path like group or group/subgroup", where, g.Path)
+		case ids[g.ID]:
+			bad(g.line, "%s.id %d is used twice", where, g.ID)
+		case d.groups[key] != nil:
+			bad(g.line, "%s.path %q is used twice", where, g.Path)
+		default:
+			ids[g.ID] = true
+			d.groups[key] = &group{id: g.ID, path: g.Path}
+		}
+	}
+	// Parents resolve once every group is known, so the file order does not matter.
+	for i, g := range ff.Groups {
+		ng := d.groups[strings.ToLower(g.Path)]
+		if ng == nil || ng.id != g.ID {
+			continue
+		}
+		parent := path.Dir(g.Path)
+		if g.Parent != "" && !strings.EqualFold(g.Parent, parent) {
+			bad(g.line, "groups[%d].parent %q is not the parent of %q (expected %q)", i, g.Parent, g.Path, parent)
+			continue
+		}
+		if parent == "." {
+			continue
+		}
+		if ng.parent = d.groups[strings.ToLower(parent)]; ng.parent == nil {
+			bad(g.line, "groups[%d]: parent group %q of %q is not in the directory", i, parent, g.Path)
+		}
+	}
+
+	pids := map[int64]bool{}
+	for i, p := range ff.Projects {
+		where := fmt.Sprintf("projects[%d]", i)
+		key := strings.ToLower(p.Path)
+		ns := path.Dir(p.Path)
+		switch {
+		case p.ID <= 0:
+			bad(p.line, "%s.id must be a positive number", where)
+		case !validPath(p.Path) || ns == ".":
+			bad(p.line, "%s.path %q is not a full path like group/project", where, p.Path)
+		case p.Namespace != "" && !strings.EqualFold(p.Namespace, ns):
+			bad(p.line, "%s.namespace %q is not the parent of %q (expected %q)", where, p.Namespace, p.Path, ns)
+		case d.groups[strings.ToLower(ns)] == nil:
+			bad(p.line, "%s: namespace group %q of %q is not in the directory", where, ns, p.Path)
+		case pids[p.ID]:
+			bad(p.line, "%s.id %d is used twice", where, p.ID)
+		case d.projects[key] != nil:
+			bad(p.line, "%s.path %q is used twice", where, p.Path)
+		default:
+			pids[p.ID] = true
+			d.projects[key] = &project{id: p.ID, path: p.Path, namespace: d.groups[strings.ToLower(ns)]}
+		}
+	}
+
+	for i, m := range ff.Memberships {
+		where := fmt.Sprintf("memberships[%d]", i)
+		u := d.usersByName[strings.ToLower(m.User)]
+		if u == nil {
+			bad(m.line, "%s.user %q is not in users", where, m.User)
+			continue
+		}
+		level, err := membershipLevel(m)
+		if err != nil {
+			bad(m.line, "%s: %v", where, err)
+			continue
+		}
+		switch {
+		case (m.Project == "") == (m.Group == ""):
+			bad(m.line, "%s needs exactly one of project or group", where)
+		case m.Project != "":
+			p := d.projects[strings.ToLower(m.Project)]
+			if p == nil {
+				bad(m.line, "%s.project %q is not in projects", where, m.Project)
+			} else if _, dup := u.directP[p]; dup {
+				bad(m.line, "%s: %s is already a member of project %s", where, m.User, m.Project)
+			} else {
+				u.directP[p] = level
+			}
+		default:
+			g := d.groups[strings.ToLower(m.Group)]
+			if g == nil {
+				bad(m.line, "%s.group %q is not in groups", where, m.Group)
+			} else if _, dup := u.directG[g]; dup {
+				bad(m.line, "%s: %s is already a member of group %s", where, m.User, m.Group)
+			} else {
+				u.directG[g] = level
+			}
+		}
+	}
+
+	for i, t := range ff.Tokens {
+		where := fmt.Sprintf("tokens[%d]", i)
+		u := d.usersByName[strings.ToLower(t.User)]
+		digest, err := parseDigest(t.Digest)
+		switch {
+		case u == nil:
+			bad(t.line, "%s.user %q is not in users", where, t.User)
+		case t.Name == "":
+			bad(t.line, "%s.name is empty: give the token a name people recognise", where)
+		case err != nil:
+			bad(t.line, "%s.digest: %v", where, err)
+		case d.tokens[digest] != nil:
+			bad(t.line, "%s.digest is used twice", where)
+		default:
+			d.tokens[digest] = &token{user: u, name: t.Name, scopes: t.Scopes, expiresAt: t.ExpiresAt.Time, revoked: t.Revoked}
+		}
+	}
+	return d, errs
+}
+
+func membershipLevel(m membershipEntry) (identity.AccessLevel, error) {
+	switch {
+	case m.Role != "" && m.AccessLevel != 0:
+		return 0, errors.New("give role or access_level, not both")
+	case m.Role != "":
+		return identity.ParseRole(m.Role)
+	}
+	for _, r := range identity.Roles {
+		if identity.AccessLevel(m.AccessLevel) == r.Level {
+			return r.Level, nil
+		}
+	}
+	return 0, fmt.Errorf("access_level %d is not one of 10, 15, 20, 30, 40, 50 (or give role: developer …)", m.AccessLevel)
+}
+
+// validPath accepts GitLab-style full paths: non-empty segments of letters, digits,
+// '_', '-', '.', separated by single '/'.
+func validPath(p string) bool {
+	if p == "" {
+		return false
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return false
+		}
+		for _, c := range seg {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Authenticate verifies personal access tokens (access.md §2): the token must be
+// known, carry the k8s_proxy scope, be neither revoked nor expired, and belong to an
+// active user. Other credential types are not this authenticator's.
+func (d *Directory) Authenticate(_ context.Context, cred identity.Credential) (*identity.Identity, bool, error) {
+	if cred.Type != identity.AccessPersonalAccessToken {
+		return nil, false, nil
+	}
+	t := d.tokens[sha256.Sum256([]byte(cred.Secret))]
+	switch {
+	case t == nil:
+		return nil, false, identity.Rejected(identity.ReasonInvalid, errors.New("no token with this digest"))
+	case t.revoked:
+		return nil, false, identity.Rejected(identity.ReasonRevoked, fmt.Errorf("token %q of %s is revoked", t.name, t.user.Username))
+	case !t.expiresAt.IsZero() && !d.now().Before(t.expiresAt):
+		return nil, false, identity.Rejected(identity.ReasonExpired, fmt.Errorf("token %q of %s expired at %s", t.name, t.user.Username, t.expiresAt.Format(time.RFC3339)))
+	case !hasScope(t.scopes, ScopeK8sProxy):
+		return nil, false, identity.Rejected(identity.ReasonScope, fmt.Errorf("token %q of %s lacks the %s scope", t.name, t.user.Username, ScopeK8sProxy))
+	case t.user.state != "active":
+		return nil, false, identity.Rejected(identity.ReasonInactive, fmt.Errorf("user %s is %s", t.user.Username, t.user.state))
+	}
+	return &identity.Identity{User: t.user.User, AccessType: cred.Type, AgentID: cred.AgentID}, true, nil
+}
+
+func hasScope(scopes []string, want string) bool {
+	for _, s := range scopes {
+		if s == want {
+			return true
+		}
+	}
+	return false
+}
+
+// UserByName finds a user (used by the OIDC backend to map a username claim, and by
+// `kubegate explain`). Only active users are returned.
+func (d *Directory) UserByName(username string) (identity.User, bool) {
+	u := d.usersByName[strings.ToLower(username)]
+	if u == nil || u.state != "active" {
+		return identity.User{}, false
+	}
+	return u.User, true
+}
+
+// Memberships computes the user's effective access to each listed project and group
+// (access.md §3): for a project, the highest of the direct membership and the
+// memberships of every ancestor group of its namespace; for a group, the highest of
+// the group's and its ancestors'. Membership in a subgroup never counts upward, and a
+// group entry never expands into its projects. Listed paths the directory does not
+// know are skipped, as GitLab skips entries it cannot resolve.
+func (d *Directory) Memberships(_ context.Context, u identity.User, listed identity.Listed) ([]identity.Membership, error) {
+	du := d.usersByID[u.ID]
+	if du == nil || du.state != "active" {
+		return nil, nil
+	}
+	var out []identity.Membership
+	for _, p := range listed.Projects {
+		proj := d.projects[strings.ToLower(p)]
+		if proj == nil {
+			continue
+		}
+		level := max(du.directP[proj], du.inherited(proj.namespace))
+		if level > identity.NoAccess {
+			out = append(out, identity.Membership{Kind: identity.KindProject, ID: proj.id, Path: p, AccessLevel: level})
+		}
+	}
+	for _, g := range listed.Groups {
+		grp := d.groups[strings.ToLower(g)]
+		if grp == nil {
+			continue
+		}
+		if level := du.inherited(grp); level > identity.NoAccess {
+			out = append(out, identity.Membership{Kind: identity.KindGroup, ID: grp.id, Path: g, AccessLevel: level})
+		}
+	}
+	return out, nil
+}
+
+// inherited is the user's highest access level over g and all of g's ancestors.
+func (u *user) inherited(g *group) identity.AccessLevel {
+	level := identity.NoAccess
+	for ; g != nil; g = g.parent {
+		level = max(level, u.directG[g])
+	}
+	return level
+}
+
+// Summary counts the directory's entries, for log lines after a (re)load.
+func (d *Directory) Summary() string {
+	return fmt.Sprintf("%d users, %d groups, %d projects, %d tokens", len(d.usersByID), len(d.groups), len(d.projects), len(d.tokens))
+}
