@@ -27,7 +27,7 @@ const maxFileSize = 32 << 20
 // Directory is a loaded, validated directory file. It is immutable and safe for
 // concurrent use; reloading builds a new one.
 type Directory struct {
-	usersByName map[string]*user  // lower-case username
+	usersByName map[string]*user // lower-case username
 	usersByID   map[int64]*user
 	groups      map[string]*group // lower-case full path
 	projects    map[string]*project
