@@ -35,5 +35,8 @@ service account or the impersonated GitLab user, and its RBAC has the last word.
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersionCommand())
+	root.AddCommand(newConfigCommand())
+	root.AddCommand(newExplainCommand())
+	root.AddCommand(newDirectoryCommand())
 	return root
 }
