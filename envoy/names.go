@@ -1,0 +1,92 @@
+package envoy
+
+import "time"
+
+// Names of the resources kubegate renders. The test data plane and the SDS server
+// find things by these names, so they are part of kubegate's contract.
+const (
+	// ListenerName is the one downstream listener (TLS, kubectl's endpoint).
+	ListenerName = "kubegate"
+	// RouteConfigName is the inline route configuration of that listener.
+	RouteConfigName = "kubegate"
+	// VirtualHostName is the single virtual host; it matches every domain.
+	VirtualHostName = "kubegate"
+	// RouteName is the route that strips PathPrefix and forwards to the API server.
+	RouteName = "k8s-proxy"
+
+	// APIServerCluster is the upstream Kubernetes API server (TLS, HTTP/1.1).
+	APIServerCluster = "kubegate_apiserver"
+	// AuthzCluster is kubegate authz, the ext_authz gRPC service.
+	AuthzCluster = "kubegate_authz"
+	// ExtProcCluster is kubegate extproc, the ext_proc gRPC service.
+	ExtProcCluster = "kubegate_extproc"
+	// XDSCluster is kubegate xds, the SDS server for the agent token.
+	XDSCluster = "kubegate_xds"
+
+	// TokenSecretName is the SDS generic secret holding the agent's
+	// service-account token (without the "Bearer " prefix).
+	TokenSecretName = "kubegate-agent-token"
+
+	// PathPrefix is the prefix kubectl talks to; it is rewritten to "/".
+	PathPrefix = "/k8s-proxy/"
+
+	// DefaultNodeID and DefaultNodeCluster identify Envoy to the SDS server.
+	DefaultNodeID      = "kubegate-envoy"
+	DefaultNodeCluster = "kubegate"
+)
+
+// Extension names (the HttpFilter/TypedExtensionConfig names Envoy documents).
+// Envoy identifies a filter by the type URL of its typed_config, not by this name,
+// and so does Validate; the names still key typed_per_filter_config.
+const (
+	FilterExtAuthz           = "envoy.filters.http.ext_authz"
+	FilterExtProc            = "envoy.filters.http.ext_proc"
+	FilterCredentialInjector = "envoy.filters.http.credential_injector"
+	FilterRouter             = "envoy.filters.http.router"
+
+	NetworkFilterHCM        = "envoy.filters.network.http_connection_manager"
+	TransportSocketTLS      = "envoy.transport_sockets.tls"
+	GenericCredential       = "envoy.http.injected_credentials.generic"
+	UpstreamHTTPOptionsKey  = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	StdoutAccessLog         = "envoy.access_loggers.stdout"
+	DownstreamConnectionsRM = "envoy.resource_monitors.global_downstream_max_connections"
+)
+
+// ExtAuthzMetadataNamespace is the dynamic-metadata namespace under which Envoy
+// stores CheckResponse.dynamic_metadata ("the filter's name", see the ext_authz
+// filter docs and Filter::onComplete, which calls setDynamicMetadata with
+// "envoy.filters.http.ext_authz"). ext_proc must forward it to kubegate extproc.
+const ExtAuthzMetadataNamespace = "envoy.filters.http.ext_authz"
+
+// Upgrade types kubectl uses: SPDY/3.1 for exec/attach/port-forward/cp with older
+// clients and servers, WebSocket for the newer streaming protocol.
+var UpgradeTypes = []string{"websocket", "spdy/3.1"}
+
+// Header names ext_authz removes before the request goes upstream (access.md §4).
+// They are the only request headers ext_authz's mutation rules allow it to touch.
+var CredentialHeaders = []string{"authorization", "cookie", "gitlab-agent-id", "x-csrf-token"}
+
+// ImpersonationHeaderExpression is the only header-name pattern ext_proc may
+// mutate (RE2, matched against the lower-cased name as a whole, like Envoy's
+// HeaderMutationRules allow_expression).
+const ImpersonationHeaderExpression = "impersonate-.+"
+
+// Defaults for Options; each is a flag of `kubegate envoy render`.
+const (
+	DefaultListen            = "0.0.0.0:8443"
+	DefaultAdmin             = "127.0.0.1:9901"
+	DefaultAuthzTimeout      = 5 * time.Second
+	DefaultExtProcTimeout    = 1 * time.Second
+	DefaultConnectTimeout    = 1 * time.Second
+	DefaultStreamIdleTimeout = 1 * time.Hour
+	// DefaultMaxHeadersCount leaves room for the Impersonate-Group lines ext_proc
+	// adds: up to six role groups per qualifying project or group. Envoy rejects an
+	// ext_proc mutation that ends above this count (mutation_utils.cc,
+	// headerMutationResultCheck), so it bounds how many entries a user may qualify for.
+	DefaultMaxHeadersCount    = 4096
+	DefaultMaxRequestHeadersK = 512
+	DefaultMaxConnections     = 10000
+	// MinStreamIdleTimeout is the shortest stream_idle_timeout Validate accepts
+	// (other than 0, which disables it): watches and `logs -f` sit idle for long.
+	MinStreamIdleTimeout = 1 * time.Hour
+)

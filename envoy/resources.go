@@ -1,0 +1,463 @@
+package envoy
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
+	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// One builder per resource, plain parameters in, typed protos out (the shape of
+// go-control-plane's internal/example/resource.go). Every anypb.New error is returned.
+
+func typed(m proto.Message) (*anypb.Any, error) {
+	a, err := anypb.New(m)
+	if err != nil {
+		return nil, fmt.Errorf("packing %s into google.protobuf.Any: %w", m.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return a, nil
+}
+
+func httpFilter(name string, m proto.Message) (*hcmv3.HttpFilter, error) {
+	a, err := typed(m)
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}, nil
+}
+
+// EnvoyGRPC is a GrpcService that uses Envoy's own gRPC client to a static cluster.
+// timeout is the per-call deadline (zero leaves Envoy's default).
+func EnvoyGRPC(cluster string, timeout time.Duration) *corev3.GrpcService {
+	g := &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+		EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: cluster},
+	}}
+	if timeout > 0 {
+		g.Timeout = durationpb.New(timeout)
+	}
+	return g
+}
+
+// ExtAuthz is the ext_authz filter config for kubegate authz.
+//
+// Every field below is set on purpose (see ../shared/spec/envoy.md):
+//   - failure_mode_allow false: "When set to false, the filter will reject client
+//     requests ... if communication with the authorization service has failed"
+//     (ext_authz.proto). Written although it is the default, so the intent is visible.
+//   - status_on_error 503: the identity backend or the service is unavailable, which
+//     is not the client's fault (access.md §4 wants 503, never 500).
+//   - with_request_body unset: Envoy skips buffering for WebSocket and HTTP/2
+//     upgrades but not for spdy/3.1 (Filter::decodeHeaders), so buffering would hang
+//     kubectl exec.
+//   - encode_raw_headers true: "Headers with the same key will also not be combined
+//     into a single, comma-separated header" (ext_authz.proto), so kubegate authz sees
+//     duplicate Authorization or Impersonate-* lines as separate entries.
+//   - validate_mutations true: "If you are using ext_authz with an untrusted ext_authz
+//     server, you should set this to true" (ext_authz.proto); kubegate treats every
+//     service as one that may be compromised.
+//   - decoder_header_mutation_rules: kubegate authz only removes the credential
+//     headers; any other header change is an error (HTTP 500, rejectResponse).
+//   - enable_dynamic_metadata_ingestion true: the decision travels to ext_proc as
+//     dynamic metadata; false would make every request fail at ext_proc.
+func ExtAuthz(cluster string, timeout time.Duration) *extauthzv3.ExtAuthz {
+	return &extauthzv3.ExtAuthz{
+		Services:                       &extauthzv3.ExtAuthz_GrpcService{GrpcService: EnvoyGRPC(cluster, timeout)},
+		TransportApiVersion:            corev3.ApiVersion_V3,
+		FailureModeAllow:               false,
+		StatusOnError:                  &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+		EncodeRawHeaders:               true,
+		ValidateMutations:              true,
+		DecoderHeaderMutationRules:     onlyHeaders("^(" + strings.Join(CredentialHeaders, "|") + ")$"),
+		EnableDynamicMetadataIngestion: wrapperspb.Bool(true),
+	}
+}
+
+// onlyHeaders is a HeaderMutationRules that allows mutations of header names
+// matching expr and fails the request on any other mutation. In Envoy's
+// Checker::isAllowed the order is: disallow_expression, then allow_expression
+// (allowed), then disallow_all (refused); disallow_is_error turns a refusal into a
+// request failure instead of a silently ignored mutation (mutation_rules.proto).
+func onlyHeaders(expr string) *mutationrulesv3.HeaderMutationRules {
+	return &mutationrulesv3.HeaderMutationRules{
+		AllowExpression: &matcherv3.RegexMatcher{Regex: expr},
+		DisallowAll:     wrapperspb.Bool(true),
+		DisallowIsError: wrapperspb.Bool(true),
+		// Belt and braces: these are already refused by disallow_all, but a later
+		// edit of allow_expression must not make them reachable.
+		AllowAllRouting: wrapperspb.Bool(false),
+		AllowEnvoy:      wrapperspb.Bool(false),
+		DisallowSystem:  wrapperspb.Bool(true),
+	}
+}
+
+// ExtProcProcessingMode is the only processing mode kubegate accepts: request
+// headers are sent; everything else is skipped. A body mode other than NONE breaks
+// protocol upgrades (envoy#47081, #47048) and response processing is not needed.
+func ExtProcProcessingMode() *extprocv3.ProcessingMode {
+	return &extprocv3.ProcessingMode{
+		RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
+		ResponseHeaderMode:  extprocv3.ProcessingMode_SKIP,
+		RequestBodyMode:     extprocv3.ProcessingMode_NONE,
+		ResponseBodyMode:    extprocv3.ProcessingMode_NONE,
+		RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
+		ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
+	}
+}
+
+// ExtProc is the ext_proc filter config for kubegate extproc.
+//   - failure_mode_allow false: otherwise a failed stream lets the request through
+//     without impersonation headers, i.e. as the agent's own service account.
+//   - observability_mode false and disable_immediate_response false: either would
+//     make Envoy ignore the processor's answer (ext_proc.proto), the same fail-open.
+//   - allow_mode_override false: the processor cannot switch on body modes.
+//   - message_timeout explicit (the default is 200 ms, ext_proc.proto).
+//   - metadata_options.forwarding_namespaces.untyped carries the ext_authz decision
+//     into ProcessingRequest.metadata_context.
+//   - mutation_rules: only impersonate-* header names; anything else fails the
+//     request (disallow_is_error), so even a compromised processor cannot touch
+//     Authorization, :path or Host. (Group lines are added with the legacy
+//     HeaderValueOption.append=true by kubegate extproc: Envoy only honours
+//     append_action when it is non-zero, and APPEND_IF_EXISTS_OR_ADD is zero — see
+//     MutationUtils::applyHeaderMutations and base.proto's HeaderValueOption.)
+//   - status_on_error 503 instead of the default 500.
+func ExtProc(cluster string, messageTimeout time.Duration) *extprocv3.ExternalProcessor {
+	return &extprocv3.ExternalProcessor{
+		GrpcService:              EnvoyGRPC(cluster, 0),
+		FailureModeAllow:         false,
+		ProcessingMode:           ExtProcProcessingMode(),
+		MessageTimeout:           durationpb.New(messageTimeout),
+		MutationRules:            onlyHeaders(ImpersonationHeaderExpression),
+		AllowModeOverride:        false,
+		ObservabilityMode:        false,
+		DisableImmediateResponse: false,
+		MetadataOptions: &extprocv3.MetadataOptions{
+			ForwardingNamespaces: &extprocv3.MetadataOptions_MetadataNamespaces{
+				Untyped: []string{ExtAuthzMetadataNamespace},
+			},
+		},
+		StatusOnError: &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+	}
+}
+
+// SDSConfigSource fetches secrets over gRPC SDS from the given static cluster.
+func SDSConfigSource(cluster string) *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion: corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
+			ApiType:                   corev3.ApiConfigSource_GRPC,
+			TransportApiVersion:       corev3.ApiVersion_V3,
+			GrpcServices:              []*corev3.GrpcService{EnvoyGRPC(cluster, 0)},
+			SetNodeOnFirstMessageOnly: true,
+		}},
+	}
+}
+
+// CredentialInjector injects "Authorization: Bearer <token>" from the SDS generic
+// secret TokenSecretName.
+//   - overwrite true: "Whether to overwrite the value or not if the injected headers
+//     already exist. Value defaults to false" (credential_injector.proto); false
+//     would keep a client's header.
+//   - allow_request_without_credential false: "By default, a request will fail with
+//     401 Unauthorized if the credential is not present" — so before the first SDS
+//     push, nothing reaches the API server.
+//   - header_value_prefix "Bearer ": the secret holds the bare token, exactly the
+//     bytes of the projected token file (generic.proto, header_value_prefix).
+func CredentialInjector(sds *corev3.ConfigSource) (*credinjectorv3.CredentialInjector, error) {
+	generic, err := typed(&genericv3.Generic{
+		Credential:        &tlsv3.SdsSecretConfig{Name: TokenSecretName, SdsConfig: sds},
+		Header:            "Authorization",
+		HeaderValuePrefix: "Bearer ",
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &credinjectorv3.CredentialInjector{
+		Overwrite:                     true,
+		AllowRequestWithoutCredential: false,
+		Credential:                    &corev3.TypedExtensionConfig{Name: GenericCredential, TypedConfig: generic},
+	}, nil
+}
+
+// HTTPFilters is the filter chain in the order envoy.md requires: ext_authz decides,
+// ext_proc adds the impersonation headers, credential_injector adds the agent
+// token, the router forwards.
+func HTTPFilters(o Options) ([]*hcmv3.HttpFilter, error) {
+	injector, err := CredentialInjector(SDSConfigSource(XDSCluster))
+	if err != nil {
+		return nil, err
+	}
+	var filters []*hcmv3.HttpFilter
+	for _, f := range []struct {
+		name string
+		cfg  proto.Message
+	}{
+		{FilterExtAuthz, ExtAuthz(AuthzCluster, o.AuthzTimeout)},
+		{FilterExtProc, ExtProc(ExtProcCluster, o.ExtProcTimeout)},
+		{FilterCredentialInjector, injector},
+		{FilterRouter, &routerv3.Router{}},
+	} {
+		hf, err := httpFilter(f.name, f.cfg)
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, hf)
+	}
+	return filters, nil
+}
+
+// RouteConfig has one route: PathPrefix, rewritten to "/", to the API server.
+// timeout 0 disables the route timeout (default 15 s, route_components.proto),
+// which would cut watches, `logs -f` and exec sessions. Requests outside the prefix
+// get Envoy's 404 (access.md §4).
+func RouteConfig() *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{
+		Name: RouteConfigName,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    VirtualHostName,
+			Domains: []string{"*"},
+			Routes: []*routev3.Route{{
+				Name:  RouteName,
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: PathPrefix}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: APIServerCluster},
+					PrefixRewrite:    "/",
+					Timeout:          durationpb.New(0),
+				}},
+			}},
+		}},
+	}
+}
+
+// HTTPConnectionManager is the listener's HCM.
+func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
+	filters, err := HTTPFilters(o)
+	if err != nil {
+		return nil, err
+	}
+	accessLog, err := typed(&streamv3.StdoutAccessLog{})
+	if err != nil {
+		return nil, err
+	}
+	var upgrades []*hcmv3.HttpConnectionManager_UpgradeConfig
+	for _, u := range UpgradeTypes {
+		upgrades = append(upgrades, &hcmv3.HttpConnectionManager_UpgradeConfig{UpgradeType: u, Enabled: wrapperspb.Bool(true)})
+	}
+	return &hcmv3.HttpConnectionManager{
+		CodecType:      hcmv3.HttpConnectionManager_AUTO,
+		StatPrefix:     "kubegate",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: RouteConfig()},
+		HttpFilters:    filters,
+		UpgradeConfigs: upgrades,
+		// Large but finite: a watch or `logs -f` can be quiet for long; 0 would let
+		// dead TCP peers hold streams forever.
+		StreamIdleTimeout: durationpb.New(o.StreamIdleTimeout),
+		// No whole-request deadline: exec sessions and watches are long-lived.
+		RequestTimeout:      durationpb.New(0),
+		MaxRequestHeadersKb: wrapperspb.UInt32(o.MaxRequestHeadersKB),
+		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{
+			MaxHeadersCount: wrapperspb.UInt32(o.MaxHeadersCount),
+			// An underscore header can alias a dash header in some backends
+			// (CGI-style normalisation); refuse them outright.
+			HeadersWithUnderscoresAction: corev3.HttpProtocolOptions_REJECT_REQUEST,
+		},
+		// The path kubegate authz parses must be the path the API server serves:
+		// normalise dot segments and repeated slashes first, and refuse %2F/%5C,
+		// which the API server would decode into extra path segments.
+		NormalizePath:                wrapperspb.Bool(true),
+		MergeSlashes:                 true,
+		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,
+		// kubectl connects directly; never trust a client's X-Forwarded-For.
+		UseRemoteAddress: wrapperspb.Bool(true),
+		AccessLog: []*accesslogv3.AccessLog{{
+			Name:       StdoutAccessLog,
+			ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: accessLog},
+		}},
+	}, nil
+}
+
+// DownstreamTLS serves the listener's certificate; ALPN offers h2 and http/1.1
+// (kubectl's SPDY and WebSocket upgrades negotiate http/1.1).
+func DownstreamTLS(certFile, keyFile string) *tlsv3.DownstreamTlsContext {
+	return &tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsParams: &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
+		TlsCertificates: []*tlsv3.TlsCertificate{{
+			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: certFile}},
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: keyFile}},
+		}},
+		AlpnProtocols: []string{"h2", "http/1.1"},
+	}}
+}
+
+// Listener is the TLS listener kubectl talks to.
+func Listener(o Options) (*listenerv3.Listener, error) {
+	hcm, err := HTTPConnectionManager(o)
+	if err != nil {
+		return nil, err
+	}
+	hcmAny, err := typed(hcm)
+	if err != nil {
+		return nil, err
+	}
+	tlsAny, err := typed(DownstreamTLS(o.TLSCertFile, o.TLSKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name:    ListenerName,
+		Address: o.Listen.Envoy(),
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{
+				Name:       NetworkFilterHCM,
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcmAny},
+			}},
+			TransportSocket: &corev3.TransportSocket{
+				Name:       TransportSocketTLS,
+				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsAny},
+			},
+		}},
+	}, nil
+}
+
+func loadAssignment(cluster string, a Addr) *endpointv3.ClusterLoadAssignment {
+	return &endpointv3.ClusterLoadAssignment{
+		ClusterName: cluster,
+		Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: a.Envoy()}},
+			}},
+		}},
+	}
+}
+
+func protocolOptions(http2 bool) (map[string]*anypb.Any, error) {
+	explicit := &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+		ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{
+			HttpProtocolOptions: &corev3.Http1ProtocolOptions{},
+		},
+	}
+	if http2 {
+		explicit.ProtocolConfig = &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+			Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+		}
+	}
+	a, err := typed(&upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: explicit},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]*anypb.Any{UpstreamHTTPOptionsKey: a}, nil
+}
+
+func thresholds(n uint32) *clusterv3.CircuitBreakers {
+	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		Priority:           corev3.RoutingPriority_DEFAULT,
+		MaxConnections:     wrapperspb.UInt32(n),
+		MaxPendingRequests: wrapperspb.UInt32(n),
+		MaxRequests:        wrapperspb.UInt32(n),
+	}}}
+}
+
+// GRPCCluster is an HTTP/2 cluster for one of kubegate's gRPC services, health
+// checked through grpc.health.v1 (every kubegate service serves it).
+//
+// The circuit-breaker limits are raised from Envoy's default of 1024 concurrent
+// requests: an ext_proc stream can stay open for the life of the downstream request
+// (Envoy before envoy#41425 closes it only when the filter is destroyed), so a few
+// thousand open watches would otherwise make new requests fail (closed, but failing).
+func GRPCCluster(name string, a Addr, connectTimeout time.Duration, maxRequests uint32) (*clusterv3.Cluster, error) {
+	opts, err := protocolOptions(true)
+	if err != nil {
+		return nil, err
+	}
+	return &clusterv3.Cluster{
+		Name:                          name,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: a.discoveryType()},
+		ConnectTimeout:                durationpb.New(connectTimeout),
+		LoadAssignment:                loadAssignment(name, a),
+		TypedExtensionProtocolOptions: opts,
+		CircuitBreakers:               thresholds(maxRequests),
+		HealthChecks: []*corev3.HealthCheck{{
+			Timeout:            durationpb.New(time.Second),
+			Interval:           durationpb.New(5 * time.Second),
+			UnhealthyThreshold: wrapperspb.UInt32(2),
+			HealthyThreshold:   wrapperspb.UInt32(1),
+			HealthChecker:      &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{}},
+		}},
+	}, nil
+}
+
+// UpstreamTLS verifies the API server against caFile and its name: chain only is not
+// enough when the cluster CA also signs client or kubelet certificates. An IP host
+// is matched as an IP SAN and sends no SNI (RFC 6066 §3).
+func UpstreamTLS(a Addr, caFile string) *tlsv3.UpstreamTlsContext {
+	san := &tlsv3.SubjectAltNameMatcher{
+		SanType: tlsv3.SubjectAltNameMatcher_DNS,
+		Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: a.Host}},
+	}
+	sni := a.Host
+	if a.IsIP() {
+		san.SanType = tlsv3.SubjectAltNameMatcher_IP_ADDRESS
+		sni = ""
+	}
+	return &tlsv3.UpstreamTlsContext{
+		Sni: sni,
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams: &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
+			// Offer only http/1.1: with h2 negotiated, SPDY and WebSocket upgrades fail.
+			AlpnProtocols: []string{"http/1.1"},
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa:                 &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: caFile}},
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{san},
+			}},
+		},
+	}
+}
+
+// APIServer is the upstream cluster: TLS verified against the cluster CA, and
+// HTTP/1.1 explicitly, because an HTTP/2 upstream breaks SPDY and WebSocket
+// upgrades (kubectl exec, attach, port-forward, cp).
+func APIServer(a Addr, caFile string, connectTimeout time.Duration, maxRequests uint32) (*clusterv3.Cluster, error) {
+	opts, err := protocolOptions(false)
+	if err != nil {
+		return nil, err
+	}
+	tlsAny, err := typed(UpstreamTLS(a, caFile))
+	if err != nil {
+		return nil, err
+	}
+	return &clusterv3.Cluster{
+		Name:                          APIServerCluster,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: a.discoveryType()},
+		ConnectTimeout:                durationpb.New(connectTimeout),
+		LoadAssignment:                loadAssignment(APIServerCluster, a),
+		TypedExtensionProtocolOptions: opts,
+		CircuitBreakers:               thresholds(maxRequests),
+		TransportSocket: &corev3.TransportSocket{
+			Name:       TransportSocketTLS,
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsAny},
+		},
+	}, nil
+}

@@ -1,0 +1,351 @@
+package envoy
+
+import (
+	"strings"
+	"testing"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
+	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// edit unpacks the message in a, lets fn change it and packs it back.
+func edit[T proto.Message](t *testing.T, a *anypb.Any, fn func(T)) {
+	t.Helper()
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		t.Fatal(err)
+	}
+	typedM, ok := m.(T)
+	if !ok {
+		t.Fatalf("typed_config is %T", m)
+	}
+	fn(typedM)
+	if err := a.MarshalFrom(typedM); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func chain(b *bootstrapv3.Bootstrap) *listenerv3.FilterChain {
+	return b.StaticResources.Listeners[0].FilterChains[0]
+}
+
+func withHCM(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*hcmv3.HttpConnectionManager)) {
+	t.Helper()
+	edit(t, chain(b).Filters[0].GetTypedConfig(), fn)
+}
+
+// withFilter edits the typed_config of HTTP filter i (0 ext_authz, 1 ext_proc,
+// 2 credential_injector, 3 router in a rendered config).
+func withFilter[T proto.Message](t *testing.T, b *bootstrapv3.Bootstrap, i int, fn func(T)) {
+	t.Helper()
+	withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { edit(t, h.HttpFilters[i].GetTypedConfig(), fn) })
+}
+
+func withRoute(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*routev3.Route)) {
+	t.Helper()
+	withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { fn(h.GetRouteConfig().VirtualHosts[0].Routes[0]) })
+}
+
+func cluster(t *testing.T, b *bootstrapv3.Bootstrap, name string) *clusterv3.Cluster {
+	t.Helper()
+	for _, c := range b.StaticResources.Clusters {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no cluster %q", name)
+	return nil
+}
+
+func mustAny(t *testing.T, m proto.Message) *anypb.Any {
+	t.Helper()
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// ruleCases break exactly one rule each, starting from a rendered configuration.
+func ruleCases(t *testing.T) []struct {
+	name   string
+	rule   string
+	mutate func(*bootstrapv3.Bootstrap)
+} {
+	return []struct {
+		name   string
+		rule   string
+		mutate func(*bootstrapv3.Bootstrap)
+	}{
+		{"tcp_proxy next to the connection manager", RuleListenerHCM, func(b *bootstrapv3.Bootstrap) {
+			chain(b).Filters = append(chain(b).Filters, &listenerv3.Filter{Name: "envoy.filters.network.tcp_proxy",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, &tcpproxyv3.TcpProxy{StatPrefix: "raw",
+					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: APIServerCluster}})}})
+		}},
+		{"plain-text listener", RuleDownstreamTLS, func(b *bootstrapv3.Bootstrap) { chain(b).TransportSocket = nil }},
+		{"clusters from CDS", RuleStaticConfig, func(b *bootstrapv3.Bootstrap) {
+			b.DynamicResources = &bootstrapv3.Bootstrap_DynamicResources{CdsConfig: SDSConfigSource(XDSCluster)}
+		}},
+		{"routes from RDS", RuleStaticConfig, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: RouteConfigName, ConfigSource: SDSConfigSource(XDSCluster)}}
+			})
+		}},
+		{"ext_proc before ext_authz", RuleFilterOrder, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.HttpFilters[0], h.HttpFilters[1] = h.HttpFilters[1], h.HttpFilters[0]
+			})
+		}},
+		{"upgrade-specific filter chain", RuleFilterOrder, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.UpgradeConfigs[1].Filters = []*hcmv3.HttpFilter{h.HttpFilters[3]}
+			})
+		}},
+		{"optional ext_authz", RuleFilterEnabled, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters[0].IsOptional = true })
+		}},
+		{"disabled ext_proc", RuleFilterEnabled, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters[1].Disabled = true })
+		}},
+		{"ext_authz disabled on the route", RulePerRouteOverride, func(b *bootstrapv3.Bootstrap) {
+			withRoute(t, b, func(r *routev3.Route) {
+				r.TypedPerFilterConfig = map[string]*anypb.Any{FilterExtAuthz: mustAny(t, &extauthzv3.ExtAuthzPerRoute{Override: &extauthzv3.ExtAuthzPerRoute_Disabled{Disabled: true}})}
+			})
+		}},
+		{"route adds impersonate-user", RuleRouteHeaders, func(b *bootstrapv3.Bootstrap) {
+			withRoute(t, b, func(r *routev3.Route) {
+				r.RequestHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "Impersonate-User", Value: "system:admin"}}}
+			})
+		}},
+		{"ext_authz failure_mode_allow", RuleExtAuthzFailClosed, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.FailureModeAllow = true })
+		}},
+		{"ext_authz shadow mode", RuleExtAuthzFailClosed, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.ShadowMode = true })
+		}},
+		{"ext_authz status_on_error unset", RuleExtAuthzStatusOnError, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.StatusOnError = nil })
+		}},
+		{"ext_authz transport AUTO", RuleExtAuthzGRPC, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.TransportApiVersion = corev3.ApiVersion_AUTO })
+		}},
+		{"ext_authz buffers the body", RuleExtAuthzNoBody, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.WithRequestBody = &extauthzv3.BufferSettings{MaxRequestBytes: 8192} })
+		}},
+		{"ext_authz joins duplicate headers", RuleExtAuthzRawHeaders, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.EncodeRawHeaders = false })
+		}},
+		{"ext_authz drops metadata", RuleExtAuthzMetadata, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.EnableDynamicMetadataIngestion = wrapperspb.Bool(false) })
+		}},
+		{"ext_proc failure_mode_allow", RuleExtProcFailClosed, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) { e.FailureModeAllow = true })
+		}},
+		{"ext_proc observability mode", RuleExtProcFailClosed, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) { e.ObservabilityMode = true })
+		}},
+		{"ext_proc sends response headers", RuleExtProcProcessingMode, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
+				e.ProcessingMode.ResponseHeaderMode = extprocv3.ProcessingMode_SEND
+			})
+		}},
+		{"ext_proc skips request headers", RuleExtProcProcessingMode, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
+				e.ProcessingMode.RequestHeaderMode = extprocv3.ProcessingMode_SKIP
+			})
+		}},
+		{"ext_proc buffers the request body", RuleExtProcBodyMode, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
+				e.ProcessingMode.RequestBodyMode = extprocv3.ProcessingMode_BUFFERED
+			})
+		}},
+		{"ext_proc streams the response body", RuleExtProcBodyMode, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
+				e.ProcessingMode.ResponseBodyMode = extprocv3.ProcessingMode_STREAMED
+			})
+		}},
+		{"ext_proc without the ext_authz namespace", RuleExtProcMetadata, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) { e.MetadataOptions = nil })
+		}},
+		{"ext_proc may change any header", RuleExtProcMutationRules, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
+				e.MutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: ".*"}
+			})
+		}},
+		{"ext_proc without mutation rules", RuleExtProcMutationRules, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) { e.MutationRules = nil })
+		}},
+		{"ext_proc ignores refused mutations", RuleExtProcMutationRules, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) { e.MutationRules.DisallowIsError = nil })
+		}},
+		{"ext_proc cannot set impersonate-group", RuleExtProcMutationRules, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
+				e.MutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "impersonate-user"}
+			})
+		}},
+		{"ext_proc message_timeout unset", RuleExtProcMessageTimeout, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) { e.MessageTimeout = nil })
+		}},
+		{"ext_proc through google_grpc", RuleExtProcGRPC, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
+				e.GrpcService = &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "extproc:9002", StatPrefix: "extproc"}}}
+			})
+		}},
+		{"injector keeps the client's Authorization", RuleCredentialOverwrite, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 2, func(c *credinjectorv3.CredentialInjector) { c.Overwrite = false })
+		}},
+		{"injector lets requests through without a token", RuleCredentialOverwrite, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 2, func(c *credinjectorv3.CredentialInjector) { c.AllowRequestWithoutCredential = true })
+		}},
+		{"injector without Bearer prefix", RuleCredentialOverwrite, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 2, func(c *credinjectorv3.CredentialInjector) {
+				edit(t, c.Credential.GetTypedConfig(), func(g *genericv3.Generic) { g.HeaderValuePrefix = "" })
+			})
+		}},
+		{"token from a static secret", RuleCredentialRotation, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 2, func(c *credinjectorv3.CredentialInjector) {
+				edit(t, c.Credential.GetTypedConfig(), func(g *genericv3.Generic) { g.Credential.SdsConfig = nil })
+			})
+		}},
+		{"token file without watched_directory", RuleCredentialRotation, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 2, func(c *credinjectorv3.CredentialInjector) {
+				edit(t, c.Credential.GetTypedConfig(), func(g *genericv3.Generic) {
+					g.Credential.SdsConfig = &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_PathConfigSource{
+						PathConfigSource: &corev3.PathConfigSource{Path: "/etc/envoy/token-sds.yaml"}}}
+				})
+			})
+		}},
+		{"spdy/3.1 not enabled", RuleUpgradeTypes, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.UpgradeConfigs = h.UpgradeConfigs[:1] })
+		}},
+		{"route disables websocket", RuleUpgradeTypes, func(b *bootstrapv3.Bootstrap) {
+			withRoute(t, b, func(r *routev3.Route) {
+				r.GetRoute().UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "websocket", Enabled: wrapperspb.Bool(false)}}
+			})
+		}},
+		{"prefix not rewritten", RuleRoutePrefix, func(b *bootstrapv3.Bootstrap) {
+			withRoute(t, b, func(r *routev3.Route) { r.GetRoute().PrefixRewrite = "" })
+		}},
+		{"catch-all route", RuleRoutePrefix, func(b *bootstrapv3.Bootstrap) {
+			withRoute(t, b, func(r *routev3.Route) { r.Match.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: "/"} })
+		}},
+		{"default route timeout", RuleRouteTimeout, func(b *bootstrapv3.Bootstrap) {
+			withRoute(t, b, func(r *routev3.Route) { r.GetRoute().Timeout = nil })
+		}},
+		{"five-minute idle timeout", RuleStreamTimeouts, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.StreamIdleTimeout = durationpb.New(MinStreamIdleTimeout / 12) })
+		}},
+		{"request timeout", RuleStreamTimeouts, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.RequestTimeout = durationpb.New(MinStreamIdleTimeout) })
+		}},
+		{"header count unbounded", RuleHeaderLimits, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.CommonHttpProtocolOptions.MaxHeadersCount = nil })
+		}},
+		{"header size unbounded", RuleHeaderLimits, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.MaxRequestHeadersKb = nil })
+		}},
+		{"underscores allowed", RuleUnderscoreHeaders, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.CommonHttpProtocolOptions.HeadersWithUnderscoresAction = corev3.HttpProtocolOptions_ALLOW
+			})
+		}},
+		{"path not normalised", RulePathNormalization, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.NormalizePath = nil })
+		}},
+		{"escaped slashes kept", RulePathNormalization, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_KEEP_UNCHANGED
+			})
+		}},
+		{"HTTP/2 to the API server", RuleUpstreamHTTP11, func(b *bootstrapv3.Bootstrap) {
+			c := cluster(t, b, APIServerCluster)
+			c.TypedExtensionProtocolOptions = cluster(t, b, AuthzCluster).TypedExtensionProtocolOptions
+		}},
+		{"plain-text API server", RuleUpstreamTLS, func(b *bootstrapv3.Bootstrap) {
+			cluster(t, b, APIServerCluster).TransportSocket = nil
+		}},
+		{"API server name not checked", RuleUpstreamTLS, func(b *bootstrapv3.Bootstrap) {
+			c := cluster(t, b, APIServerCluster)
+			c.TransportSocket.ConfigType = &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(t, func() proto.Message {
+				u := UpstreamTLS(mustAddr(t, "kubernetes.default.svc:443"), "/ca.crt")
+				u.CommonTlsContext.GetValidationContext().MatchTypedSubjectAltNames = nil
+				return u
+			}())}
+		}},
+		{"HTTP/1.1 to kubegate authz", RuleGRPCClusterHTTP2, func(b *bootstrapv3.Bootstrap) {
+			cluster(t, b, AuthzCluster).TypedExtensionProtocolOptions = nil
+		}},
+		{"missing authz cluster", RuleClusterRefs, func(b *bootstrapv3.Bootstrap) {
+			var kept []*clusterv3.Cluster
+			for _, c := range b.StaticResources.Clusters {
+				if c.Name != AuthzCluster {
+					kept = append(kept, c)
+				}
+			}
+			b.StaticResources.Clusters = kept
+		}},
+		{"cluster defined twice", RuleClusterRefs, func(b *bootstrapv3.Bootstrap) {
+			b.StaticResources.Clusters = append(b.StaticResources.Clusters, proto.Clone(cluster(t, b, XDSCluster)).(*clusterv3.Cluster))
+		}},
+		{"admin on every interface", RuleAdminLoopback, func(b *bootstrapv3.Bootstrap) {
+			b.Admin.Address = mustAddr(t, "0.0.0.0:9901").Envoy()
+		}},
+	}
+}
+
+// TestEachRuleAlone starts from a rendered configuration, breaks one rule, and
+// expects findings of that rule only — through the YAML, as a user's file would be.
+func TestEachRuleAlone(t *testing.T) {
+	for _, tt := range ruleCases(t) {
+		t.Run(tt.rule+"/"+tt.name, func(t *testing.T) {
+			b, err := Bootstrap(testOptions(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.mutate(b)
+			y, err := MarshalYAML(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs := Validate(y)
+			if len(fs) == 0 {
+				t.Fatalf("no finding; want rule %s", tt.rule)
+			}
+			for _, f := range fs {
+				if f.Rule != tt.rule {
+					t.Errorf("finding of another rule: %s", f)
+				}
+				if !strings.HasPrefix(f.Path, "$") || f.Message == "" {
+					t.Errorf("finding without path or message: %+v", f)
+				}
+			}
+		})
+	}
+}
+
+// TestEveryRuleHasACase keeps ruleCases complete as rules are added.
+func TestEveryRuleHasACase(t *testing.T) {
+	covered := map[string]bool{RuleSyntax: true, RuleSchema: true, RuleProtoValidate: true} // decode_test.go
+	for _, c := range ruleCases(t) {
+		covered[c.rule] = true
+	}
+	for _, r := range RuleDocs {
+		if !covered[r.ID] {
+			t.Errorf("rule %s has no case in ruleCases", r.ID)
+		}
+	}
+}
