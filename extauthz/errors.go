@@ -1,0 +1,46 @@
+// Package extauthz is kubegate's Envoy external authorization service
+// (envoy.service.auth.v3.Authorization). For every request Envoy asks Check; the
+// answer is built in three steps, each in its own file: request.go turns the
+// CheckRequest into a plain HTTP request, pipeline.go decides (credential →
+// identity → memberships → policy), response.go turns the outcome into Envoy's
+// CheckResponse. Only server.go knows about gRPC, metrics and logs.
+package extauthz
+
+import (
+	"net/http"
+
+	"kubegate.dev/kubegate/identity"
+	"kubegate.dev/kubegate/policy"
+)
+
+// Reason is the stable name of an outcome: a metric label, an audit log field, and
+// the value of the X-Kubegate-Error header on denials. Identity and policy reasons
+// pass through unchanged; the gateway's own are below.
+type Reason string
+
+const (
+	ReasonAllowed             Reason = Reason(policy.ReasonAllowed)
+	ReasonClientImpersonation Reason = "client_impersonation" // the client sent Impersonate-* headers
+	ReasonOutsidePrefix       Reason = "outside_prefix"       // the path is not under /k8s-proxy/
+	ReasonBadRequest          Reason = "bad_request"          // the path or query cannot be parsed
+	ReasonMisconfigured       Reason = "gateway_misconfigured"
+)
+
+// statusFor maps an outcome reason to the HTTP status of access.md §4.
+func statusFor(r Reason) int {
+	switch r {
+	case ReasonAllowed:
+		return http.StatusOK
+	case ReasonOutsidePrefix, ReasonBadRequest:
+		return http.StatusBadRequest
+	case ReasonClientImpersonation, Reason(policy.ReasonNotMember), Reason(policy.ReasonPolicyDenied):
+		return http.StatusForbidden
+	case Reason(identity.ReasonUnavailable):
+		return http.StatusServiceUnavailable
+	case Reason(policy.ReasonPolicyError), ReasonMisconfigured:
+		return http.StatusInternalServerError
+	}
+	// Every identity reason not named above is a refused credential. Anything
+	// unknown is still a denial: 401 is the safe answer.
+	return http.StatusUnauthorized
+}

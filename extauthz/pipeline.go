@@ -1,0 +1,159 @@
+package extauthz
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"kubegate.dev/kubegate/identity"
+	"kubegate.dev/kubegate/policy"
+)
+
+// PathPrefix is where the gateway serves the Kubernetes API; Envoy's route strips
+// it (prefix_rewrite) before the API server sees the request. ext_authz runs before
+// the router, so it sees the prefixed path and strips it itself to parse the request
+// exactly as the API server will.
+const PathPrefix = "/k8s-proxy/"
+
+// Snapshot is everything a decision depends on that can change while the service
+// runs. A reload builds a new Snapshot and swaps it in whole, so one request is
+// decided by one consistent version of configuration, directory and policy.
+type Snapshot struct {
+	Engine        *policy.Engine
+	Authenticator identity.Authenticator
+	Memberships   identity.MembershipResolver
+}
+
+// outcome is the pipeline's result, free of protobuf.
+type outcome struct {
+	reason   Reason
+	message  string // shown to the client on denials
+	credType identity.AccessType
+	identity *identity.Identity
+	request  policy.Request
+	decision *policy.Decision // set when allowed
+	cause    error            // for the log only; never shown, never holds a secret
+}
+
+func deny(r Reason, msg string) outcome { return outcome{reason: r, message: msg} }
+
+// check runs the pipeline of access.md §2–§4 for one request. Every early return is a
+// denial; only the last line allows.
+func check(ctx context.Context, agent policy.Agent, snap *Snapshot, r *httpRequest) outcome {
+	if name, found := clientImpersonation(r.Header); found {
+		return deny(ReasonClientImpersonation, fmt.Sprintf("impersonation through the gateway is not allowed: remove the %s header (and kubectl's --as/--as-group); the gateway sets the identity the cluster sees", name))
+	}
+	req, query, o, ok := parseTarget(r)
+	if !ok {
+		return o
+	}
+	cred, err := identity.ParseCredential(r.Header, query)
+	if err != nil {
+		return identityDenial(identity.AsError(err))
+	}
+	o = outcome{credType: cred.Type, request: req}
+	if cred.AgentID == 0 {
+		cred.AgentID = agent.ID // the bare OIDC form names no agent: the gateway's own applies
+	}
+	if cred.AgentID != agent.ID {
+		o.reason, o.message = Reason(identity.ReasonWrongAgent), fmt.Sprintf("the credential is for agent %d, which this gateway does not serve", cred.AgentID)
+		return o
+	}
+	id, accepted, err := snap.Authenticator.Authenticate(ctx, cred)
+	switch {
+	case err != nil:
+		return o.with(identityDenial(identity.AsError(err)))
+	case !accepted || id == nil:
+		o.reason, o.message = Reason(identity.ReasonUnsupported), fmt.Sprintf("this gateway does not accept %s credentials", cred.Type)
+		return o
+	case id.AgentID != agent.ID:
+		// An authenticator must not hand back another agent's identity; if one
+		// does, refuse rather than trust it.
+		o.reason, o.message = Reason(identity.ReasonWrongAgent), identity.Unauthorized
+		return o
+	}
+	o.identity = id
+	memberships, err := snap.Memberships.Memberships(ctx, id.User, snap.Engine.Listed())
+	if err != nil {
+		return o.with(identityDenial(identity.AsError(err)))
+	}
+	d, err := snap.Engine.Decide(ctx, policy.Input{Identity: *id, Memberships: memberships, Request: req})
+	if err != nil || !d.Allowed {
+		o.reason, o.message, o.cause = Reason(d.Reason), d.Message, err
+		if o.reason == "" || d.Allowed { // defensive: an error never allows
+			o.reason = Reason(policy.ReasonPolicyError)
+		}
+		return o
+	}
+	o.reason, o.decision = ReasonAllowed, &d
+	return o
+}
+
+// with copies a denial's reason, message and cause into o, keeping what o knows
+// about the caller for the audit log.
+func (o outcome) with(d outcome) outcome {
+	o.reason, o.message, o.cause = d.reason, d.message, d.cause
+	return o
+}
+
+func identityDenial(e *identity.Error) outcome {
+	return outcome{reason: Reason(e.Reason), message: e.Public, cause: e.Err}
+}
+
+// clientImpersonation finds a client-supplied Impersonate-* header (access.md §4).
+func clientImpersonation(h identity.Header) (string, bool) {
+	for name := range h {
+		if strings.HasPrefix(name, "impersonate-") {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// parseTarget strips the gateway prefix and parses the request the way the API
+// server will see it.
+func parseTarget(r *httpRequest) (policy.Request, map[string][]string, outcome, bool) {
+	path, query, err := splitTarget(r.Target)
+	if err != nil {
+		return policy.Request{}, nil, deny(ReasonBadRequest, "the query string is malformed: "+err.Error()), false
+	}
+	rest, ok := strings.CutPrefix(path, PathPrefix)
+	if !ok {
+		return policy.Request{}, nil, deny(ReasonOutsidePrefix, fmt.Sprintf("the gateway serves the Kubernetes API under %s: point the kubeconfig's cluster server at https://<gateway>%s", PathPrefix, strings.TrimSuffix(PathPrefix, "/"))), false
+	}
+	if msg := uncleanPath(rest); msg != "" {
+		return policy.Request{}, nil, deny(ReasonBadRequest, msg), false
+	}
+	apiTarget := "/" + rest
+	if _, rawQuery, found := strings.Cut(r.Target, "?"); found {
+		apiTarget += "?" + rawQuery
+	}
+	req, err := policy.ParseRequest(r.Method, apiTarget)
+	if err != nil {
+		return policy.Request{}, nil, deny(ReasonBadRequest, err.Error()), false
+	}
+	return req, query, outcome{}, true
+}
+
+// uncleanPath refuses paths the gateway and the API server might read differently:
+// dot segments, empty segments and encoded slashes. Envoy normalises paths before
+// ext_authz when configured to (kubegate envoy render does); this is the second line.
+func uncleanPath(p string) string {
+	lower := strings.ToLower(p)
+	if strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") || strings.Contains(p, `\`) {
+		return "the request path contains an encoded slash or a backslash"
+	}
+	if p == "" {
+		return ""
+	}
+	for _, seg := range strings.Split(p, "/") {
+		switch seg {
+		case "", ".", "..":
+			if seg == "" && strings.HasSuffix(p, "/") && !strings.Contains(p, "//") {
+				continue // a single trailing slash is harmless
+			}
+			return "the request path contains empty or dot segments"
+		}
+	}
+	return ""
+}

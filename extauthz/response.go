@@ -1,0 +1,119 @@
+package extauthz
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/identity"
+)
+
+// HeaderError marks a response as the gateway's own (not the cluster's) and names
+// the reason; it is set on every denial.
+const HeaderError = "x-kubegate-error"
+
+// credentialHeaders and credentialQuery are removed from every allowed request, so
+// the user's own credential never reaches the cluster (access.md §4). Envoy applies
+// OkHttpResponse.headers_to_remove and query_parameters_to_remove before the request
+// continues (external_auth.proto).
+var (
+	credentialHeaders = []string{identity.HeaderAuthorization, identity.HeaderCookie, identity.HeaderAgentID, identity.HeaderCSRFToken}
+	credentialQuery   = []string{identity.QueryAgentID, identity.QueryCSRFToken}
+)
+
+// allowResponse is Envoy's OK answer: scrub the credential, and hand the decision to
+// ext_proc in dynamic metadata.
+func allowResponse(o outcome, decisionID string) (*authv3.CheckResponse, error) {
+	hd := handoff.Decision{ID: decisionID, AccessAs: string(o.decision.AccessAs)}
+	if imp := o.decision.Impersonate; imp != nil {
+		hd.User, hd.Groups, hd.Extra = imp.User, imp.Groups, imp.Extra
+	}
+	md, err := hd.Struct()
+	if err != nil {
+		return nil, err
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.OK)},
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			HeadersToRemove:         credentialHeaders,
+			QueryParametersToRemove: credentialQuery,
+		}},
+		DynamicMetadata: md,
+	}, nil
+}
+
+// denyResponse is a Kubernetes Status answered by Envoy on kubegate's behalf. Envoy
+// reads DeniedHttpResponse headers from HeaderValue.value (ext_authz_grpc_impl.cc).
+func denyResponse(reason Reason, message string) *authv3.CheckResponse {
+	code := statusFor(reason)
+	headers := []*corev3.HeaderValueOption{
+		{Header: &corev3.HeaderValue{Key: "content-type", Value: "application/json"}},
+		{Header: &corev3.HeaderValue{Key: HeaderError, Value: string(reason)}},
+	}
+	if code == http.StatusUnauthorized {
+		headers = append(headers, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{
+			Key: "www-authenticate", Value: `Bearer realm="kubegate", error="invalid_token"`,
+		}})
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(grpcCode(code)), Message: string(reason)},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(code)},
+			Headers: headers,
+			Body:    string(StatusBody(code, message)),
+		}},
+	}
+}
+
+// StatusBody is a Kubernetes Status object, so kubectl prints the message as it
+// prints the API server's own errors.
+func StatusBody(code int, message string) []byte {
+	st := metav1.Status{
+		TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
+		Status:   metav1.StatusFailure,
+		Message:  "kubegate: " + message,
+		Reason:   statusReason(code),
+		Code:     int32(code),
+	}
+	b, err := json.Marshal(st)
+	if err != nil { // a struct of strings and ints cannot fail to encode
+		return []byte(fmt.Sprintf(`{"kind":"Status","apiVersion":"v1","status":"Failure","code":%d}`, code))
+	}
+	return b
+}
+
+func statusReason(code int) metav1.StatusReason {
+	switch code {
+	case http.StatusBadRequest:
+		return metav1.StatusReasonBadRequest
+	case http.StatusUnauthorized:
+		return metav1.StatusReasonUnauthorized
+	case http.StatusForbidden:
+		return metav1.StatusReasonForbidden
+	case http.StatusServiceUnavailable:
+		return metav1.StatusReasonServiceUnavailable
+	}
+	return metav1.StatusReasonInternalError
+}
+
+func grpcCode(httpCode int) codes.Code {
+	switch httpCode {
+	case http.StatusBadRequest:
+		return codes.InvalidArgument
+	case http.StatusUnauthorized:
+		return codes.Unauthenticated
+	case http.StatusForbidden:
+		return codes.PermissionDenied
+	case http.StatusServiceUnavailable:
+		return codes.Unavailable
+	}
+	return codes.Internal
+}
