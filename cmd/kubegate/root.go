@@ -38,5 +38,6 @@ service account or the impersonated GitLab user, and its RBAC has the last word.
 	root.AddCommand(newConfigCommand())
 	root.AddCommand(newExplainCommand())
 	root.AddCommand(newDirectoryCommand())
+	root.AddCommand(newEnvoyCommand(), newXDSCommand())
 	return root
 }
