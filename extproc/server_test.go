@@ -1,0 +1,273 @@
+package extproc
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+	"k8s.io/client-go/transport"
+
+	"kubegate.dev/kubegate/extauthz/handoff"
+)
+
+// stream opens a real gRPC Process stream to a served processor.
+func stream(t *testing.T) extprocv3.ExternalProcessor_ProcessClient {
+	t.Helper()
+	srv, err := NewServer(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	extprocv3.RegisterExternalProcessorServer(gs, srv)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+var userDecision = handoff.Decision{
+	ID: "req-1", AccessAs: "user", User: "gitlab:user:alice",
+	Groups: []string{"gitlab:user", "gitlab:project_role:1:guest", "gitlab:project_role:1:developer"},
+	Extra: map[string][]string{
+		"agent.gitlab.com/id": {"1"}, "agent.gitlab.com/username": {"alice"},
+		"agent.gitlab.com/access_type": {"personal_access_token"}, "agent.gitlab.com/config_project_id": {"42"},
+	},
+}
+
+func metadata(t *testing.T, d handoff.Decision) *corev3.Metadata {
+	t.Helper()
+	s, err := d.Struct()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: s}}
+}
+
+func headersRequest(md *corev3.Metadata, headers ...string) *extprocv3.ProcessingRequest {
+	hm := &corev3.HeaderMap{}
+	for i := 0; i+1 < len(headers); i += 2 {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: headers[i], RawValue: []byte(headers[i+1])})
+	}
+	return &extprocv3.ProcessingRequest{
+		Request:         &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: hm}},
+		MetadataContext: md,
+	}
+}
+
+func roundTrip(t *testing.T, s extprocv3.ExternalProcessor_ProcessClient, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	t.Helper()
+	if err := s.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// line renders one set_headers entry as "name: value (append)" for exact comparison.
+func lines(m *extprocv3.HeaderMutation) []string {
+	var out []string
+	for _, o := range m.GetSetHeaders() {
+		if o.GetHeader().GetValue() != "" {
+			out = append(out, "VALUE FIELD USED: "+o.GetHeader().GetKey())
+		}
+		app := "overwrite"
+		if o.GetAppend().GetValue() {
+			app = "append"
+		}
+		if o.GetAppendAction() != 0 {
+			app += fmt.Sprintf(" action=%v", o.GetAppendAction())
+		}
+		out = append(out, fmt.Sprintf("%s: %s (%s)", o.GetHeader().GetKey(), o.GetHeader().GetRawValue(), app))
+	}
+	return out
+}
+
+func TestUserModeMutation(t *testing.T) {
+	s := stream(t)
+	resp := roundTrip(t, s, headersRequest(metadata(t, userDecision),
+		":path", "/api/v1/pods", "impersonate-group", "system:masters", "Impersonate-User", "admin", "impersonate-group", "x", "impersonate-extra-scopes", "all", "accept", "application/json"))
+	hr := resp.GetRequestHeaders()
+	if hr == nil || hr.GetResponse().GetStatus() != extprocv3.CommonResponse_CONTINUE {
+		t.Fatalf("want CONTINUE on request headers, got %v", resp)
+	}
+	m := hr.GetResponse().GetHeaderMutation()
+	if got, want := strings.Join(m.GetRemoveHeaders(), ","), "impersonate-group,impersonate-user,impersonate-extra-scopes"; got != want {
+		t.Errorf("removed %s, want %s", got, want)
+	}
+	want := []string{
+		"impersonate-user: gitlab:user:alice (overwrite)",
+		"impersonate-group: gitlab:user (append)",
+		"impersonate-group: gitlab:project_role:1:guest (append)",
+		"impersonate-group: gitlab:project_role:1:developer (append)",
+		"impersonate-extra-agent.gitlab.com%2Faccess_type: personal_access_token (append)",
+		"impersonate-extra-agent.gitlab.com%2Fconfig_project_id: 42 (append)",
+		"impersonate-extra-agent.gitlab.com%2Fid: 1 (append)",
+		"impersonate-extra-agent.gitlab.com%2Fusername: alice (append)",
+	}
+	if got := lines(m); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("set headers:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if hr.GetResponse().GetBodyMutation() != nil || hr.GetResponse().GetClearRouteCache() {
+		t.Errorf("unexpected body mutation or route cache clearing")
+	}
+}
+
+func TestAgentModeAddsNothing(t *testing.T) {
+	s := stream(t)
+	resp := roundTrip(t, s, headersRequest(metadata(t, handoff.Decision{ID: "r", AccessAs: "agent"}), "impersonate-user", "admin", "accept", "*/*"))
+	m := resp.GetRequestHeaders().GetResponse().GetHeaderMutation()
+	if len(m.GetSetHeaders()) != 0 || strings.Join(m.GetRemoveHeaders(), ",") != "impersonate-user" {
+		t.Fatalf("agent mode mutation %v", m)
+	}
+}
+
+// TestFailClosed: without a valid decision the request is answered by the processor,
+// never continued.
+func TestFailClosed(t *testing.T) {
+	good, _ := userDecision.Struct()
+	inner := good.Fields[handoff.Key].GetStructValue()
+	with := func(field string, v *structpb.Value) *corev3.Metadata {
+		fields := map[string]*structpb.Value{}
+		for k, x := range inner.Fields {
+			fields[k] = x
+		}
+		if v == nil {
+			delete(fields, field)
+		} else {
+			fields[field] = v
+		}
+		return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: {Fields: map[string]*structpb.Value{
+			handoff.Key: structpb.NewStructValue(&structpb.Struct{Fields: fields}),
+		}}}}
+	}
+	tests := []struct {
+		name string
+		md   *corev3.Metadata
+	}{
+		{"no metadata", nil},
+		{"other namespace only", &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"envoy.filters.http.jwt_authn": good}}},
+		{"namespace without kubegate key", &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: {Fields: map[string]*structpb.Value{}}}}},
+		{"kubegate key not a struct", &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: {Fields: map[string]*structpb.Value{handoff.Key: structpb.NewStringValue("allow")}}}}},
+		{"no version", with("version", nil)},
+		{"future version", with("version", structpb.NewNumberValue(2))},
+		{"unknown access mode", with("access_as", structpb.NewStringValue("admin"))},
+		{"user mode without user", with("user", nil)},
+		{"user mode without groups", with("groups", structpb.NewListValue(&structpb.ListValue{}))},
+		{"group not a string", with("groups", structpb.NewListValue(&structpb.ListValue{Values: []*structpb.Value{structpb.NewNumberValue(1)}}))},
+		{"extra not a struct", with("extra", structpb.NewStringValue("x"))},
+		{"extra value not a list", with("extra", structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{"k": structpb.NewStringValue("v")}}))},
+		{"unknown field", with("allow_all", structpb.NewBoolValue(true))},
+		{"agent mode with identity", func() *corev3.Metadata {
+			md := with("access_as", structpb.NewStringValue("agent"))
+			return md
+		}()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := stream(t)
+			resp := roundTrip(t, s, headersRequest(tt.md, "accept", "*/*"))
+			ir := resp.GetImmediateResponse()
+			if ir == nil || resp.GetRequestHeaders() != nil {
+				t.Fatalf("want an immediate response, got %v", resp)
+			}
+			var st struct {
+				Kind    string
+				Code    int
+				Message string
+			}
+			if err := json.Unmarshal(ir.GetBody(), &st); err != nil || st.Kind != "Status" || st.Code != http.StatusForbidden || int(ir.GetStatus().GetCode()) != http.StatusForbidden {
+				t.Fatalf("immediate response %v is not a 403 Status (%v)", ir, err)
+			}
+		})
+	}
+}
+
+func TestOtherPhasesContinue(t *testing.T) {
+	s := stream(t)
+	for _, req := range []*extprocv3.ProcessingRequest{
+		{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{}}},
+		{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: []byte("x")}}},
+		{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{}}},
+		{Request: &extprocv3.ProcessingRequest_RequestTrailers{RequestTrailers: &extprocv3.HttpTrailers{}}},
+		{Request: &extprocv3.ProcessingRequest_ResponseTrailers{ResponseTrailers: &extprocv3.HttpTrailers{}}},
+	} {
+		resp := roundTrip(t, s, req)
+		if resp.GetImmediateResponse() != nil || resp.GetResponse() == nil {
+			t.Fatalf("phase %T: got %v", req.GetRequest(), resp)
+		}
+		if c := commonOf(resp); c != nil && (c.GetHeaderMutation() != nil || c.GetBodyMutation() != nil) {
+			t.Fatalf("phase %T mutated: %v", req.GetRequest(), resp)
+		}
+	}
+	if resp := roundTrip(t, s, &extprocv3.ProcessingRequest{}); resp.GetImmediateResponse() == nil {
+		t.Fatalf("an empty message must be refused, got %v", resp)
+	}
+}
+
+func commonOf(r *extprocv3.ProcessingResponse) *extprocv3.CommonResponse {
+	switch x := r.GetResponse().(type) {
+	case *extprocv3.ProcessingResponse_ResponseHeaders:
+		return x.ResponseHeaders.GetResponse()
+	case *extprocv3.ProcessingResponse_RequestBody:
+		return x.RequestBody.GetResponse()
+	case *extprocv3.ProcessingResponse_ResponseBody:
+		return x.ResponseBody.GetResponse()
+	}
+	return nil
+}
+
+// TestEscapeExtraKeyMatchesClientGo compares with client-go's own impersonating
+// round tripper, the encoding the API server is written to decode.
+func TestEscapeExtraKeyMatchesClientGo(t *testing.T) {
+	keys := []string{"agent.gitlab.com/id", "agent.gitlab.com/config_project_id", "scopes", "a b", "100%", "ünï", "x:y=z", "a~b|c"}
+	extra := map[string][]string{}
+	for _, k := range keys {
+		extra[k] = []string{"v"}
+	}
+	var seen http.Header
+	rt := transport.NewImpersonatingRoundTripper(transport.ImpersonationConfig{UserName: "u", Extra: extra},
+		roundTripFunc(func(r *http.Request) (*http.Response, error) { seen = r.Header; return &http.Response{StatusCode: 200, Body: http.NoBody}, nil }))
+	req, _ := http.NewRequest("GET", "https://x/", nil)
+	if _, err := rt.RoundTrip(req); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		name := http.CanonicalHeaderKey("Impersonate-Extra-" + EscapeExtraKey(k))
+		if seen.Get(name) != "v" {
+			t.Errorf("key %q: %q is not what client-go sends (%v)", k, name, seen)
+		}
+	}
+	if got := EscapeExtraKey("agent.gitlab.com/id"); got != "agent.gitlab.com%2Fid" {
+		t.Fatalf("got %s", got)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
