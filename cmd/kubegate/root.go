@@ -39,5 +39,6 @@ service account or the impersonated GitLab user, and its RBAC has the last word.
 	root.AddCommand(newExplainCommand())
 	root.AddCommand(newDirectoryCommand())
 	root.AddCommand(newEnvoyCommand(), newXDSCommand())
+	root.AddCommand(newAuthzCommand(), newExtProcCommand())
 	return root
 }

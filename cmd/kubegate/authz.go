@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	"kubegate.dev/kubegate/extauthz"
+	"kubegate.dev/kubegate/identity/directory"
+	"kubegate.dev/kubegate/policy"
+)
+
+type authzOptions struct {
+	service         serviceFlags
+	agentID         int64
+	configProjectID int64
+	agentConfig     string
+	directory       string
+	policyDir       string
+	reloadPoll      time.Duration
+}
+
+func newAuthzCommand() *cobra.Command {
+	o := &authzOptions{}
+	cmd := &cobra.Command{
+		Use:   "authz --agent-id N --agent-config FILE --config-project-id N --directory FILE",
+		Short: "Serve Envoy's ext_authz API: authenticate, find memberships, decide",
+		Long: `Serve envoy.service.auth.v3.Authorization for one agent. For each request Envoy asks
+Check: the credential is parsed (pat:<agent-id>:<token>, OIDC, session cookie),
+verified against the identity source, the user's memberships of the projects and
+groups the agent's user_access lists are found, and the built-in Rego policy plus
+any operator modules decide. Allowed requests carry the decision to kubegate
+extproc in Envoy's dynamic metadata; denied ones get a Kubernetes Status (401, 403,
+400, 503).
+
+The agent configuration, the directory and the policy directory are watched:
+a change is applied without a restart, and a change that does not validate is
+logged and ignored (the last good configuration stays). Also serves
+grpc.health.v1 and, with --metrics-listen, Prometheus metrics. Every decision is
+logged as one JSON line (user, agent, verb, resource, namespace, result, reason;
+never a credential). SIGTERM stops it gracefully.`,
+		Example: `  kubegate authz --listen 127.0.0.1:9001 --metrics-listen 127.0.0.1:9101 \
+    --agent-id 1 --config-project-id 1 \
+    --agent-config deploy/sandbox/agent-config.yaml --directory deploy/sandbox/directory.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfigFile(cmd, o.service.configFile); err != nil {
+				return err
+			}
+			return o.run(cmd)
+		},
+	}
+	f := cmd.Flags()
+	o.service.add(f, "127.0.0.1:9001")
+	f.Int64Var(&o.agentID, "agent-id", 0, "numeric id of the agent this gateway serves; credentials naming another agent are refused (required)")
+	f.Int64Var(&o.configProjectID, "config-project-id", 0, "numeric id of the project holding the agent configuration; sent as the agent.gitlab.com/config_project_id extra (required)")
+	f.StringVar(&o.agentConfig, "agent-config", "", "the agent configuration file (.gitlab/agents/<agent>/config.yaml); only user_access is read (required)")
+	f.StringVar(&o.directory, "directory", "", "the directory file of users, groups, projects, memberships and token digests (required)")
+	f.StringVar(&o.policyDir, "policy", "", "a directory of operator Rego modules (package kubegate.operator.<name>, deny contains msg if …) that may add denials")
+	f.DurationVar(&o.reloadPoll, "reload-poll", 30*time.Second, "also re-read the watched files this often, for filesystems without change events; 0 turns it off")
+	return cmd
+}
+
+func (o *authzOptions) validate() error {
+	var errs []error
+	if o.agentID <= 0 {
+		errs = append(errs, errors.New("--agent-id is required: the numeric id of the agent this gateway serves"))
+	}
+	if o.configProjectID <= 0 {
+		errs = append(errs, errors.New("--config-project-id is required: the numeric id of the project holding the agent configuration"))
+	}
+	if o.agentConfig == "" {
+		errs = append(errs, errors.New("--agent-config is required: the agent's .gitlab/agents/<agent>/config.yaml"))
+	}
+	if o.directory == "" {
+		errs = append(errs, errors.New("--directory is required: the directory file of users, memberships and token digests"))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *authzOptions) agent() policy.Agent {
+	return policy.Agent{ID: o.agentID, ConfigProjectID: o.configProjectID}
+}
+
+// build reads every input and assembles a snapshot; any error leaves the caller's
+// current snapshot in place.
+func (o *authzOptions) build(ctx context.Context) (*extauthz.Snapshot, error) {
+	cfg, err := policy.LoadAgentConfig(o.agentConfig)
+	if err != nil {
+		return nil, err
+	}
+	mods, err := policy.LoadModules(o.policyDir)
+	if err != nil {
+		return nil, err
+	}
+	engine, err := policy.NewEngine(ctx, o.agent(), cfg, mods)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := directory.Load(o.directory)
+	if err != nil {
+		return nil, err
+	}
+	return &extauthz.Snapshot{Engine: engine, Authenticator: dir, Memberships: dir}, nil
+}
+
+func (o *authzOptions) watched() []string {
+	paths := []string{o.agentConfig, o.directory}
+	if o.policyDir != "" {
+		paths = append(paths, o.policyDir)
+	}
+	return paths
+}
+
+func (o *authzOptions) run(cmd *cobra.Command) error {
+	if err := o.validate(); err != nil {
+		return err
+	}
+	log, err := o.service.logger(os.Stderr, "authz")
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	snap, err := o.build(ctx)
+	if err != nil {
+		return fmt.Errorf("cannot start: %w", err)
+	}
+	reg := newRegistry()
+	srv, err := extauthz.NewServer(o.agent(), snap, log, reg)
+	if err != nil {
+		return err
+	}
+	reloader := &extauthz.Reloader{Server: srv, Paths: o.watched(), Build: o.build, Log: log, Poll: o.reloadPoll}
+	if err := reloader.ReloadMetrics(reg); err != nil {
+		return err
+	}
+	reloadErr := make(chan error, 1)
+	go func() { reloadErr <- reloader.Run(ctx) }()
+
+	log.Info("agent configuration loaded", "agent", o.agentID, "agent_config", o.agentConfig, "access_as", snap.Engine.Config().UserAccess.AccessAs,
+		"projects", len(snap.Engine.Config().UserAccess.Projects), "groups", len(snap.Engine.Config().UserAccess.Groups))
+	err = (&grpcService{
+		name: "authz", flags: &o.service, log: log, registry: reg,
+		register:     func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, srv) },
+		serviceNames: []string{authv3.Authorization_ServiceDesc.ServiceName},
+	}).run(ctx)
+	stop()
+	if rerr := <-reloadErr; err == nil && rerr != nil {
+		err = rerr
+	}
+	return err
+}

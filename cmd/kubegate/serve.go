@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"sigs.k8s.io/yaml"
+
+	"kubegate.dev/kubegate/envoy"
+)
+
+// serviceFlags are shared by the long-running gRPC services.
+type serviceFlags struct {
+	listen        string
+	metricsListen string
+	logLevel      string
+	configFile    string
+	shutdownGrace time.Duration
+}
+
+func (s *serviceFlags) add(f *pflag.FlagSet, defaultListen string) {
+	f.StringVar(&s.listen, "listen", defaultListen, "ADDR to serve gRPC on: host:port or unix:///path")
+	f.StringVar(&s.metricsListen, "metrics-listen", "", "host:port to serve Prometheus /metrics and /healthz on (empty: off)")
+	f.StringVar(&s.logLevel, "log-level", "info", "log level: debug, info, warn or error (logs are JSON on stderr)")
+	f.StringVar(&s.configFile, "config", "", "YAML file of flag values (keys are flag names without --); flags given on the command line win")
+	f.DurationVar(&s.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
+}
+
+func (s *serviceFlags) logger(w *os.File, service string) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(s.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", s.logLevel)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})).With("service", service), nil
+}
+
+// applyConfigFile sets every flag named in a YAML config file that was not given on
+// the command line, so flags win over the file.
+func applyConfigFile(cmd *cobra.Command, file string) error {
+	if file == "" {
+		return nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	var values map[string]any
+	if err := yaml.UnmarshalStrict(data, &values); err != nil {
+		return fmt.Errorf("--config %s: %w", file, err)
+	}
+	for key, v := range values {
+		f := cmd.Flags().Lookup(key)
+		if f == nil || key == "config" {
+			return fmt.Errorf("--config %s: %q is not a flag of kubegate %s (see --help)", file, key, cmd.Name())
+		}
+		if f.Changed {
+			continue
+		}
+		var text string
+		switch x := v.(type) {
+		case []any:
+			parts := make([]string, len(x))
+			for i, p := range x {
+				parts[i] = fmt.Sprint(p)
+			}
+			text = strings.Join(parts, ",")
+		case float64: // YAML numbers arrive as float64 through JSON
+			text = fmt.Sprint(int64(x))
+			if float64(int64(x)) != x {
+				text = fmt.Sprint(x)
+			}
+		default:
+			text = fmt.Sprint(x)
+		}
+		if err := f.Value.Set(text); err != nil {
+			return fmt.Errorf("--config %s: %s: %w", file, key, err)
+		}
+	}
+	return nil
+}
+
+// grpcService runs one gRPC server with the health service and a metrics endpoint
+// until ctx ends, then stops gracefully: health turns NOT_SERVING first so Envoy's
+// health checks steer away, then in-flight calls get the grace period.
+type grpcService struct {
+	name     string
+	flags    *serviceFlags
+	log      *slog.Logger
+	registry *prometheus.Registry
+	register func(*grpc.Server)
+	// serviceNames are reported SERVING by the health service (plus "").
+	serviceNames []string
+}
+
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+func (s *grpcService) run(ctx context.Context) error {
+	addr, err := envoy.ParseAddr(s.flags.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	lis, err := listenAddr(addr)
+	if err != nil {
+		return err
+	}
+	g := grpc.NewServer()
+	s.register(g)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(g, hs)
+	for _, n := range append([]string{""}, s.serviceNames...) {
+		hs.SetServingStatus(n, healthpb.HealthCheckResponse_SERVING)
+	}
+
+	errs := make(chan error, 2)
+	go func() { errs <- g.Serve(lis) }()
+	var metricsSrv *http.Server
+	if s.flags.metricsListen != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		metricsSrv = &http.Server{Addr: s.flags.metricsListen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		ml, err := net.Listen("tcp", s.flags.metricsListen)
+		if err != nil {
+			g.Stop()
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		go func() { errs <- metricsSrv.Serve(ml) }()
+	}
+	s.log.Info("serving", "listen", addr.String(), "metrics", s.flags.metricsListen)
+
+	select {
+	case err := <-errs:
+		g.Stop()
+		if metricsSrv != nil {
+			metricsSrv.Close()
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down", "grace", s.flags.shutdownGrace.String())
+	hs.Shutdown() // every service NOT_SERVING
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(s.flags.shutdownGrace):
+		s.log.Warn("grace period over; closing remaining calls")
+		g.Stop()
+	}
+	if metricsSrv != nil {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = metricsSrv.Shutdown(shutdownCtx)
+	}
+	if addr.Path != "" {
+		_ = os.Remove(addr.Path)
+	}
+	return nil
+}

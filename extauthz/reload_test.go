@@ -1,0 +1,141 @@
+package extauthz
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"kubegate.dev/kubegate/extauthz/handoff"
+)
+
+const (
+	userModeConfig  = "user_access:\n  access_as: {user: {}}\n  projects: [{id: group-1/project-1}]\n"
+	agentModeConfig = "user_access:\n  access_as: {agent: {}}\n  projects: [{id: group-1/project-1}]\n"
+)
+
+// accessAs asks the served Check what mode alice's request gets.
+func (f *fixture) accessAs(t *testing.T) string {
+	t.Helper()
+	resp := f.check(t, checkRequest("GET", podsPath, pat(aliceToken)))
+	d, err := handoff.FromMetadata(&corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: resp.GetDynamicMetadata()}})
+	if err != nil {
+		t.Fatalf("%v: %v", resp, err)
+	}
+	return d.AccessAs
+}
+
+// eventually waits for cond, failing after a generous deadline: file events are
+// asynchronous, and this checks that they arrive, not how fast.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func startReloader(t *testing.T, f *fixture, paths []string, build func(context.Context) (*Snapshot, error)) *Reloader {
+	t.Helper()
+	r := &Reloader{Server: f.server, Paths: paths, Build: build, Debounce: 20 * time.Millisecond, Ready: make(chan struct{})}
+	if err := r.ReloadMetrics(prometheus.NewRegistry()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	<-r.Ready
+	return r
+}
+
+func TestReloadOnFileChange(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	writeFile(t, cfg, userModeConfig)
+	f := start(t, cfg, "")
+	r := startReloader(t, f, []string{cfg}, func(context.Context) (*Snapshot, error) {
+		return snapshotOrError(cfg, f.backend)
+	})
+	if got := f.accessAs(t); got != "user" {
+		t.Fatalf("start: %s", got)
+	}
+
+	writeFile(t, cfg, agentModeConfig)
+	eventually(t, "agent mode after the edit", func() bool { return f.accessAs(t) == "agent" })
+
+	// A broken edit keeps the last good configuration and counts a failure.
+	writeFile(t, cfg, "user_access:\n  access_as: {agent: {}, user: {}}\n")
+	eventually(t, "the failed reload to be counted", func() bool { return testutil.ToFloat64(r.reloads.WithLabelValues("failure")) >= 1 })
+	if got := f.accessAs(t); got != "agent" {
+		t.Fatalf("after a bad edit the mode is %s; the last good config must stay", got)
+	}
+
+	// An atomic rename, as editors and config management tools write files.
+	tmp := filepath.Join(dir, ".config.yaml.tmp")
+	writeFile(t, tmp, userModeConfig)
+	if err := os.Rename(tmp, cfg); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "user mode after the rename", func() bool { return f.accessAs(t) == "user" })
+}
+
+// TestReloadConfigMapSymlinkSwap follows how a Kubernetes ConfigMap volume updates:
+// config.yaml → ..data/config.yaml, ..data → ..<timestamp>, and the ..data symlink
+// is replaced by a rename (kubelet's AtomicWriter).
+func TestReloadConfigMapSymlinkSwap(t *testing.T) {
+	vol := t.TempDir()
+	writeVersion := func(name, body string) {
+		if err := os.MkdirAll(filepath.Join(vol, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(vol, name, "config.yaml"), body)
+		tmpLink := filepath.Join(vol, "..data_tmp")
+		if err := os.Symlink(name, tmpLink); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmpLink, filepath.Join(vol, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeVersion("..v1", userModeConfig)
+	cfg := filepath.Join(vol, "config.yaml")
+	if err := os.Symlink("..data/config.yaml", cfg); err != nil {
+		t.Fatal(err)
+	}
+	f := start(t, cfg, "")
+	startReloader(t, f, []string{cfg}, func(context.Context) (*Snapshot, error) { return snapshotOrError(cfg, f.backend) })
+	writeVersion("..v2", agentModeConfig)
+	eventually(t, "agent mode after the ConfigMap update", func() bool { return f.accessAs(t) == "agent" })
+}
+
+func TestReloadSkipsUnchangedFiles(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, cfg, userModeConfig)
+	f := start(t, cfg, "")
+	var builds atomic.Int64
+	r := startReloader(t, f, []string{cfg}, func(context.Context) (*Snapshot, error) {
+		builds.Add(1)
+		return snapshotOrError(cfg, f.backend)
+	})
+	writeFile(t, cfg, userModeConfig) // same bytes: an event, but nothing to do
+	eventually(t, "the event to be handled", func() bool { return testutil.ToFloat64(r.reloads.WithLabelValues("unchanged")) >= 1 })
+	if n := builds.Load(); n != 0 {
+		t.Fatalf("rebuilt %d times for identical content (a rebuild flushes the decision cache)", n)
+	}
+}
