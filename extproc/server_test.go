@@ -252,7 +252,10 @@ func TestEscapeExtraKeyMatchesClientGo(t *testing.T) {
 	}
 	var seen http.Header
 	rt := transport.NewImpersonatingRoundTripper(transport.ImpersonationConfig{UserName: "u", Extra: extra},
-		roundTripFunc(func(r *http.Request) (*http.Response, error) { seen = r.Header; return &http.Response{StatusCode: 200, Body: http.NoBody}, nil }))
+		roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			seen = r.Header
+			return &http.Response{StatusCode: 200, Body: http.NoBody}, nil
+		}))
 	req, _ := http.NewRequest("GET", "https://x/", nil)
 	if _, err := rt.RoundTrip(req); err != nil {
 		t.Fatal(err)
