@@ -208,7 +208,9 @@ func TestAuthzProcess(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("user_access:\n  access_as: {agent: {}, user: {}}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a failed reload", func() bool { return strings.Contains(metrics(t, metricsAddr), `kubegate_authz_reloads_total{result="failure"}`) })
+	waitFor(t, "a failed reload", func() bool {
+		return strings.Contains(metrics(t, metricsAddr), `kubegate_authz_reloads_total{result="failure"}`)
+	})
 	if resp, _ := client.Check(context.Background(), patRequest("/k8s-proxy/api/v1/pods", "kg-sandbox-alice-token")); resp.GetOkResponse() == nil {
 		t.Fatalf("a broken edit replaced the good config: %v", resp)
 	}
