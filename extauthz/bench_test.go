@@ -1,0 +1,56 @@
+package extauthz
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+
+	"kubegate.dev/kubegate/test/loadgen"
+)
+
+// noopAuthz is the floor: a Check service that allows everything at once, served
+// over the same kind of gRPC connection.
+type noopAuthz struct {
+	authv3.UnimplementedAuthorizationServer
+}
+
+func (noopAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return &authv3.CheckResponse{Status: &rpcstatus.Status{}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}}, nil
+}
+
+// BenchmarkCheck measures a warm Check (the same user again: identity decision
+// cached, directory lookup) against the no-op floor in the same run, at 1 and 8
+// concurrent callers. The ratios are the figures to report (p99-x-floor).
+func BenchmarkCheck(b *testing.B) {
+	f := start(b, sandboxConfig, "")
+	floor := serve(b, noopAuthz{})
+	allowed := checkRequest("GET", podsPath, pat(aliceToken))
+	denied := checkRequest("GET", podsPath, pat(token("bob")))
+	// Warm up: first decision for alice compiles her identity decision.
+	if resp, err := f.client.Check(context.Background(), allowed); err != nil || resp.GetOkResponse() == nil {
+		b.Fatal(resp, err)
+	}
+	for _, callers := range []int{1, 8} {
+		var base loadgen.Result
+		b.Run(fmt.Sprintf("c=%d/noop-floor", callers), func(b *testing.B) {
+			base = loadgen.Run(b, callers, func() error {
+				_, err := floor.Check(context.Background(), allowed)
+				return err
+			})
+		})
+		for _, tc := range []struct {
+			name string
+			req  *authv3.CheckRequest
+		}{{"allowed", allowed}, {"denied", denied}} {
+			b.Run(fmt.Sprintf("c=%d/kubegate-%s", callers, tc.name), func(b *testing.B) {
+				loadgen.Run(b, callers, func() error {
+					_, err := f.client.Check(context.Background(), tc.req)
+					return err
+				}).Compare(b, base)
+			})
+		}
+	}
+}

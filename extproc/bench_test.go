@@ -1,0 +1,102 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/test/loadgen"
+)
+
+// noopProcessor is the floor: it continues every message without a mutation.
+type noopProcessor struct {
+	extprocv3.UnimplementedExternalProcessorServer
+}
+
+func (noopProcessor) Process(s extprocv3.ExternalProcessor_ProcessServer) error {
+	for {
+		if _, err := s.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if err := s.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}); err != nil {
+			return err
+		}
+	}
+}
+
+func client(b *testing.B, srv extprocv3.ExternalProcessorServer) extprocv3.ExternalProcessorClient {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	extprocv3.RegisterExternalProcessorServer(gs, srv)
+	go gs.Serve(lis)
+	b.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	return extprocv3.NewExternalProcessorClient(conn)
+}
+
+// oneRequest is what Envoy does per HTTP request with kubegate's processing mode:
+// open a stream, send request_headers, read the answer, close.
+func oneRequest(c extprocv3.ExternalProcessorClient, req *extprocv3.ProcessingRequest) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := c.Process(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.Send(req); err != nil {
+		return err
+	}
+	if _, err := s.Recv(); err != nil {
+		return err
+	}
+	return s.CloseSend()
+}
+
+// BenchmarkStreamRoundTrip measures one ext_proc stream per request against the
+// no-op processor in the same run, at 1 and 8 concurrent callers.
+func BenchmarkStreamRoundTrip(b *testing.B) {
+	srv, err := NewServer(nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	kg, floor := client(b, srv), client(b, noopProcessor{})
+	d := userDecision
+	for i := 0; i < 20; i++ { // a user with ~25 groups
+		d.Groups = append(d.Groups, fmt.Sprintf("gitlab:project_role:%d:developer", 100+i))
+	}
+	s, err := d.Struct()
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := headersRequest(nil, ":path", "/api/v1/pods", "accept", "application/json", "user-agent", "kubectl/v1.32")
+	req.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: s}}
+	for _, callers := range []int{1, 8} {
+		var base loadgen.Result
+		b.Run(fmt.Sprintf("c=%d/noop-floor", callers), func(b *testing.B) {
+			base = loadgen.Run(b, callers, func() error { return oneRequest(floor, req) })
+		})
+		b.Run(fmt.Sprintf("c=%d/kubegate", callers), func(b *testing.B) {
+			loadgen.Run(b, callers, func() error { return oneRequest(kg, req) }).Compare(b, base)
+		})
+	}
+}
