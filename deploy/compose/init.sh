@@ -1,0 +1,36 @@
+#!/bin/sh
+# One-shot setup for docker compose, run as root in the k3s image (busybox sh and
+# kubectl). It prepares what Envoy and kubegate need from the cluster:
+#   /shared/token/token     the agent's service-account token (kubegate xds)
+#   /shared/cluster/ca.crt  the cluster CA Envoy verifies the API server with
+# and hands the shared volumes to uid 65532, which the kubegate image and the
+# Envoy service run as.
+set -eu
+
+log() { echo "init: $*"; }
+
+# k3s writes its kubeconfig for 127.0.0.1; from this container the server is "k3s"
+# (in the certificate through --tls-san=k3s).
+until [ -s /k3s-output/kubeconfig.yaml ]; do log "waiting for k3s's kubeconfig"; sleep 2; done
+sed 's#https://127.0.0.1:6443#https://k3s:6443#' /k3s-output/kubeconfig.yaml > /tmp/kubeconfig
+export KUBECONFIG=/tmp/kubeconfig
+until kubectl get --raw /readyz >/dev/null 2>&1; do log "waiting for the API server"; sleep 2; done
+
+kubectl apply -f /manifests/impersonation-clusterrole.yaml
+kubectl apply -f /init/agent.yaml
+kubectl apply -f /init/demo.yaml
+
+token=""
+until [ -n "$token" ]; do
+  token=$(kubectl -n kubegate get secret kubegate-agent-token -o go-template='{{if .data.token}}{{.data.token | base64decode}}{{end}}')
+  [ -n "$token" ] || { log "waiting for the token controller"; sleep 1; }
+done
+
+mkdir -p /shared/token /shared/cluster /shared/certs
+# Write then rename, so kubegate xds never reads half a token.
+printf '%s' "$token" > /shared/token/.token.tmp
+mv /shared/token/.token.tmp /shared/token/token
+kubectl -n kubegate get secret kubegate-agent-token -o go-template='{{index .data "ca.crt" | base64decode}}' > /shared/cluster/ca.crt
+chown -R 65532:65532 /shared/token /shared/cluster /shared/certs
+chmod 0600 /shared/token/token
+log "agent token and cluster CA written"
