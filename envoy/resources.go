@@ -142,6 +142,10 @@ func ExtProcProcessingMode() *extprocv3.ProcessingMode {
 //     append_action when it is non-zero, and APPEND_IF_EXISTS_OR_ADD is zero — see
 //     MutationUtils::applyHeaderMutations and base.proto's HeaderValueOption.)
 //   - status_on_error 503 instead of the default 500.
+//
+// kubegate extproc's denials (ImmediateResponse with content-type and
+// X-Kubegate-Error) are not subject to mutation_rules: Envoy checks immediate
+// responses with its own ImmediateMutationChecker (ext_proc config.h).
 func ExtProc(cluster string, messageTimeout time.Duration) *extprocv3.ExternalProcessor {
 	return &extprocv3.ExternalProcessor{
 		GrpcService:              EnvoyGRPC(cluster, 0),
