@@ -1,0 +1,302 @@
+// Package backends assembles the identity sources `kubegate authz` serves with, from
+// its flags: the membership and personal-access-token source (the local directory or
+// GitLab), optionally OIDC ID tokens, and the cache in front of the remote ones.
+//
+// The command only wires: Options.AddFlags registers the flags, Build makes the
+// long-lived parts once (clients, caches, metrics), and Sources hands out the
+// Authenticator and MembershipResolver for each configuration snapshot — with the
+// directory file loaded for that snapshot when the directory is the source, so a
+// reloaded directory takes effect at once.
+//
+// Only remote sources are cached (GitLab's answers, OIDC verification): the directory
+// answers from memory faster than a cache lookup, and a changed directory file should
+// apply immediately.
+package backends
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
+
+	"kubegate.dev/kubegate/identity"
+	"kubegate.dev/kubegate/identity/cache"
+	"kubegate.dev/kubegate/identity/directory"
+	"kubegate.dev/kubegate/identity/gitlab"
+	"kubegate.dev/kubegate/identity/oidc"
+)
+
+// Source names for --identity-source.
+const (
+	SourceDirectory = "directory"
+	SourceGitLab    = "gitlab"
+)
+
+// Options are the identity flags of `kubegate authz`.
+type Options struct {
+	Source string // SourceDirectory or SourceGitLab
+
+	GitLabURL       string
+	GitLabTokenFile string
+	GitLabPATCheck  string
+	GitLabTimeout   time.Duration
+	GitLabRateLimit float64
+
+	OIDCIssuer         string // empty: OIDC ID tokens are not accepted
+	OIDCClientID       string
+	OIDCUsernameClaims []string
+	OIDCUserID         string
+	OIDCClockSkew      time.Duration
+
+	CacheTTL        time.Duration
+	CacheFailureTTL time.Duration
+	CacheSize       int
+}
+
+// DefaultOptions returns the flags' defaults.
+func DefaultOptions() Options {
+	return Options{
+		Source:             SourceDirectory,
+		GitLabPATCheck:     string(gitlab.PATCheckAdmin),
+		GitLabTimeout:      gitlab.DefaultTimeout,
+		GitLabRateLimit:    gitlab.DefaultRateLimit,
+		OIDCUsernameClaims: append([]string(nil), oidc.DefaultUsernameClaims...),
+		OIDCUserID:         string(oidc.UserIDFromLookup),
+		OIDCClockSkew:      oidc.DefaultClockSkew,
+		CacheTTL:           cache.DefaultTTL,
+		CacheFailureTTL:    cache.DefaultFailureTTL,
+		CacheSize:          cache.DefaultMaxEntries,
+	}
+}
+
+// AddFlags registers the identity flags on fs, with o's current values as defaults
+// (start from DefaultOptions). It does not register --directory: the command owns
+// the directory file, which it loads and watches with the rest of its configuration.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.Source, "identity-source", o.Source,
+		"where users, personal access tokens and memberships come from: directory (the --directory file) or gitlab (GitLab's REST API)")
+	fs.StringVar(&o.GitLabURL, "gitlab-url", o.GitLabURL,
+		"GitLab's base URL, e.g. https://gitlab.example.com (with --identity-source=gitlab)")
+	fs.StringVar(&o.GitLabTokenFile, "gitlab-token-file", o.GitLabTokenFile,
+		"file holding kubegate's GitLab service token (read_api; an administrator's token with --gitlab-pat-check=admin)")
+	fs.StringVar(&o.GitLabPATCheck, "gitlab-pat-check", o.GitLabPATCheck,
+		"how personal access tokens are checked: admin (POST /admin/token with an administrator service token; self-managed GitLab 17.8+) or self (the user's token asks GET /personal_access_tokens/self; GitLab.com)")
+	fs.DurationVar(&o.GitLabTimeout, "gitlab-timeout", o.GitLabTimeout,
+		"bound on one identity lookup against GitLab, retries and rate-limit waits included; keep it below Envoy's ext_authz timeout")
+	fs.Float64Var(&o.GitLabRateLimit, "gitlab-rate-limit", o.GitLabRateLimit,
+		"most requests per second kubegate sends to GitLab (a negative value removes the limit)")
+	fs.StringVar(&o.OIDCIssuer, "oidc-issuer", o.OIDCIssuer,
+		"accept OIDC ID tokens from this issuer (its URL exactly as in the tokens' iss); empty: no OIDC")
+	fs.StringVar(&o.OIDCClientID, "oidc-client-id", o.OIDCClientID,
+		"the audience ID tokens must name (the OAuth client id kubectl's token was issued to)")
+	fs.StringSliceVar(&o.OIDCUsernameClaims, "oidc-username-claim", o.OIDCUsernameClaims,
+		"ID token claims tried in order for the username (repeat or comma-separate)")
+	fs.StringVar(&o.OIDCUserID, "oidc-user-id", o.OIDCUserID,
+		"where the numeric user id comes from: lookup (find the username in the identity source) or sub (the token's sub is the GitLab user id: GitLab is the issuer)")
+	fs.DurationVar(&o.OIDCClockSkew, "oidc-clock-skew", o.OIDCClockSkew,
+		"leeway for ID tokens' exp, nbf and iat")
+	fs.DurationVar(&o.CacheTTL, "cache-ttl", o.CacheTTL,
+		"how long a successful GitLab or OIDC authentication and a GitLab membership answer are reused (0 disables); a revoked token keeps working at most this long")
+	fs.DurationVar(&o.CacheFailureTTL, "cache-failure-ttl", o.CacheFailureTTL,
+		"how long a rejected credential stays rejected without asking again (0 disables); an unavailable source is never cached")
+	fs.IntVar(&o.CacheSize, "cache-size", o.CacheSize,
+		"most entries in each identity cache (authentication, memberships)")
+}
+
+// Validate checks the options against each other; every problem is reported at once.
+func (o *Options) Validate() error {
+	var errs []error
+	switch o.Source {
+	case SourceDirectory:
+		if o.GitLabURL != "" || o.GitLabTokenFile != "" {
+			errs = append(errs, errors.New("--gitlab-url and --gitlab-token-file need --identity-source=gitlab (the directory is the source now)"))
+		}
+	case SourceGitLab:
+		if o.GitLabURL == "" {
+			errs = append(errs, errors.New("--identity-source=gitlab needs --gitlab-url, e.g. https://gitlab.example.com"))
+		}
+		if o.GitLabTokenFile == "" {
+			errs = append(errs, errors.New("--identity-source=gitlab needs --gitlab-token-file: a file holding kubegate's GitLab service token"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--identity-source=%q: use directory or gitlab", o.Source))
+	}
+	switch gitlab.PATCheck(o.GitLabPATCheck) {
+	case gitlab.PATCheckAdmin, gitlab.PATCheckSelf:
+	default:
+		errs = append(errs, fmt.Errorf("--gitlab-pat-check=%q: use admin or self", o.GitLabPATCheck))
+	}
+	if o.GitLabTimeout <= 0 {
+		errs = append(errs, errors.New("--gitlab-timeout must be positive"))
+	}
+	if o.OIDCIssuer != "" {
+		if o.OIDCClientID == "" {
+			errs = append(errs, errors.New("--oidc-issuer needs --oidc-client-id: the audience ID tokens must name"))
+		}
+		if len(o.OIDCUsernameClaims) == 0 {
+			errs = append(errs, errors.New("--oidc-username-claim needs at least one claim"))
+		}
+		switch oidc.UserIDMode(o.OIDCUserID) {
+		case oidc.UserIDFromSub, oidc.UserIDFromLookup:
+		default:
+			errs = append(errs, fmt.Errorf("--oidc-user-id=%q: use lookup or sub", o.OIDCUserID))
+		}
+	} else if o.OIDCClientID != "" {
+		errs = append(errs, errors.New("--oidc-client-id needs --oidc-issuer"))
+	}
+	if o.OIDCClockSkew < 0 || o.OIDCClockSkew > 5*time.Minute {
+		errs = append(errs, errors.New("--oidc-clock-skew must be between 0 and 5m"))
+	}
+	if o.CacheTTL < 0 || o.CacheFailureTTL < 0 {
+		errs = append(errs, errors.New("--cache-ttl and --cache-failure-ttl must not be negative (0 disables)"))
+	}
+	if o.CacheSize <= 0 {
+		errs = append(errs, errors.New("--cache-size must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Backends holds the long-lived identity parts. Make it once per process with Build;
+// Close it on shutdown.
+type Backends struct {
+	source  string
+	remote  identity.Authenticator      // cached GitLab and/or OIDC authenticators; nil if none
+	members identity.MembershipResolver // cached GitLab memberships; nil for the directory
+	dir     atomic.Pointer[directory.Directory]
+	closers []func()
+}
+
+// Build validates o and makes the clients and caches. reg receives the caches'
+// metrics. With OIDC configured it tries the issuer's discovery once (bounded by ctx
+// and the GitLab timeout) and only warns if that fails: Authenticate retries.
+func Build(ctx context.Context, o Options, reg prometheus.Registerer, log *slog.Logger) (*Backends, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Backends{source: o.Source}
+	copts := cache.Options{TTL: o.CacheTTL, FailureTTL: o.CacheFailureTTL, MaxEntries: o.CacheSize, Registerer: reg}
+
+	var gl *gitlab.Backend
+	var remote identity.Union
+	if o.Source == SourceGitLab {
+		token, err := readToken(o.GitLabTokenFile)
+		if err != nil {
+			return nil, err
+		}
+		gl, err = gitlab.New(gitlab.Config{URL: o.GitLabURL, Token: token, PATCheck: gitlab.PATCheck(o.GitLabPATCheck),
+			Timeout: o.GitLabTimeout, RateLimit: o.GitLabRateLimit})
+		if err != nil {
+			return nil, err
+		}
+		remote = append(remote, gl)
+		log.Info("identity source: GitLab", "url", o.GitLabURL, "pat_check", o.GitLabPATCheck,
+			"timeout", o.GitLabTimeout.String(), "rate_limit", o.GitLabRateLimit)
+	} else {
+		log.Info("identity source: the directory file")
+	}
+
+	if o.OIDCIssuer != "" {
+		var users oidc.UserLookup
+		if o.Source == SourceGitLab {
+			users = gl
+		} else {
+			users = oidc.UserLookupFunc(b.lookupInDirectory)
+		}
+		oa, err := oidc.New(oidc.Config{Issuer: o.OIDCIssuer, ClientID: o.OIDCClientID, UsernameClaims: o.OIDCUsernameClaims,
+			UserID: oidc.UserIDMode(o.OIDCUserID), Users: users, ClockSkew: o.OIDCClockSkew, Timeout: o.GitLabTimeout})
+		if err != nil {
+			return nil, err
+		}
+		dctx, cancel := context.WithTimeout(ctx, o.GitLabTimeout)
+		if err := oa.Discover(dctx); err != nil {
+			log.Warn("the OIDC issuer cannot be discovered yet; ID tokens get 503 until it can", "issuer", o.OIDCIssuer, "error", err.Error())
+		}
+		cancel()
+		remote = append(remote, oa)
+		log.Info("OIDC ID tokens accepted", "issuer", o.OIDCIssuer, "client_id", o.OIDCClientID,
+			"username_claims", strings.Join(o.OIDCUsernameClaims, ","), "user_id", o.OIDCUserID)
+	}
+
+	if len(remote) > 0 {
+		ca, err := cache.NewAuthenticator(remote, copts)
+		if err != nil {
+			return nil, err
+		}
+		b.closers = append(b.closers, ca.Close)
+		b.remote = ca
+	}
+	if gl != nil {
+		cm, err := cache.NewMemberships(gl, copts)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		b.closers = append(b.closers, cm.Close)
+		b.members = cm
+	}
+	return b, nil
+}
+
+// readToken reads the service token file: one token, surrounding whitespace ignored.
+func readToken(file string) (string, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--gitlab-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" || strings.ContainsAny(tok, " \t\r\n") {
+		return "", fmt.Errorf("--gitlab-token-file %s must hold exactly one token", file)
+	}
+	return tok, nil
+}
+
+// lookupInDirectory finds a user in the directory in service, for OIDC.
+func (b *Backends) lookupInDirectory(_ context.Context, username string) (identity.User, bool, error) {
+	d := b.dir.Load()
+	if d == nil {
+		return identity.User{}, false, identity.SourceUnavailable("directory", errors.New("no directory loaded"))
+	}
+	u, ok := d.UserByName(username)
+	return u, ok, nil
+}
+
+// Sources returns the authenticator and membership resolver for a configuration
+// snapshot. dir is the directory loaded for it: required with
+// --identity-source=directory, ignored otherwise.
+func (b *Backends) Sources(dir *directory.Directory) (identity.Authenticator, identity.MembershipResolver, error) {
+	switch b.source {
+	case SourceDirectory:
+		if dir == nil {
+			return nil, nil, errors.New("--identity-source=directory needs the --directory file")
+		}
+		b.dir.Store(dir)
+		if b.remote == nil {
+			return dir, dir, nil
+		}
+		// PATs from the directory; anything it does not handle (OIDC) goes on.
+		return identity.Union{dir, b.remote}, dir, nil
+	default:
+		return b.remote, b.members, nil
+	}
+}
+
+// NeedsDirectory reports whether snapshots need the --directory file.
+func (b *Backends) NeedsDirectory() bool { return b.source == SourceDirectory }
+
+// Close stops the caches' background work.
+func (b *Backends) Close() {
+	for _, c := range b.closers {
+		c()
+	}
+	b.closers = nil
+}
