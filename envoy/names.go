@@ -83,9 +83,9 @@ const (
 	// adds: up to six role groups per qualifying project or group. Envoy rejects an
 	// ext_proc mutation that ends above this count (mutation_utils.cc,
 	// headerMutationResultCheck), so it bounds how many entries a user may qualify for.
-	DefaultMaxHeadersCount    = 4096
-	DefaultMaxRequestHeadersK = 512
-	DefaultMaxConnections     = 10000
+	DefaultMaxHeadersCount     = 4096
+	DefaultMaxRequestHeadersKB = 512
+	DefaultMaxConnections      = 10000
 	// MinStreamIdleTimeout is the shortest stream_idle_timeout Validate accepts
 	// (other than 0, which disables it): watches and `logs -f` sit idle for long.
 	MinStreamIdleTimeout = 1 * time.Hour

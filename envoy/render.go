@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -61,7 +62,7 @@ func DefaultOptions() Options {
 		ConnectTimeout:      DefaultConnectTimeout,
 		StreamIdleTimeout:   DefaultStreamIdleTimeout,
 		MaxHeadersCount:     DefaultMaxHeadersCount,
-		MaxRequestHeadersKB: DefaultMaxRequestHeadersK,
+		MaxRequestHeadersKB: DefaultMaxRequestHeadersKB,
 		MaxConnections:      DefaultMaxConnections,
 		CheckFiles:          true,
 	}
@@ -187,11 +188,13 @@ func checkCABundle(path string) error {
 	return nil
 }
 
+// isLocal: a unix socket, localhost, or a loopback IP.
 func isLocal(a Addr) bool {
 	if a.Path != "" || a.Host == "localhost" {
 		return true
 	}
-	return a.IsIP() && strings.HasPrefix(a.Host, "127.") || a.Host == "::1"
+	ip, err := netip.ParseAddr(a.Host)
+	return err == nil && ip.IsLoopback()
 }
 
 // Bootstrap builds the whole Envoy bootstrap: the listener, the four clusters and

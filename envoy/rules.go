@@ -375,7 +375,7 @@ func (c *checker) hcm(h *hcmv3.HttpConnectionManager, p string) {
 
 	// Headers.
 	if h.GetMaxRequestHeadersKb() == nil {
-		c.fs.add(p+".max_request_headers_kb", RuleHeaderLimits, "unset: bound the request header size explicitly (kubegate renders %d KiB, room for the Impersonate-Group lines)", DefaultMaxRequestHeadersK)
+		c.fs.add(p+".max_request_headers_kb", RuleHeaderLimits, "unset: bound the request header size explicitly (kubegate renders %d KiB, room for the Impersonate-Group lines)", DefaultMaxRequestHeadersKB)
 	}
 	if h.GetCommonHttpProtocolOptions().GetMaxHeadersCount() == nil {
 		c.fs.add(p+".common_http_protocol_options.max_headers_count", RuleHeaderLimits, "unset: Envoy's default of 100 is less than the Impersonate-Group lines of a user in a few dozen projects, and ext_proc's mutation then fails; set it explicitly (kubegate renders %d)", DefaultMaxHeadersCount)
