@@ -19,7 +19,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
 	"time"
 
 	"github.com/maypok86/otter/v2"
@@ -195,31 +194,24 @@ func coalesce[V any](ctx context.Context, g *singleflight.Group, key [sha256.Siz
 	}
 }
 
-// digest builds a cache key: length-prefixed fields, so that no two different field
-// lists can produce the same byte stream.
-type digest struct{ h hash.Hash }
+// digest builds a cache key: length-prefixed fields in one buffer, hashed once, so
+// that no two different field lists can produce the same byte stream.
+type digest struct{ b []byte }
 
-func newDigest() digest { return digest{sha256.New()} }
+func newDigest(size int) *digest { return &digest{b: make([]byte, 0, size)} }
 
-func (d digest) str(s string) digest {
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(len(s)))
-	d.h.Write(n[:])
-	d.h.Write([]byte(s))
+func (d *digest) str(s string) *digest {
+	d.b = binary.BigEndian.AppendUint64(d.b, uint64(len(s)))
+	d.b = append(d.b, s...)
 	return d
 }
 
-func (d digest) int(i int64) digest {
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(i))
-	d.h.Write(n[:])
+func (d *digest) int(i int64) *digest {
+	d.b = binary.BigEndian.AppendUint64(d.b, uint64(i))
 	return d
 }
 
-func (d digest) sum() (k [sha256.Size]byte) {
-	d.h.Sum(k[:0])
-	return k
-}
+func (d *digest) sum() [sha256.Size]byte { return sha256.Sum256(d.b) }
 
 // Authenticator is the caching decorator for an identity.Authenticator.
 type Authenticator struct {
@@ -260,7 +252,7 @@ func NewAuthenticator(inner identity.Authenticator, opts Options) (*Authenticato
 // so the key is a hash of a hash and the raw secret goes nowhere but into SHA-256.
 func credentialKey(c identity.Credential) [sha256.Size]byte {
 	secret := sha256.Sum256([]byte(c.Secret))
-	return newDigest().str("authn").int(c.AgentID).str(string(c.Type)).str(string(secret[:])).str(c.CSRF).sum()
+	return newDigest(128 + len(c.CSRF)).str("authn").int(c.AgentID).str(string(c.Type)).str(string(secret[:])).str(c.CSRF).sum()
 }
 
 // Authenticate answers from the cache or asks the wrapped authenticator once for all
@@ -354,7 +346,14 @@ func NewMemberships(inner identity.MembershipResolver, opts Options) (*Membershi
 // membershipKey identifies a question: the user and the exact listing (order and
 // spelling matter, since the answer echoes both).
 func membershipKey(u identity.User, listed identity.Listed) [sha256.Size]byte {
-	d := newDigest().str("members").int(u.ID).str(u.Username).int(int64(len(listed.Projects)))
+	size := 64 + len(u.Username)
+	for _, p := range listed.Projects {
+		size += 8 + len(p)
+	}
+	for _, g := range listed.Groups {
+		size += 8 + len(g)
+	}
+	d := newDigest(size).str("members").int(u.ID).str(u.Username).int(int64(len(listed.Projects)))
 	for _, p := range listed.Projects {
 		d.str(p)
 	}

@@ -490,3 +490,45 @@ func TestMetricsRegistration(t *testing.T) {
 		t.Error("a negative TTL must be refused")
 	}
 }
+
+// BenchmarkHit measures the cache's own cost on a hit: hashing the credential (or the
+// user and the listing) and one lookup.
+func BenchmarkHit(b *testing.B) {
+	a, err := NewAuthenticator(&counting{answer: accept}, DefaultOptions())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
+	m, err := NewMemberships(&resolver{}, DefaultOptions())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	cred := pat("glpat-0123456789abcdefghij")
+	u := identity.User{ID: 1, Username: "alice"}
+	small := identity.Listed{Projects: []string{"group-1/project-1", "group-2/project-2"}, Groups: []string{"group-2", "group-3/subgroup"}}
+	large := identity.Listed{}
+	for i := range 500 {
+		large.Projects = append(large.Projects, fmt.Sprintf("group-%d/subgroup/project-%d", i, i))
+		large.Groups = append(large.Groups, fmt.Sprintf("group-%d/subgroup", i))
+	}
+	b.Run("authenticate", func(b *testing.B) {
+		for b.Loop() {
+			if _, ok, _ := a.Authenticate(context.Background(), cred); !ok {
+				b.Fatal("refused")
+			}
+		}
+	})
+	for _, l := range []struct {
+		name   string
+		listed identity.Listed
+	}{{"memberships-4-entries", small}, {"memberships-1000-entries", large}} {
+		b.Run(l.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := m.Memberships(context.Background(), u, l.listed); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
