@@ -1,0 +1,181 @@
+package dataplane
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// emulated lists, per message type, the fields the test data plane implements.
+// Any other field that is set in the bootstrap is refused with its path, so a
+// configuration the stand-in would silently treat differently from Envoy cannot
+// pass a test. Values inside the listed fields are checked again where they are
+// read (config.go): a listed field is not a promise that every value works.
+//
+// A few listed fields have no observable effect in kubegate's topology and are read
+// but not acted on (stat_prefix, health_checks, Node); config.go says why for each.
+var emulated = map[protoreflect.FullName][]string{
+	"envoy.config.bootstrap.v3.Bootstrap":                                                      {"node", "static_resources", "admin", "overload_manager", "dynamic_resources"},
+	"envoy.config.bootstrap.v3.Bootstrap.StaticResources":                                      {"listeners", "clusters"},
+	"envoy.config.bootstrap.v3.Bootstrap.DynamicResources":                                     {"ads_config"},
+	"envoy.config.bootstrap.v3.Admin":                                                          {"address"},
+	"envoy.config.core.v3.Node":                                                                {"id", "cluster"},
+	"envoy.config.core.v3.Address":                                                             {"socket_address", "pipe"},
+	"envoy.config.core.v3.SocketAddress":                                                       {"protocol", "address", "port_value"},
+	"envoy.config.core.v3.Pipe":                                                                {"path"},
+	"envoy.config.overload.v3.OverloadManager":                                                 {"resource_monitors"},
+	"envoy.config.overload.v3.ResourceMonitor":                                                 {"name", "typed_config"},
+	"envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": {"max_active_downstream_connections"},
+
+	// Listener and HTTP connection manager.
+	"envoy.config.listener.v3.Listener":                                      {"name", "address", "filter_chains"},
+	"envoy.config.listener.v3.FilterChain":                                   {"filters", "transport_socket"},
+	"envoy.config.listener.v3.Filter":                                        {"name", "typed_config"},
+	"envoy.config.core.v3.TransportSocket":                                   {"name", "typed_config"},
+	"envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":         {"common_tls_context"},
+	"envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":           {"sni", "common_tls_context"},
+	"envoy.extensions.transport_sockets.tls.v3.CommonTlsContext":             {"tls_params", "tls_certificates", "alpn_protocols", "validation_context"},
+	"envoy.extensions.transport_sockets.tls.v3.TlsParameters":                {"tls_minimum_protocol_version", "tls_maximum_protocol_version"},
+	"envoy.extensions.transport_sockets.tls.v3.TlsCertificate":               {"certificate_chain", "private_key"},
+	"envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext": {"trusted_ca", "match_typed_subject_alt_names"},
+	"envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher":        {"san_type", "matcher"},
+	"envoy.type.matcher.v3.StringMatcher":                                    {"exact"},
+	"envoy.config.core.v3.DataSource":                                        {"filename", "inline_string", "inline_bytes"},
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": {
+		"codec_type", "stat_prefix", "route_config", "http_filters", "upgrade_configs",
+		"stream_idle_timeout", "request_timeout", "max_request_headers_kb",
+		"common_http_protocol_options", "normalize_path", "merge_slashes",
+		"path_with_escaped_slashes_action", "use_remote_address", "access_log",
+	},
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig": {"upgrade_type", "enabled"},
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter":                          {"name", "typed_config"},
+	"envoy.config.core.v3.HttpProtocolOptions":                                                        {"max_headers_count", "headers_with_underscores_action"},
+	"envoy.config.accesslog.v3.AccessLog":                                                             {"name", "typed_config"},
+	"envoy.extensions.access_loggers.stream.v3.StdoutAccessLog":                                       {},
+
+	// Routes.
+	"envoy.config.route.v3.RouteConfiguration": {"name", "virtual_hosts"},
+	"envoy.config.route.v3.VirtualHost":        {"name", "domains", "routes"},
+	"envoy.config.route.v3.Route":              {"name", "match", "route"},
+	"envoy.config.route.v3.RouteMatch":         {"prefix"},
+	"envoy.config.route.v3.RouteAction":        {"cluster", "prefix_rewrite", "timeout"},
+
+	// HTTP filters.
+	"envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": {
+		"grpc_service", "transport_api_version", "failure_mode_allow", "status_on_error",
+		"encode_raw_headers", "validate_mutations", "decoder_header_mutation_rules",
+		"enable_dynamic_metadata_ingestion",
+	},
+	"envoy.config.core.v3.GrpcService":                                             {"envoy_grpc", "timeout"},
+	"envoy.config.core.v3.GrpcService.EnvoyGrpc":                                   {"cluster_name"},
+	"envoy.config.common.mutation_rules.v3.HeaderMutationRules":                    {"allow_all_routing", "allow_envoy", "disallow_system", "disallow_all", "allow_expression", "disallow_expression", "disallow_is_error"},
+	"envoy.type.matcher.v3.RegexMatcher":                                           {"regex"},
+	"envoy.type.v3.HttpStatus":                                                     {"code"},
+	"envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor":                  {"grpc_service", "failure_mode_allow", "processing_mode", "message_timeout", "mutation_rules", "metadata_options", "status_on_error"},
+	"envoy.extensions.filters.http.ext_proc.v3.ProcessingMode":                     {"request_header_mode", "response_header_mode", "request_body_mode", "response_body_mode", "request_trailer_mode", "response_trailer_mode"},
+	"envoy.extensions.filters.http.ext_proc.v3.MetadataOptions":                    {"forwarding_namespaces"},
+	"envoy.extensions.filters.http.ext_proc.v3.MetadataOptions.MetadataNamespaces": {"untyped", "typed"},
+	"envoy.extensions.filters.http.credential_injector.v3.CredentialInjector":      {"overwrite", "allow_request_without_credential", "credential"},
+	"envoy.config.core.v3.TypedExtensionConfig":                                    {"name", "typed_config"},
+	"envoy.extensions.http.injected_credentials.generic.v3.Generic":                {"credential", "header", "header_value_prefix"},
+	"envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig":                    {"name", "sds_config"},
+	"envoy.config.core.v3.ConfigSource":                                            {"resource_api_version", "api_config_source", "ads", "initial_fetch_timeout"},
+	"envoy.config.core.v3.AggregatedConfigSource":                                  {},
+	"envoy.config.core.v3.ApiConfigSource":                                         {"api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"},
+	"envoy.extensions.filters.http.router.v3.Router":                               {},
+
+	// Clusters.
+	"envoy.config.cluster.v3.Cluster":                                           {"name", "type", "connect_timeout", "load_assignment", "typed_extension_protocol_options", "circuit_breakers", "health_checks", "transport_socket"},
+	"envoy.config.endpoint.v3.ClusterLoadAssignment":                            {"cluster_name", "endpoints"},
+	"envoy.config.endpoint.v3.LocalityLbEndpoints":                              {"lb_endpoints"},
+	"envoy.config.endpoint.v3.LbEndpoint":                                       {"endpoint"},
+	"envoy.config.endpoint.v3.Endpoint":                                         {"address"},
+	"envoy.config.cluster.v3.CircuitBreakers":                                   {"thresholds"},
+	"envoy.config.cluster.v3.CircuitBreakers.Thresholds":                        {"priority", "max_connections", "max_pending_requests", "max_requests"},
+	"envoy.config.core.v3.HealthCheck":                                          {"timeout", "interval", "unhealthy_threshold", "healthy_threshold", "grpc_health_check"},
+	"envoy.config.core.v3.HealthCheck.GrpcHealthCheck":                          {},
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":                    {"explicit_http_config"},
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": {"http_protocol_options", "http2_protocol_options"},
+	"envoy.config.core.v3.Http1ProtocolOptions":                                 {},
+	"envoy.config.core.v3.Http2ProtocolOptions":                                 {},
+}
+
+// leafTypes are messages whose content is a value, not configuration to walk.
+var leafTypes = map[protoreflect.FullName]bool{
+	"google.protobuf.Duration": true, "google.protobuf.BoolValue": true,
+	"google.protobuf.UInt32Value": true, "google.protobuf.UInt64Value": true,
+	"google.protobuf.Int64Value": true, "google.protobuf.StringValue": true,
+	"google.protobuf.DoubleValue": true,
+}
+
+// unsupported walks m and reports every set field the stand-in does not emulate,
+// unpacking google.protobuf.Any on the way (the same depth Validate checks).
+func unsupported(m proto.Message) []string {
+	var out []string
+	walkSupported(m.ProtoReflect(), "$", &out)
+	sort.Strings(out)
+	return out
+}
+
+func walkSupported(m protoreflect.Message, path string, out *[]string) {
+	md := m.Descriptor()
+	if leafTypes[md.FullName()] {
+		return
+	}
+	if md.FullName() == "google.protobuf.Any" {
+		a, ok := m.Interface().(*anypb.Any)
+		if !ok {
+			return
+		}
+		inner, err := a.UnmarshalNew()
+		if err != nil {
+			*out = append(*out, fmt.Sprintf("%s: cannot unpack %s: %v", path, a.GetTypeUrl(), err))
+			return
+		}
+		walkSupported(inner.ProtoReflect(), path, out)
+		return
+	}
+	allowed, known := emulated[md.FullName()]
+	if !known {
+		*out = append(*out, fmt.Sprintf("%s: %s is not emulated by the test data plane", path, md.FullName()))
+		return
+	}
+	ok := make(map[string]bool, len(allowed))
+	for _, f := range allowed {
+		ok[f] = true
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		fp := path + "." + string(fd.Name())
+		if !ok[string(fd.Name())] {
+			*out = append(*out, fmt.Sprintf("%s: field %s.%s is not emulated by the test data plane", fp, md.FullName(), fd.Name()))
+			return true
+		}
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Kind() == protoreflect.MessageKind {
+				v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+					walkSupported(mv.Message(), fmt.Sprintf("%s[%q]", fp, k.String()), out)
+					return true
+				})
+			}
+		case fd.IsList():
+			if fd.Kind() == protoreflect.MessageKind {
+				l := v.List()
+				for i := 0; i < l.Len(); i++ {
+					walkSupported(l.Get(i).Message(), fmt.Sprintf("%s[%d]", fp, i), out)
+				}
+			}
+		case fd.Kind() == protoreflect.MessageKind:
+			walkSupported(v.Message(), fp, out)
+		}
+		return true
+	})
+}
+
+func joinLines(lines []string) string {
+	return "  " + strings.Join(lines, "\n  ")
+}
