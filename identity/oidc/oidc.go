@@ -6,7 +6,9 @@
 // Who the token is:
 //   - the username comes from the first configured claim that holds one (default
 //     nickname, then preferred_username: GitLab's ID tokens carry the username in
-//     both);
+//     both, see config/initializers/doorkeeper_openid_connect.rb in GitLab, where
+//     current GitLab returns them in the ID token; older versions put them in
+//     /oauth/userinfo only, and such tokens are refused for want of a username);
 //   - the numeric user id, which kubegate needs for memberships, comes either from
 //     "sub" (UserIDFromSub: GitLab as the issuer, whose sub is the numeric GitLab
 //     user id) or from looking the username up in the membership source
