@@ -8,6 +8,7 @@ package extauthz
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -57,6 +58,7 @@ func sandboxGitLab(t testing.TB) *gitlabtest.Server {
 type backendsFixture struct {
 	client authv3.AuthorizationClient
 	reg    *prometheus.Registry
+	logs   *syncBuffer // the Check service's JSON log
 }
 
 func startWithBackends(t testing.TB, dir *directory.Directory, args ...string) *backendsFixture {
@@ -85,11 +87,13 @@ func startWithBackends(t testing.TB, dir *directory.Directory, args ...string) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(agent, &Snapshot{Engine: engine, Authenticator: authn, Memberships: members}, nil, nil)
+	logs := &syncBuffer{}
+	srv, err := NewServer(agent, &Snapshot{Engine: engine, Authenticator: authn, Memberships: members},
+		slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &backendsFixture{client: serve(t, srv), reg: reg}
+	return &backendsFixture{client: serve(t, srv), reg: reg, logs: logs}
 }
 
 func gitlabArgs(t testing.TB, gl *gitlabtest.Server, extra ...string) []string {
@@ -184,6 +188,18 @@ func TestGitLabBackendOverGRPC(t *testing.T) {
 			t.Fatalf("cached alice refused: %v", resp)
 		}
 	})
+	defer func() {
+		// Every token above, accepted or refused, stays out of the log; the log is not empty.
+		logs := f.logs.String()
+		if !strings.Contains(logs, `"msg":"decision"`) {
+			t.Errorf("no decision logged: %s", logs)
+		}
+		for _, tok := range []string{glAliceToken, glAdminToken, "glpat-erin-kubectl-0000000000", "glpat-new-token-during-outage", "glpat-another-new-token-0000", "glpat-a:b:c/d"} {
+			if strings.Contains(logs, tok) {
+				t.Errorf("the log contains token %s", tok)
+			}
+		}
+	}()
 	t.Run("GitLab hanging: 503 within the timeout", func(t *testing.T) {
 		gl.SetFault(gl.Hang)
 		defer gl.SetFault(nil)

@@ -7,6 +7,7 @@ package oidc
 // signed with the provider's own key (or a stranger's) to isolate one defect each.
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -19,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,6 +41,8 @@ type provider struct {
 	*mockoidc.MockOIDC
 	jwksCalls, discoveryCalls atomic.Int64
 	failJWKS, failDiscovery   atomic.Bool
+	hangJWKS                  atomic.Bool
+	stop                      chan struct{}
 }
 
 func startProvider(t *testing.T) *provider {
@@ -50,12 +54,19 @@ func startProvider(t *testing.T) *provider {
 	if _, err := m.Keypair.KeyID(); err != nil { // computed once, before the server reads it
 		t.Fatal(err)
 	}
-	p := &provider{MockOIDC: m}
+	p := &provider{MockOIDC: m, stop: make(chan struct{})}
 	err = m.AddMiddleware(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			switch {
 			case strings.HasSuffix(r.URL.Path, mockoidc.JWKSEndpoint):
 				p.jwksCalls.Add(1)
+				if p.hangJWKS.Load() {
+					select { // until kubegate gives up, or the test ends
+					case <-r.Context().Done():
+					case <-p.stop:
+					}
+					return
+				}
 				if p.failJWKS.Load() {
 					http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
 					return
@@ -80,7 +91,7 @@ func startProvider(t *testing.T) *provider {
 	if err := m.Start(ln, nil); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = m.Shutdown() })
+	t.Cleanup(func() { close(p.stop); _ = m.Shutdown() })
 	return p
 }
 
@@ -437,6 +448,19 @@ func TestIssuerUnavailable(t *testing.T) {
 		}
 		wantReason(t, err, identity.ReasonUnavailable, tok)
 	})
+	t.Run("key set hangs: 503 within the timeout, nothing left running", func(t *testing.T) {
+		p := startProvider(t)
+		clk := &clock{t: time.Now()}
+		a := newAuthenticator(t, p, clk, func(c *Config) { c.Timeout = 300 * time.Millisecond })
+		p.hangJWKS.Store(true)
+		tok := p.sign(t, p.claims(clk.Now()))
+		_, ok, err := a.Authenticate(context.Background(), idToken(tok))
+		if ok {
+			t.Fatal("accepted without keys")
+		}
+		wantReason(t, err, identity.ReasonUnavailable, tok)
+		checkNoGoroutinesLeft(t)
+	})
 	t.Run("issuer not listening", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -467,6 +491,29 @@ func TestIssuerUnavailable(t *testing.T) {
 			t.Fatalf("want an issuer mismatch, got %v", err)
 		}
 	})
+}
+
+// checkNoGoroutinesLeft fails when goroutines running this package's code outlive the
+// calls that started them. Stopping is asynchronous, so it polls for a while; it
+// asserts an outcome, not a duration.
+func checkNoGoroutinesLeft(t *testing.T) {
+	t.Helper()
+	var dump bytes.Buffer
+	for range 100 {
+		dump.Reset()
+		_ = pprof.Lookup("goroutine").WriteTo(&dump, 2)
+		leaked := false
+		for _, g := range strings.Split(dump.String(), "\n\n") {
+			if strings.Contains(g, "kubegate/identity/oidc.") && !strings.Contains(g, "testing.tRunner") {
+				leaked = true
+			}
+		}
+		if !leaked {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Errorf("goroutines of the oidc package left behind:\n%s", dump.String())
 }
 
 func TestUserLookup(t *testing.T) {
