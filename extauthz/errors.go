@@ -44,3 +44,16 @@ func statusFor(r Reason) int {
 	// unknown is still a denial: 401 is the safe answer.
 	return http.StatusUnauthorized
 }
+
+// publicReason is the reason the client may see in X-Kubegate-Error. Once a
+// credential reached the identity source, the client learns only "unauthorized":
+// telling revoked from expired from unknown would let it enumerate tokens and users
+// (access.md §4). The full reason stays in the audit log and metrics.
+func publicReason(r Reason) string {
+	switch identity.Reason(r) {
+	case identity.ReasonInvalid, identity.ReasonExpired, identity.ReasonRevoked,
+		identity.ReasonScope, identity.ReasonInactive, identity.ReasonCSRF:
+		return "unauthorized"
+	}
+	return string(r)
+}

@@ -56,7 +56,7 @@ func denyResponse(reason Reason, message string) *authv3.CheckResponse {
 	code := statusFor(reason)
 	headers := []*corev3.HeaderValueOption{
 		{Header: &corev3.HeaderValue{Key: "content-type", Value: "application/json"}},
-		{Header: &corev3.HeaderValue{Key: HeaderError, Value: string(reason)}},
+		{Header: &corev3.HeaderValue{Key: HeaderError, Value: publicReason(reason)}},
 	}
 	if code == http.StatusUnauthorized {
 		headers = append(headers, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{
@@ -64,7 +64,7 @@ func denyResponse(reason Reason, message string) *authv3.CheckResponse {
 		}})
 	}
 	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(grpcCode(code)), Message: string(reason)},
+		Status: &rpcstatus.Status{Code: int32(grpcCode(code)), Message: publicReason(reason)},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
 			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(code)},
 			Headers: headers,

@@ -216,13 +216,13 @@ func TestCredentials(t *testing.T) {
 		{name: "negative agent id", headers: []hdr{bearer("pat:-1:" + aliceToken)}, wantCode: 401, wantReason: "malformed_credential", wantMessage: "positive decimal"},
 		{name: "huge agent id", headers: []hdr{bearer("pat:99999999999999999999:" + aliceToken)}, wantCode: 401, wantReason: "malformed_credential", wantMessage: "out of range"},
 		{name: "empty token", headers: []hdr{bearer("pat:1:")}, wantCode: 401, wantReason: "malformed_credential"},
-		{name: "token with extra colons is one token", headers: []hdr{bearer("pat:1:" + aliceToken + ":x:y")}, wantCode: 401, wantReason: "invalid_credential", wantMessage: "Unauthorized", backend: true},
+		{name: "token with extra colons is one token", headers: []hdr{bearer("pat:1:" + aliceToken + ":x:y")}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
 		{name: "wrong agent", headers: []hdr{bearer("pat:2:" + aliceToken)}, wantCode: 401, wantReason: "wrong_agent", wantMessage: "agent 2"},
-		{name: "unknown token", headers: []hdr{pat("kg-sandbox-nobody-token")}, wantCode: 401, wantReason: "invalid_credential", wantMessage: "Unauthorized", backend: true},
-		{name: "revoked token", headers: []hdr{pat(token("erin"))}, wantCode: 401, wantReason: "revoked", wantMessage: "Unauthorized", backend: true},
-		{name: "token without k8s_proxy", headers: []hdr{pat(token("frank"))}, wantCode: 401, wantReason: "missing_scope", wantMessage: "Unauthorized", backend: true},
-		{name: "expired token", headers: []hdr{pat(token("judy"))}, wantCode: 401, wantReason: "expired", wantMessage: "Unauthorized", backend: true},
-		{name: "blocked user", headers: []hdr{pat(token("mallory"))}, wantCode: 401, wantReason: "user_inactive", wantMessage: "Unauthorized", backend: true},
+		{name: "unknown token", headers: []hdr{pat("kg-sandbox-nobody-token")}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
+		{name: "revoked token", headers: []hdr{pat(token("erin"))}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
+		{name: "token without k8s_proxy", headers: []hdr{pat(token("frank"))}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
+		{name: "expired token", headers: []hdr{pat(token("judy"))}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
+		{name: "blocked user", headers: []hdr{pat(token("mallory"))}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
 		{name: "bare OIDC not accepted here", headers: []hdr{bearer(jws)}, wantCode: 401, wantReason: "unsupported_credential", wantMessage: "does not accept oidc_id_token", backend: true},
 		{name: "prefixed OIDC not accepted here", headers: []hdr{bearer("oidc:1:" + jws)}, wantCode: 401, wantReason: "unsupported_credential", backend: true},
 		{name: "OIDC for another agent", headers: []hdr{bearer("oidc:7:" + jws)}, wantCode: 401, wantReason: "wrong_agent"},
@@ -495,5 +495,24 @@ func TestPanicIsADenial(t *testing.T) {
 	_ = f.server.Swap(&snap)
 	if d := denied(t, f.check(t, checkRequest("GET", podsPath, pat(aliceToken)))); d.code != 500 {
 		t.Fatalf("got %+v", d)
+	}
+}
+
+// TestRejectionDetailStaysServerSide: the client cannot tell revoked from expired
+// from unknown (no enumeration), the operator can.
+func TestRejectionDetailStaysServerSide(t *testing.T) {
+	f := start(t, sandboxConfig, "")
+	seen := map[string]bool{}
+	for _, tok := range []string{token("erin"), token("judy"), token("frank"), "kg-sandbox-nobody-token"} {
+		d := denied(t, f.check(t, checkRequest("GET", podsPath, pat(tok))))
+		seen[d.reason+"|"+d.message] = true
+	}
+	if len(seen) != 1 {
+		t.Fatalf("clients can tell rejections apart: %v", seen)
+	}
+	for _, r := range []string{`"reason":"revoked"`, `"reason":"expired"`, `"reason":"missing_scope"`, `"reason":"invalid_credential"`} {
+		if !strings.Contains(f.logs.String(), r) {
+			t.Errorf("the audit log lacks %s", r)
+		}
 	}
 }
