@@ -14,12 +14,15 @@ import (
 	"google.golang.org/grpc"
 
 	"kubegate.dev/kubegate/extauthz"
+	"kubegate.dev/kubegate/identity/backends"
 	"kubegate.dev/kubegate/identity/directory"
 	"kubegate.dev/kubegate/policy"
 )
 
 type authzOptions struct {
 	service         serviceFlags
+	identity        backends.Options
+	backends        *backends.Backends // built once per process in run
 	agentID         int64
 	configProjectID int64
 	agentConfig     string
@@ -29,9 +32,9 @@ type authzOptions struct {
 }
 
 func newAuthzCommand() *cobra.Command {
-	o := &authzOptions{}
+	o := &authzOptions{identity: backends.DefaultOptions()}
 	cmd := &cobra.Command{
-		Use:   "authz --agent-id N --agent-config FILE --config-project-id N --directory FILE",
+		Use:   "authz --agent-id N --agent-config FILE --config-project-id N (--directory FILE | --identity-source gitlab ...)",
 		Short: "Serve Envoy's ext_authz API: authenticate, find memberships, decide",
 		Long: `Serve envoy.service.auth.v3.Authorization for one agent. For each request Envoy asks
 Check: the credential is parsed (pat:<agent-id>:<token>, OIDC, session cookie),
@@ -63,9 +66,10 @@ never a credential). SIGTERM stops it gracefully.`,
 	f.Int64Var(&o.agentID, "agent-id", 0, "numeric id of the agent this gateway serves; credentials naming another agent are refused (required)")
 	f.Int64Var(&o.configProjectID, "config-project-id", 0, "numeric id of the project holding the agent configuration; sent as the agent.gitlab.com/config_project_id extra (required)")
 	f.StringVar(&o.agentConfig, "agent-config", "", "the agent configuration file (.gitlab/agents/<agent>/config.yaml); only user_access is read (required)")
-	f.StringVar(&o.directory, "directory", "", "the directory file of users, groups, projects, memberships and token digests (required)")
+	f.StringVar(&o.directory, "directory", "", "the directory file of users, groups, projects, memberships and token digests (required with --identity-source=directory)")
 	f.StringVar(&o.policyDir, "policy", "", "a directory of operator Rego modules (package kubegate.operator.<name>, deny contains msg if …) that may add denials")
 	f.DurationVar(&o.reloadPoll, "reload-poll", 30*time.Second, "also re-read the watched files this often, for filesystems without change events; 0 turns it off")
+	o.identity.AddFlags(f)
 	return cmd
 }
 
@@ -80,8 +84,11 @@ func (o *authzOptions) validate() error {
 	if o.agentConfig == "" {
 		errs = append(errs, errors.New("--agent-config is required: the agent's .gitlab/agents/<agent>/config.yaml"))
 	}
-	if o.directory == "" {
-		errs = append(errs, errors.New("--directory is required: the directory file of users, memberships and token digests"))
+	if o.directory == "" && o.identity.Source == backends.SourceDirectory {
+		errs = append(errs, errors.New("--directory is required with --identity-source=directory: the directory file of users, memberships and token digests"))
+	}
+	if err := o.identity.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -105,15 +112,26 @@ func (o *authzOptions) build(ctx context.Context) (*extauthz.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := directory.Load(o.directory)
+	var dir *directory.Directory
+	if o.backends.NeedsDirectory() {
+		if dir, err = directory.Load(o.directory); err != nil {
+			return nil, err
+		}
+	}
+	// Last, after everything that can fail: Sources installs the directory for
+	// OIDC username lookups.
+	authn, members, err := o.backends.Sources(dir)
 	if err != nil {
 		return nil, err
 	}
-	return &extauthz.Snapshot{Engine: engine, Authenticator: dir, Memberships: dir}, nil
+	return &extauthz.Snapshot{Engine: engine, Authenticator: authn, Memberships: members}, nil
 }
 
 func (o *authzOptions) watched() []string {
-	paths := []string{o.agentConfig, o.directory}
+	paths := []string{o.agentConfig}
+	if o.backends.NeedsDirectory() {
+		paths = append(paths, o.directory)
+	}
 	if o.policyDir != "" {
 		paths = append(paths, o.policyDir)
 	}
@@ -131,11 +149,15 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	reg := newRegistry()
+	if o.backends, err = backends.Build(ctx, o.identity, reg, log); err != nil {
+		return fmt.Errorf("cannot start: %w", err)
+	}
+	defer o.backends.Close()
 	snap, err := o.build(ctx)
 	if err != nil {
 		return fmt.Errorf("cannot start: %w", err)
 	}
-	reg := newRegistry()
 	srv, err := extauthz.NewServer(o.agent(), snap, log, reg)
 	if err != nil {
 		return err

@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"kubegate.dev/kubegate/identity/gitlab/gitlabtest"
 )
 
 var (
@@ -296,5 +298,43 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestAuthzProcessWithGitLab runs `kubegate authz --identity-source gitlab` against
+// the in-test GitLab stand-in (identity/gitlab/gitlabtest, which follows GitLab's
+// REST API documentation).
+func TestAuthzProcessWithGitLab(t *testing.T) {
+	gl := gitlabtest.New(time.Now())
+	t.Cleanup(gl.Close)
+	gl.Sandbox()
+	gl.AddUser(gitlabtest.User{ID: 100, Username: "root", Admin: true})
+	gl.AddToken("glpat-admin-service-token-000", gitlabtest.Token{ID: 100, UserID: 100, Name: "kubegate", Scopes: []string{"api"}})
+	gl.AddToken("glpat-alice-kubectl-000000000", gitlabtest.Token{ID: 1, UserID: 1, Name: "kubectl", Scopes: []string{"k8s_proxy"}})
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "gitlab-token")
+	if err := os.WriteFile(tokenFile, []byte("glpat-admin-service-token-000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	p := startProcess(t, "authz", "--listen", addr, "--agent-id", "1", "--config-project-id", "1", "--agent-config", sandboxConfig,
+		"--identity-source", "gitlab", "--gitlab-url", gl.URL, "--gitlab-token-file", tokenFile)
+	conn := dial(t, addr)
+	waitServing(t, conn, "envoy.service.auth.v3.Authorization", p)
+	client := authv3.NewAuthorizationClient(conn)
+	if resp, err := client.Check(context.Background(), patRequest("/k8s-proxy/api/v1/pods", "glpat-alice-kubectl-000000000")); err != nil || resp.GetOkResponse() == nil {
+		t.Fatalf("alice through GitLab: %v %v", resp, err)
+	}
+	if resp, _ := client.Check(context.Background(), patRequest("/k8s-proxy/api/v1/pods", "glpat-nobody-00000000000000000")); resp.GetDeniedResponse().GetStatus().GetCode() != 401 {
+		t.Fatalf("unknown token: %v", resp)
+	}
+	if gl.TotalCalls() == 0 {
+		t.Fatal("the GitLab stand-in was never asked")
+	}
+	sigterm(t, p)
+
+	out, err := exec.Command(kubegateBinary(t), "authz", "--agent-id", "1", "--config-project-id", "1", "--agent-config", sandboxConfig, "--identity-source", "gitlab").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--gitlab-url") || !strings.Contains(string(out), "--gitlab-token-file") {
+		t.Fatalf("missing GitLab flags not explained: %v %s", err, out)
 	}
 }
