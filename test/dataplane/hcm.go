@@ -202,13 +202,19 @@ func newStream(req *http.Request) *stream {
 	if len(req.TransferEncoding) > 0 {
 		s.headers.addFromCodec("transfer-encoding", strings.Join(req.TransferEncoding, ","))
 	}
-	// end_stream on the headers: no body follows. Go's HTTP/2 server gives such a
-	// request http.NoBody; an HTTP/1 request without Content-Length or chunked
-	// framing has no body either, except an upgrade, whose "body" is the upgraded
-	// stream (Envoy's HTTP/1 codec does not end the stream for it).
+	// end_stream on the headers: no body follows. Go's HTTP/2 server leaves
+	// ContentLength at 0 with no Content-Length header only when the HEADERS frame
+	// ended the stream (-1 or the header's value otherwise). An HTTP/1 request
+	// without Content-Length or chunked framing has no body either, except an
+	// upgrade, whose "body" is the upgraded stream (Envoy's HTTP/1 codec does not
+	// end the stream for it).
 	_, up := upgradeType(s.headers)
-	s.endStream = req.Body == nil || req.Body == http.NoBody ||
-		(req.ProtoMajor == 1 && req.ContentLength == 0 && len(req.TransferEncoding) == 0 && !up)
+	_, hasCL := req.Header["Content-Length"]
+	if req.ProtoMajor == 2 {
+		s.endStream = req.ContentLength == 0 && !hasCL
+	} else {
+		s.endStream = req.ContentLength == 0 && len(req.TransferEncoding) == 0 && !up
+	}
 	return s
 }
 
