@@ -1,0 +1,80 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// DemoNamespace is where the demo RBAC grants access.
+const DemoNamespace = "demo"
+
+// DemoBindings are the RoleBindings SeedDemo creates in DemoNamespace: GitLab-shaped
+// groups bound to the built-in roles (filled by kube-controller-manager's
+// clusterrole-aggregation-controller).
+var DemoBindings = []struct{ Name, Group, ClusterRole string }{
+	{"project-1-developers-view", "gitlab:project_role:1:developer", "view"},    // alice, heidi
+	{"subgroup-developers-view", "gitlab:group_role:4:developer", "view"},       // carol
+	{"group-2-developers-edit", "gitlab:group_role:2:developer", "edit"},        // grace
+	{"project-1-maintainers-edit", "gitlab:project_role:1:maintainer", "edit"}, // alice
+}
+
+// SeedDemo creates the demo namespace, its default ServiceAccount (no controller
+// makes it here), a pod object and a ConfigMap to look at, and DemoBindings. It is
+// idempotent.
+func SeedDemo(ctx context.Context, cs kubernetes.Interface) error {
+	create := func(what string, err error) error {
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("seeding the demo: %s: %w", what, err)
+		}
+		return nil
+	}
+	if err := create("namespace", func() error {
+		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: DemoNamespace}}, metav1.CreateOptions{})
+		return err
+	}()); err != nil {
+		return err
+	}
+	if err := create("service account", func() error {
+		_, err := cs.CoreV1().ServiceAccounts(DemoNamespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
+		return err
+	}()); err != nil {
+		return err
+	}
+	if err := create("pod", func() error {
+		_, err := cs.CoreV1().Pods(DemoNamespace).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "web", Labels: map[string]string{"app": "web"}},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "nginx:1.27"}}},
+		}, metav1.CreateOptions{})
+		return err
+	}()); err != nil {
+		return err
+	}
+	if err := create("configmap", func() error {
+		_, err := cs.CoreV1().ConfigMaps(DemoNamespace).Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: "welcome"},
+			Data:       map[string]string{"message": "hello from the cluster behind kubegate"},
+		}, metav1.CreateOptions{})
+		return err
+	}()); err != nil {
+		return err
+	}
+	for _, b := range DemoBindings {
+		if err := create("rolebinding "+b.Name, func() error {
+			_, err := cs.RbacV1().RoleBindings(DemoNamespace).Create(ctx, &rbacv1.RoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Name: b.Name},
+				RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: b.ClusterRole},
+				Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: b.Group}},
+			}, metav1.CreateOptions{})
+			return err
+		}()); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,329 @@
+// Package stack starts kubegate's whole local path for end-to-end tests and the
+// sandbox: a real kube-apiserver (test/cluster), the real kubegate binary's authz,
+// extproc and xds services as processes, the bootstrap rendered by `kubegate envoy
+// render`, and a data plane running it (Envoy itself when an `envoy` binary is on
+// PATH and asked for, otherwise the test data plane of test/dataplane).
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"kubegate.dev/kubegate/envoy/devcert"
+	"kubegate.dev/kubegate/test/cluster"
+)
+
+// Agent and config project ids the sandbox data uses.
+const (
+	AgentID         = 1
+	ConfigProjectID = 1
+)
+
+// Options configure a stack. Zero values pick the sandbox's defaults.
+type Options struct {
+	WorkDir     string // default: a new temporary directory, removed by Stop
+	AgentConfig string // default deploy/sandbox/agent-config.yaml
+	Directory   string // default deploy/sandbox/directory.yaml
+	PolicyDir   string // operator Rego modules (optional)
+	Binary      string // kubegate binary; default: built into WorkDir
+	// GatewayAddr is the data plane's listen address; default 127.0.0.1:<free port>.
+	GatewayAddr string
+	// ExtraHosts are added to the gateway certificate (127.0.0.1 and localhost always are).
+	ExtraHosts []string
+	// UseEnvoy runs a real Envoy when one is on PATH.
+	UseEnvoy bool
+	// Logf receives progress messages.
+	Logf func(format string, args ...any)
+	// Observe, if set, sees every request the data plane sends upstream (test data
+	// plane only).
+	Observe func(UpstreamRequest)
+}
+
+// Stack is a running local gateway in front of a real API server.
+type Stack struct {
+	Cluster *cluster.Cluster
+	// GatewayURL is https://<addr>/k8s-proxy, what a kubeconfig's server points at.
+	GatewayURL string
+	// GatewayCA is the CA file that signed the gateway's certificate.
+	GatewayCA string
+	// TokenFile is the agent token file kubegate xds serves (rewrite it to rotate).
+	TokenFile string
+	WorkDir   string
+	Binary    string
+	Bootstrap string // the rendered Envoy bootstrap file
+	// Authz, ExtProc and XDS are the kubegate services; each can be stopped and
+	// started again (fail-closed tests).
+	Authz, ExtProc, XDS *Service
+	// DataPlane is "envoy" or "test data plane".
+	DataPlane string
+
+	opts     Options
+	gateway  gateway
+	removeWD bool
+	stopOnce sync.Once
+}
+
+type gateway interface{ Close() error }
+
+// ModuleRoot is the repository root (where go.mod is).
+func ModuleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+func (o *Options) defaults() error {
+	root := ModuleRoot()
+	if o.AgentConfig == "" {
+		o.AgentConfig = filepath.Join(root, "deploy", "sandbox", "agent-config.yaml")
+	}
+	if o.Directory == "" {
+		o.Directory = filepath.Join(root, "deploy", "sandbox", "directory.yaml")
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	return nil
+}
+
+// Start brings the whole path up; on any failure what was started is stopped.
+func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	s := &Stack{opts: opts, WorkDir: opts.WorkDir}
+	if s.WorkDir == "" {
+		if s.WorkDir, err = os.MkdirTemp("", "kubegate-stack-"); err != nil {
+			return nil, err
+		}
+		s.removeWD = true
+	}
+	defer func() {
+		if err != nil {
+			_ = s.Stop()
+		}
+	}()
+	if err := os.MkdirAll(filepath.Join(s.WorkDir, "logs"), 0o755); err != nil {
+		return nil, err
+	}
+	if s.Binary, err = binary(ctx, opts, s.WorkDir); err != nil {
+		return nil, err
+	}
+	opts.Logf("starting etcd, kube-apiserver and kube-controller-manager")
+	s.Cluster, err = cluster.Start(ctx, cluster.Options{
+		WorkDir: filepath.Join(s.WorkDir, "cluster"), ControllerManager: true, AuditLog: true, Logf: opts.Logf,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.TokenFile = filepath.Join(s.WorkDir, "agent-token")
+	if err := WriteFileAtomic(s.TokenFile, []byte(s.Cluster.AgentTokens[0]), 0o600); err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	authzAddr, extprocAddr, xdsAddr := loopback(ports[0]), loopback(ports[1]), loopback(ports[2])
+	logs := filepath.Join(s.WorkDir, "logs")
+	s.Authz = &Service{Name: "authz", Bin: s.Binary, Addr: authzAddr, Health: "envoy.service.auth.v3.Authorization", LogDir: logs,
+		Args: append([]string{"authz", "--listen", authzAddr, "--agent-id", strconv.Itoa(AgentID), "--config-project-id", strconv.Itoa(ConfigProjectID),
+			"--agent-config", opts.AgentConfig, "--directory", opts.Directory, "--reload-poll", "2s"}, policyArgs(opts.PolicyDir)...)}
+	s.ExtProc = &Service{Name: "extproc", Bin: s.Binary, Addr: extprocAddr, Health: "envoy.service.ext_proc.v3.ExternalProcessor", LogDir: logs,
+		Args: []string{"extproc", "--listen", extprocAddr}}
+	s.XDS = &Service{Name: "xds", Bin: s.Binary, Addr: xdsAddr, LogDir: logs,
+		Args: []string{"xds", "--listen", xdsAddr, "--token-file", s.TokenFile, "--poll-interval", "1s"}}
+	for _, svc := range []*Service{s.Authz, s.ExtProc, s.XDS} {
+		opts.Logf("starting kubegate %s on %s", svc.Name, svc.Addr)
+		if err := svc.Start(ctx); err != nil {
+			return nil, err
+		}
+	}
+
+	certDir := filepath.Join(s.WorkDir, "gateway-tls")
+	hosts := append([]string{"127.0.0.1", "localhost"}, opts.ExtraHosts...)
+	if _, err := devcert.Ensure(certDir, hosts, time.Now()); err != nil {
+		return nil, err
+	}
+	s.GatewayCA = filepath.Join(certDir, devcert.CAFile)
+	gwAddr := opts.GatewayAddr
+	if gwAddr == "" {
+		p, err := freePorts(1)
+		if err != nil {
+			return nil, err
+		}
+		gwAddr = loopback(p[0])
+	}
+	s.GatewayURL = "https://" + gwAddr + "/k8s-proxy"
+	s.Bootstrap = filepath.Join(s.WorkDir, "envoy.yaml")
+	render := exec.CommandContext(ctx, s.Binary, "envoy", "render", "-o", s.Bootstrap,
+		"--listen", gwAddr, "--admin", "",
+		"--tls-cert", filepath.Join(certDir, devcert.CertFile), "--tls-key", filepath.Join(certDir, devcert.KeyFile),
+		"--apiserver", s.Cluster.URL, "--apiserver-ca", s.Cluster.CAFile,
+		"--authz", authzAddr, "--extproc", extprocAddr, "--xds", xdsAddr)
+	if out, err := render.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("kubegate envoy render: %v\n%s", err, out)
+	}
+	if s.gateway, s.DataPlane, err = startDataPlane(ctx, s, opts); err != nil {
+		return nil, err
+	}
+	opts.Logf("gateway (%s) listening on %s", s.DataPlane, s.GatewayURL)
+	return s, nil
+}
+
+func policyArgs(dir string) []string {
+	if dir == "" {
+		return nil
+	}
+	return []string{"--policy", dir}
+}
+
+// binary returns the kubegate binary to run, building it when none is given.
+func binary(ctx context.Context, opts Options, workDir string) (string, error) {
+	if opts.Binary != "" {
+		return opts.Binary, nil
+	}
+	out := filepath.Join(workDir, "kubegate")
+	opts.Logf("building kubegate")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/kubegate")
+	cmd.Dir = ModuleRoot()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building kubegate: %v\n%s", err, b)
+	}
+	return out, nil
+}
+
+// Stop stops everything, children by PID. Safe to call more than once.
+func (s *Stack) Stop() error {
+	var errs []error
+	s.stopOnce.Do(func() {
+		if s.gateway != nil {
+			errs = append(errs, s.gateway.Close())
+		}
+		for _, svc := range []*Service{s.Authz, s.ExtProc, s.XDS} {
+			if svc != nil {
+				svc.Stop()
+			}
+		}
+		if s.Cluster != nil {
+			errs = append(errs, s.Cluster.Stop())
+		}
+		if s.removeWD {
+			errs = append(errs, os.RemoveAll(s.WorkDir))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Service is one kubegate service process.
+type Service struct {
+	Name, Bin, Addr string
+	Args            []string
+	// Health is the gRPC health service name to wait for ("" for the overall status).
+	Health string
+	LogDir string
+
+	mu    sync.Mutex
+	child *cluster.Child
+}
+
+// Start starts the process and waits until its gRPC health check says SERVING.
+func (s *Service) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.child != nil && !s.child.Exited() {
+		return nil
+	}
+	child, err := cluster.StartChild(s.Name, s.Bin, s.Args, filepath.Join(s.LogDir, s.Name+".log"))
+	if err != nil {
+		return err
+	}
+	s.child = child
+	if err := waitServing(ctx, s.Addr, s.Health, child); err != nil {
+		child.Stop()
+		return fmt.Errorf("kubegate %s: %w\n%s", s.Name, err, child.LogTail(30))
+	}
+	return nil
+}
+
+// Stop stops the process (SIGTERM, then SIGKILL) and waits for it.
+func (s *Service) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.child != nil {
+		s.child.Stop()
+	}
+}
+
+// LogPath is the service's log file.
+func (s *Service) LogPath() string { return filepath.Join(s.LogDir, s.Name+".log") }
+
+func waitServing(ctx context.Context, addr, service string, child *cluster.Child) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{Service: service})
+		cancel()
+		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			return nil
+		}
+		select {
+		case <-child.Done():
+			return fmt.Errorf("exited before serving (%s)", child.ExitDescription())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not serving on %s after 2 minutes (last: %v %v)", addr, resp, err)
+		}
+	}
+}
+
+func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// WriteFileAtomic replaces path through a rename, as kubelet and editors do.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
