@@ -18,9 +18,9 @@ const DemoNamespace = "demo"
 // groups bound to the built-in roles (filled by kube-controller-manager's
 // clusterrole-aggregation-controller).
 var DemoBindings = []struct{ Name, Group, ClusterRole string }{
-	{"project-1-developers-view", "gitlab:project_role:1:developer", "view"},    // alice, heidi
-	{"subgroup-developers-view", "gitlab:group_role:4:developer", "view"},       // carol
-	{"group-2-developers-edit", "gitlab:group_role:2:developer", "edit"},        // grace
+	{"project-1-developers-view", "gitlab:project_role:1:developer", "view"},   // alice, heidi
+	{"subgroup-developers-view", "gitlab:group_role:4:developer", "view"},      // carol
+	{"group-2-developers-edit", "gitlab:group_role:2:developer", "edit"},       // grace
 	{"project-1-maintainers-edit", "gitlab:project_role:1:maintainer", "edit"}, // alice
 }
 
