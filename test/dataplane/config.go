@@ -122,7 +122,6 @@ type route struct {
 	prefix        string
 	prefixRewrite string
 	cluster       string
-	timeout       time.Duration // 0: disabled
 }
 
 // filterConfig is one HTTP filter: exactly one of the fields is set.
@@ -493,12 +492,16 @@ func (p *parser) virtualHost(vh *routev3.VirtualHost, path string) virtualHost {
 		if a.GetCluster() == "" {
 			p.fail(rp+".route", "only a named cluster is emulated")
 		}
+		// route_components.proto RouteAction.timeout: 0 disables the timeout; unset
+		// means 15s. Only 0 is emulated (kubegate renders it; Validate insists on it).
+		if d := duration(a.GetTimeout(), defaultRouteTimeout); d != 0 {
+			p.fail(rp+".route.timeout", "%v: only timeout 0s (no route timeout) is emulated", d)
+		}
 		v.routes = append(v.routes, route{
 			name:          r.GetName(),
 			prefix:        prefix.Prefix,
 			prefixRewrite: a.GetPrefixRewrite(),
 			cluster:       a.GetCluster(),
-			timeout:       duration(a.GetTimeout(), defaultRouteTimeout),
 		})
 	}
 	return v

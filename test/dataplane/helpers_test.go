@@ -129,6 +129,11 @@ func (c certs) pool(t testing.TB) *x509.CertPool {
 	return p
 }
 
+// clientTLS trusts the listener's CA and offers the given ALPN protocols.
+func (c certs) clientTLS(t testing.TB, alpn ...string) *tls.Config {
+	return &tls.Config{RootCAs: c.pool(t), NextProtos: alpn}
+}
+
 // freePort finds a loopback port for the listener: the bootstrap must name a
 // concrete one, as Envoy's would.
 func freePort(t testing.TB) int {

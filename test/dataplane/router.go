@@ -179,21 +179,15 @@ func (r *router) forward(dpCtx context.Context, w http.ResponseWriter, req *http
 		}
 	}()
 
-	// Route timeout (route_components.proto RouteAction.timeout; 0 disables it):
-	// the whole response must be done in time.
-	timedOut := make(chan struct{})
-	if rt.timeout > 0 {
-		t := time.AfterFunc(rt.timeout, func() { close(timedOut); cancel() })
-		defer t.Stop()
-	}
-	cut := cutReasons{timedOut: timedOut, idled: idled}
+	// The route timeout is 0 (config.go refuses others): nothing bounds the
+	// response but the stream idle timeout.
 
 	_, upgrade := upgradeType(s.headers)
 	head, chunked := r.requestHead(s, c.cfg.name)
 	sent := time.Now()
 	if _, err := uc.Write(head); err != nil {
 		uc.Close()
-		r.resetBeforeResponse(w, req, s, cm, err, cut)
+		r.resetBeforeResponse(w, req, s, cm, err, idled)
 		return
 	}
 	bodyDone := make(chan error, 1)
@@ -206,7 +200,7 @@ func (r *router) forward(dpCtx context.Context, w http.ResponseWriter, req *http
 	resp, err := http.ReadResponse(uc.br, &http.Request{Method: s.headers.first(":method")})
 	if err != nil {
 		uc.Close()
-		r.resetBeforeResponse(w, req, s, cm, err, cut)
+		r.resetBeforeResponse(w, req, s, cm, err, idled)
 		return
 	}
 	idle.touch()
@@ -215,7 +209,7 @@ func (r *router) forward(dpCtx context.Context, w http.ResponseWriter, req *http
 		r.upgrade(ctx, w, s, uc, resp, idle)
 		return
 	}
-	r.respond(w, req, s, resp, idle, cut)
+	r.respond(w, req, s, resp, idle, idled)
 	if resp.Close || ctx.Err() != nil {
 		uc.Close() // also unblocks a request body the upstream did not read
 		<-bodyDone
@@ -228,10 +222,6 @@ func (r *router) forward(dpCtx context.Context, w http.ResponseWriter, req *http
 	c.put(uc)
 }
 
-// cutReasons say why a stream was cut short: the route timeout or the stream idle
-// timeout (each closes its channel when it fires).
-type cutReasons struct{ timedOut, idled chan struct{} }
-
 func fired(c chan struct{}) bool {
 	select {
 	case <-c:
@@ -241,19 +231,16 @@ func fired(c chan struct{}) bool {
 	}
 }
 
-// finalizeRequestHeaders is RouteEntryImplBase::finalizeRequestHeaders for a
-// prefix route: prefix_rewrite replaces the matched prefix, and the original path
-// is kept in x-envoy-original-path (the router's suppress_envoy_headers is false);
-// with a non-zero timeout the router also tells the upstream
+// finalizeRequestHeaders is RouteEntryImplBase::finalizePathHeader for a prefix
+// route: prefix_rewrite replaces the matched prefix, and the original path is kept
+// in x-envoy-original-path (insert_envoy_original_path: the router's
+// suppress_envoy_headers is false). With timeout 0 the router sends no
 // x-envoy-expected-rq-timeout-ms (FilterUtility::setTimeoutHeaders).
 func finalizeRequestHeaders(s *stream, rt *route) {
 	path := s.headers.first(":path")
 	if rt.prefixRewrite != "" {
 		s.headers.set("x-envoy-original-path", path)
 		s.headers.set(":path", rt.prefixRewrite+path[len(rt.prefix):])
-	}
-	if rt.timeout > 0 {
-		s.headers.set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(rt.timeout.Milliseconds(), 10))
 	}
 }
 
@@ -328,15 +315,10 @@ func copyRequestBody(w io.Writer, s *stream, body io.Reader, chunked bool, idle 
 }
 
 // resetBeforeResponse answers a request whose upstream failed before the response
-// headers: 504 "upstream request timeout" after the route timeout (router.cc
-// onResponseTimeout), 408 "stream timeout" after the stream idle timeout
+// headers: 408 "stream timeout" after the stream idle timeout
 // (ActiveStream::onIdleTimeout), 503 otherwise.
-func (r *router) resetBeforeResponse(w http.ResponseWriter, req *http.Request, s *stream, cm *connectionManager, err error, cut cutReasons) {
-	switch {
-	case fired(cut.timedOut):
-		cm.sendLocalReply(w, req, s, &localReply{status: http.StatusGatewayTimeout, body: "upstream request timeout", details: "upstream_response_timeout", flags: "UT"})
-		return
-	case fired(cut.idled):
+func (r *router) resetBeforeResponse(w http.ResponseWriter, req *http.Request, s *stream, cm *connectionManager, err error, idled chan struct{}) {
+	if fired(idled) {
 		cm.sendLocalReply(w, req, s, &localReply{status: http.StatusRequestTimeout, body: "stream timeout", details: "stream_idle_timeout", flags: "SI"})
 		return
 	}
@@ -383,7 +365,7 @@ func responseHeaders(s *stream, resp *http.Response) *headerMap {
 
 // respond streams the response: every chunk read from upstream is written and
 // flushed at once, so watches and `logs -f` are not buffered.
-func (r *router) respond(w http.ResponseWriter, req *http.Request, s *stream, resp *http.Response, idle *idleTimer, cut cutReasons) {
+func (r *router) respond(w http.ResponseWriter, req *http.Request, s *stream, resp *http.Response, idle *idleTimer, idled chan struct{}) {
 	defer resp.Body.Close()
 	s.respStatus = resp.StatusCode
 	h := responseHeaders(s, resp)
@@ -408,15 +390,11 @@ func (r *router) respond(w http.ResponseWriter, req *http.Request, s *stream, re
 			return
 		}
 		if err != nil {
-			// The upstream reset mid-response (or the route or idle timeout cut it):
-			// Envoy resets the downstream stream.
-			switch {
-			case fired(cut.timedOut):
-				s.flags = "UT"
-			case fired(cut.idled):
+			// The upstream reset mid-response (or the idle timeout cut it): Envoy
+			// resets the downstream stream.
+			s.flags = "UR"
+			if fired(idled) {
 				s.flags = "SI"
-			default:
-				s.flags = "UR"
 			}
 			panic(http.ErrAbortHandler)
 		}
