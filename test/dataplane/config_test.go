@@ -54,7 +54,7 @@ func editHCM(t testing.TB, b *bootstrapv3.Bootstrap, hcmEdit func(*hcmv3.HttpCon
 	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, hcm)}
 }
 
-func cluster(b *bootstrapv3.Bootstrap, name string) *clusterv3.Cluster {
+func clusterNamed(b *bootstrapv3.Bootstrap, name string) *clusterv3.Cluster {
 	for _, c := range b.GetStaticResources().GetClusters() {
 		if c.GetName() == name {
 			return c
@@ -118,7 +118,7 @@ func TestStartRefuses(t *testing.T) {
 		{
 			name: "two endpoints in a cluster",
 			edit: func(b *bootstrapv3.Bootstrap) {
-				la := cluster(b, envoy.AuthzCluster).GetLoadAssignment()
+				la := clusterNamed(b, envoy.AuthzCluster).GetLoadAssignment()
 				la.Endpoints = append(la.Endpoints, &endpointv3.LocalityLbEndpoints{LbEndpoints: la.Endpoints[0].LbEndpoints})
 			},
 			want: []string{"exactly one endpoint is emulated (load balancing is not), found 2"},
@@ -126,7 +126,7 @@ func TestStartRefuses(t *testing.T) {
 		{
 			name: "cluster and listener knobs",
 			edit: func(b *bootstrapv3.Bootstrap) {
-				cluster(b, envoy.APIServerCluster).PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
+				clusterNamed(b, envoy.APIServerCluster).PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
 				b.GetStaticResources().GetListeners()[0].PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
 				b.LayeredRuntime = &bootstrapv3.LayeredRuntime{}
 			},
@@ -135,7 +135,7 @@ func TestStartRefuses(t *testing.T) {
 		{
 			name: "client certificates to the API server",
 			edit: func(b *bootstrapv3.Bootstrap) {
-				cl := cluster(b, envoy.APIServerCluster)
+				cl := clusterNamed(b, envoy.APIServerCluster)
 				u := &tlsv3.UpstreamTlsContext{}
 				mustUnpack(t, cl.GetTransportSocket().GetTypedConfig(), u)
 				u.CommonTlsContext.TlsCertificates = []*tlsv3.TlsCertificate{{CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "x"}}}}
