@@ -79,6 +79,9 @@ type DataPlane struct {
 	ctx      context.Context // ends at Close: upgraded connections watch it
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+	streams  sync.WaitGroup // requests being handled, upgraded ones included
+	closing  bool           // guarded by closeMu; no stream starts once set
+	closeMu  sync.Mutex
 
 	closeOnce sync.Once
 	closeErr  error
@@ -160,7 +163,14 @@ func (dp *DataPlane) Close() error {
 				errs = append(errs, err)
 			}
 		}
+		// Closing the connections ends every request's context, and cancel ends
+		// the upgraded streams, so in-flight handlers return promptly; waiting for
+		// them means nothing writes to the access log after Close.
+		dp.closeMu.Lock()
+		dp.closing = true
+		dp.closeMu.Unlock()
 		dp.cancel()
+		dp.streams.Wait()
 		if dp.router != nil {
 			dp.router.close()
 		}
@@ -171,6 +181,17 @@ func (dp *DataPlane) Close() error {
 		dp.closeErr = errors.Join(errs...)
 	})
 	return dp.closeErr
+}
+
+// streamStarts counts a new request in, unless Close has begun.
+func (dp *DataPlane) streamStarts() bool {
+	dp.closeMu.Lock()
+	defer dp.closeMu.Unlock()
+	if dp.closing {
+		return false
+	}
+	dp.streams.Add(1)
+	return true
 }
 
 // build creates the gRPC connections, the filters and the router.

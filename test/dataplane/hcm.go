@@ -110,6 +110,10 @@ type httpFilter interface {
 type connectionManager struct{ dp *DataPlane }
 
 func (cm *connectionManager) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if !cm.dp.streamStarts() {
+		panic(http.ErrAbortHandler) // the data plane is closing
+	}
+	defer cm.dp.streams.Done()
 	cfg := &cm.dp.cfg.hcm
 	s := newStream(req)
 	defer cm.accessLog(s)
@@ -227,10 +231,19 @@ func (cm *connectionManager) codecChecks(s *stream, cfg *hcmConfig) *localReply 
 	codecError := func(status int, details string) *localReply {
 		return &localReply{status: status, body: http.StatusText(status), details: details, closeConn: !h2, reset: h2, flags: "DPE"}
 	}
-	if s.headers.size() > cfg.maxHeadersCount {
+	// The HTTP/1 codec checks the limits while reading header lines, before it
+	// adds :path and :method; the HTTP/2 codec counts every field it receives.
+	count, size := s.headers.size(), s.headers.byteSize()
+	if !h2 {
+		for _, k := range []string{":path", ":method"} {
+			count--
+			size -= len(k) + len(s.headers.first(k))
+		}
+	}
+	if count > cfg.maxHeadersCount {
 		return codecError(http.StatusRequestHeaderFieldsTooLarge, "http1.too_many_headers")
 	}
-	if s.headers.byteSize() > cfg.maxHeadersKB*1024 {
+	if size > cfg.maxHeadersKB*1024 {
 		return codecError(http.StatusRequestHeaderFieldsTooLarge, "http1.headers_too_large")
 	}
 	for _, e := range slices.Clone(s.headers.entries) {
