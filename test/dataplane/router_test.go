@@ -428,3 +428,22 @@ func TestAdminReady(t *testing.T) {
 		t.Errorf("/ready: %d %q", status, body)
 	}
 }
+
+// TestDownstreamConnectionLimit: the overload manager's
+// global_downstream_max_connections closes connections beyond the limit at accept.
+func TestDownstreamConnectionLimit(t *testing.T) {
+	c := newCerts(t)
+	rec := newRecorder(t, nil)
+	_, xds := realXDS(t, agentToken)
+	dp := start(t, render(t, c, setup{authz: (&authzDouble{}).serve(t), extproc: (&processorDouble{}).serve(t), xds: xds, apiserver: rec.url(), caFile: rec.caFile,
+		edit: func(o *envoy.Options) { o.MaxConnections = 1 }}), Options{})
+	cl := client(t, c, false) // keeps its connection open after the request
+	if status, _, body := do(t, cl, "GET", dp.URL()+"/k8s-proxy/api", nil); status != http.StatusOK {
+		t.Fatalf("first connection: %d %q", status, body)
+	}
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(dp.URL(), "https://"), c.clientTLS(t, "http/1.1"))
+	if err == nil {
+		conn.Close()
+		t.Fatal("a second connection was accepted beyond max_active_downstream_connections 1")
+	}
+}

@@ -1,0 +1,84 @@
+// Package dataplane is a stand-in for Envoy that runs the bootstrap
+// `kubegate envoy render` produces, for kubegate's tests and local sandbox where no
+// Envoy binary can run. It is a test tool, not a product data plane.
+//
+//	dp, err := dataplane.Start(ctx, bootstrapYAML, dataplane.Options{OnUpstreamRequest: record})
+//	defer dp.Close()
+//	kubectl --server dp.URL()+"/k8s-proxy" ...
+//
+// Start runs envoy.Validate first, then reads every setting it emulates from the
+// bootstrap — listener address, certificates and ALPN; codec type, header limits,
+// underscore policy, path normalization, upgrade_configs; the route's prefix,
+// prefix_rewrite and timeout; the filter order; ext_authz, ext_proc and
+// credential_injector settings; every cluster's endpoint, connect timeout,
+// protocol, TLS CA/SNI/SAN matchers and circuit breakers; SDS or ADS; the
+// overload manager's connection limit; the admin address — and refuses, with the
+// path of each field, any bootstrap that sets something it does not emulate
+// (support.go lists what it does). A configuration mistake therefore fails a
+// test instead of being papered over.
+//
+// What it emulates, and the Envoy source each part follows (file names are in
+// github.com/envoyproxy/envoy; each function cites the function it mirrors):
+//
+//   - Header map: lower-case keys, pseudo-headers first, a second line of an
+//     "inline" header (Authorization among them) folded into the first with ","
+//     (common/http/header_map_impl.cc insertByKey, header_map_impl.h INLINE_*).
+//   - Connection manager: max_headers_count / max_request_headers_kb (431) and
+//     headers_with_underscores_action (400 and close on HTTP/1, reset on HTTP/2)
+//     while parsing (http1/http2 codec_impl.cc); path_with_escaped_slashes_action,
+//     normalize_path, merge_slashes (conn_manager_utility.cc maybeNormalizePath);
+//     mutateRequestHeaders for an edge proxy with use_remote_address: hop-by-hop
+//     headers dropped, x-forwarded-for/-proto, x-envoy-external-address, a fresh
+//     x-request-id, internal x-envoy-* headers removed; 403 for an upgrade type
+//     not in upgrade_configs; "server: envoy"; local replies as
+//     Utility::prepareLocalReply builds them; the default access log format.
+//   - ext_authz (filters/http/ext_authz/ext_authz.cc, common/ext_authz/
+//     check_request_utils.cc and ext_authz_grpc_impl.cc): skipped without a
+//     route; CheckRequest with the stream id, method, path, host, scheme,
+//     protocol, header_map (raw_value) or the comma-joined headers map, peer
+//     addresses and the listener certificate as destination principal; the gRPC
+//     call bounded by grpc_service.timeout; OK answers applied in Envoy's order
+//     (headers, then headers_to_remove, response headers, query parameters with
+//     QueryParamsMulti's sorted re-serialization) through validate_mutations and
+//     decoder_header_mutation_rules, a refused one being a 500; dynamic metadata
+//     stored under envoy.filters.http.ext_authz with ext_authz_duration; denials
+//     with their status (403 by default), headers and body; errors, timeouts and
+//     unreachable services answered with status_on_error (or error_response's
+//     own status) unless failure_mode_allow.
+//   - ext_proc (filters/http/ext_proc/ext_proc.cc, processor_state.cc,
+//     mutation_utils.cc; common/mutation_rules/mutation_rules.cc): runs also
+//     without a route; one stream per request carrying request_headers (raw_value,
+//     end_of_stream), metadata_context with the forwarding namespaces and
+//     protocol_config; message_timeout; HeaderMutation with remove_headers before
+//     set_headers, append_action honoured only when non-zero, the legacy append
+//     otherwise (default false: overwrite; true: a new line), raw_value as the
+//     value, Checker::check on every change, and the header-count/size check of
+//     the result; immediate_response (status default 200, its headers through the
+//     same rules, a refused one dropped); errors answered with status_on_error,
+//     message timeouts with 504; a processor that closes its stream with OK
+//     before answering lets the request continue, as Envoy does.
+//   - credential_injector with the generic credential (credential_injector_
+//     filter.cc, injected_credentials/generic): the secret over a real SDS
+//     StreamSecrets (or ADS) stream with ACK/NACK; the listener warms until the
+//     first secret or initial_fetch_timeout; overwrite sets one header line;
+//     without a secret a 401 "Failed to inject credential.".
+//   - Router (common/router/router.cc, config_impl.cc, http1/codec_impl.cc): prefix
+//     match and prefix_rewrite with x-envoy-original-path; the router's 404 for no
+//     route; HTTP/1.1 upstream over TLS verified against trusted_ca and
+//     match_typed_subject_alt_names with the cluster's SNI; request line and
+//     headers written as Envoy's encoder writes them (host first, lower case,
+//     content-length or chunked framing); circuit breakers (503 overflow with
+//     x-envoy-overloaded); 503 "upstream connect error ..." local replies;
+//     streamed responses flushed chunk by chunk; 101 upgrades passed through
+//     byte for byte; stream_idle_timeout.
+//
+// Known differences from Envoy, none of which kubegate's filters can observe
+// except as noted: Go's server does not keep the order of distinct request header
+// names, so regular headers reach the filters sorted by name (each name's lines in
+// order); upstream response headers are likewise re-ordered; canonicalPath does
+// not re-escape characters invalid in a path; for a loopback peer
+// x-forwarded-for gets the listener's IP rather than the host's primary address;
+// clusters have exactly one endpoint and active health checks are not run (with
+// one endpoint Envoy's panic threshold sends traffic to it anyway); only a route
+// timeout of 0 is emulated (Validate requires it).
+package dataplane
