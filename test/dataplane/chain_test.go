@@ -43,4 +43,9 @@ func TestChainWithKubegateServices(t *testing.T) {
 			}
 		})
 	}
+	// Sequential requests reuse the idle upstream connection.
+	reqs := rec.requests()
+	if len(reqs) != 2 || reqs[0].RemoteAddr != reqs[1].RemoteAddr {
+		t.Errorf("upstream connections: %d requests from %v, want both on one connection", len(reqs), []string{reqs[0].RemoteAddr, reqs[len(reqs)-1].RemoteAddr})
+	}
 }

@@ -68,6 +68,9 @@ type upstreamCluster struct {
 type upstreamConn struct {
 	net.Conn
 	br *bufio.Reader
+	// idleRead delivers the result of the read that watches an idle connection:
+	// Envoy notices a peer's close from the connection's read event.
+	idleRead chan error
 }
 
 // get returns a live idle connection or a new one.
@@ -76,7 +79,7 @@ func (c *upstreamCluster) get(ctx context.Context) (*upstreamConn, error) {
 	for len(c.idle) > 0 {
 		uc := c.idle[len(c.idle)-1]
 		c.idle = c.idle[:len(c.idle)-1]
-		if uc.alive() {
+		if uc.reclaim() {
 			c.mu.Unlock()
 			return uc, nil
 		}
@@ -100,23 +103,27 @@ func (c *upstreamCluster) get(ctx context.Context) (*upstreamConn, error) {
 	return &upstreamConn{Conn: conn, br: bufio.NewReader(conn)}, nil
 }
 
-// alive reports whether an idle connection was not closed by the peer meanwhile
-// (Envoy notices that from the connection's read event).
-func (uc *upstreamConn) alive() bool {
-	if uc.br.Buffered() > 0 {
-		return false // the server sent something unasked: not reusable
-	}
-	uc.SetReadDeadline(time.Now().Add(time.Millisecond))
-	_, err := uc.br.Peek(1)
-	uc.SetReadDeadline(time.Time{})
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
+// put parks a connection, watching it with a read: data or EOF while idle means
+// it cannot be reused.
 func (c *upstreamCluster) put(uc *upstreamConn) {
+	uc.idleRead = make(chan error, 1)
+	go func() {
+		_, err := uc.br.Peek(1)
+		uc.idleRead <- err
+	}()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.idle = append(c.idle, uc)
+}
+
+// reclaim stops the idle read and reports whether the connection is still good:
+// only a read cut short by the deadline set here means nothing happened on it.
+func (uc *upstreamConn) reclaim() bool {
+	uc.SetReadDeadline(time.Unix(1, 0))
+	err := <-uc.idleRead
+	uc.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() && uc.br.Buffered() == 0
 }
 
 func (c *upstreamCluster) closeIdle() {

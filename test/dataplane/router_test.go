@@ -447,3 +447,22 @@ func TestDownstreamConnectionLimit(t *testing.T) {
 		t.Fatal("a second connection was accepted beyond max_active_downstream_connections 1")
 	}
 }
+
+// TestIdleUpstreamClosed: an idle upstream connection the server closed is not
+// reused; the next request opens a new one instead of failing.
+func TestIdleUpstreamClosed(t *testing.T) {
+	c := newCerts(t)
+	rec := newRecorder(t, nil)
+	_, xds := realXDS(t, agentToken)
+	dp := start(t, render(t, c, setup{authz: (&authzDouble{}).serve(t), extproc: (&processorDouble{}).serve(t), xds: xds, apiserver: rec.url(), caFile: rec.caFile}), Options{})
+	cl := client(t, c, true)
+	for i := range 2 {
+		if status, _, body := do(t, cl, "GET", dp.URL()+"/k8s-proxy/api", nil); status != http.StatusOK {
+			t.Fatalf("request %d: %d %q", i, status, body)
+		}
+		rec.srv.CloseClientConnections()
+	}
+	if reqs := rec.requests(); reqs[0].RemoteAddr == reqs[1].RemoteAddr {
+		t.Errorf("the closed connection was reused")
+	}
+}
