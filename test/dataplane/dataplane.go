@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -391,12 +390,4 @@ type releaseConn struct {
 func (c *releaseConn) Close() error {
 	c.once.Do(c.release)
 	return c.Conn.Close()
-}
-
-// hostOnly strips the port from host:port.
-func hostOnly(hostport string) string {
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		return h
-	}
-	return strings.Trim(hostport, "[]")
 }

@@ -181,10 +181,6 @@ func (h *headerMap) byteSize() int {
 	return n
 }
 
-func (h *headerMap) clone() *headerMap {
-	return &headerMap{entries: append([]headerEntry(nil), h.entries...)}
-}
-
 // validHeaderName is Envoy's HeaderUtility::headerNameIsValid: RFC 7230 token
 // characters; upper case is allowed except in pseudo-headers, which follow HTTP/2's
 // lower-case rule (nghttp2_check_header_name).
