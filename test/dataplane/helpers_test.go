@@ -271,6 +271,13 @@ type recorder struct {
 
 func newRecorder(t testing.TB, handler http.HandlerFunc) *recorder {
 	t.Helper()
+	return newRecorderWith(t, handler, nil)
+}
+
+// newRecorderWith serves with the certificate in serving (nil: httptest's own,
+// which names 127.0.0.1 and example.com); caFile is then serving's CA.
+func newRecorderWith(t testing.TB, handler http.HandlerFunc, serving *certs) *recorder {
+	t.Helper()
 	r := &recorder{}
 	r.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
@@ -283,8 +290,19 @@ func newRecorder(t testing.TB, handler http.HandlerFunc) *recorder {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"kind":"Status","status":"Success"}`)
 	}))
+	if serving != nil {
+		cert, err := tls.LoadX509KeyPair(filepath.Join(serving.dir, devcert.CertFile), filepath.Join(serving.dir, devcert.KeyFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
 	r.srv.StartTLS()
 	t.Cleanup(r.srv.Close)
+	if serving != nil {
+		r.caFile = filepath.Join(serving.dir, devcert.CAFile)
+		return r
+	}
 	r.caFile = filepath.Join(t.TempDir(), "upstream-ca.crt")
 	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.srv.Certificate().Raw})
 	if err := os.WriteFile(r.caFile, pemBytes, 0o600); err != nil {

@@ -466,3 +466,19 @@ func TestIdleUpstreamClosed(t *testing.T) {
 		t.Errorf("the closed connection was reused")
 	}
 }
+
+// TestUpstreamByName: for an API server named by DNS, the cluster sends that name
+// as SNI (UpstreamTlsContext.sni) and checks it as a DNS SAN.
+func TestUpstreamByName(t *testing.T) {
+	c := newCerts(t) // its certificate names localhost and 127.0.0.1
+	rec := newRecorderWith(t, nil, &c)
+	_, xds := realXDS(t, agentToken)
+	port := rec.srv.Listener.Addr().(*net.TCPAddr).Port
+	dp := start(t, render(t, c, setup{authz: (&authzDouble{}).serve(t), extproc: (&processorDouble{}).serve(t), xds: xds, apiserver: fmt.Sprintf("https://localhost:%d", port), caFile: rec.caFile}), Options{})
+	if status, _, body := do(t, client(t, c, true), "GET", dp.URL()+"/k8s-proxy/api", nil); status != http.StatusOK {
+		t.Fatalf("status %d: %s", status, body)
+	}
+	if reqs := rec.requests(); len(reqs) != 1 || reqs[0].TLS == nil || reqs[0].TLS.ServerName != "localhost" {
+		t.Errorf("the upstream did not see SNI localhost: %+v", reqs)
+	}
+}
