@@ -40,5 +40,6 @@ service account or the impersonated GitLab user, and its RBAC has the last word.
 	root.AddCommand(newDirectoryCommand())
 	root.AddCommand(newEnvoyCommand(), newXDSCommand())
 	root.AddCommand(newAuthzCommand(), newExtProcCommand())
+	root.AddCommand(newUpdateKubeconfigCommand(), newGetTokenCommand())
 	return root
 }
