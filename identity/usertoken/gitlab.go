@@ -195,20 +195,24 @@ func (g *GitLab) create(ctx context.Context) (tokencache.Entry, error) {
 	}, nil
 }
 
-// stillValid asks GitLab about a cached token with the token itself:
-// GET /personal_access_tokens/self
-// (https://docs.gitlab.com/api/personal_access_tokens/#self-inform). 401 means it no
-// longer works (revoked or expired): a new one is created.
+// stillValid asks GitLab, with the user's own GitLab token, about the cached token
+// by its id: GET /personal_access_tokens/:id
+// (https://docs.gitlab.com/api/personal_access_tokens/, "get a single personal access
+// token"; a user may read their own tokens). A revoked, inactive or vanished (404)
+// token is replaced. Asking with the user's token rather than the cached k8s_proxy one
+// does not depend on which API calls GitLab allows a k8s_proxy token.
 func (g *GitLab) stillValid(ctx context.Context, e tokencache.Entry) (bool, error) {
+	if e.ID <= 0 {
+		return false, nil // no id to ask about: make a new token
+	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
 	defer cancel()
-	pat, resp, err := g.client.PersonalAccessTokens.GetSinglePersonalAccessToken(
-		gl.WithToken(gl.PrivateToken, e.Token), gl.WithContext(ctx))
+	pat, resp, err := g.client.PersonalAccessTokens.GetSinglePersonalAccessTokenByID(e.ID, gl.WithContext(ctx))
 	if err != nil {
-		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
+		if resp != nil && resp.StatusCode == http.StatusNotFound {
 			return false, nil
 		}
-		return false, g.explain(ctx, "check the cached token (--check-revoked, GET /personal_access_tokens/self)", resp, err, nil)
+		return false, g.explain(ctx, "check the cached token (--check-revoked, GET /personal_access_tokens/:id)", resp, err, nil)
 	}
 	return pat != nil && !pat.Revoked && pat.Active, nil
 }

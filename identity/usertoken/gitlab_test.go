@@ -2,7 +2,7 @@ package usertoken
 
 // The GitLab these tests talk to is gitlabtest's stand-in with its user API enabled
 // (POST /user/personal_access_tokens, GET /user, GET /projects/:id/cluster_agents/:id,
-// and the existing GET /personal_access_tokens/self), which follows GitLab's API
+// GET /personal_access_tokens/:id), which follows GitLab's API
 // documentation as listed in gitlabtest: a real GitLab cannot run here.
 
 import (
@@ -312,10 +312,11 @@ func TestCachedTokens(t *testing.T) {
 				}
 				last = tok.Secret
 			}
-			if tt.checkRevoked && f.srv.Calls("GET /api/v4/personal_access_tokens/self") == 0 {
+			asked := f.api.Calls("GET /api/v4/personal_access_tokens/{id}")
+			if tt.checkRevoked && asked == 0 {
 				t.Fatal("--check-revoked never asked GitLab")
 			}
-			if !tt.checkRevoked && f.srv.Calls("GET /api/v4/personal_access_tokens/self") != 0 {
+			if !tt.checkRevoked && asked != 0 {
 				t.Fatal("GitLab was asked about the cached token without --check-revoked")
 			}
 		})

@@ -12,6 +12,10 @@ package gitlabtest
 //     that is not in the future, or more than 365 days away (GitLab's default maximum
 //     lifetime), is a 400. Answers 201 with the token, including its secret "token".
 //   - GET /api/v4/user — https://docs.gitlab.com/api/users/ ("get the current user").
+//   - GET /api/v4/personal_access_tokens/:id — https://docs.gitlab.com/api/personal_access_tokens/
+//     ("get a single personal access token"): a user sees their own tokens, revoked or
+//     expired ones included (revoked, active); anyone else's is a 404. (:id "self" is
+//     left to the server's self-inform route.)
 //   - GET /api/v4/projects/:id/cluster_agents/:agent_id —
 //     https://docs.gitlab.com/api/cluster_agents/#get-details-about-an-agent
 //     Needs the Developer role or higher in the project; GitLab answers 404 both for an
@@ -62,9 +66,10 @@ func (s *Server) EnableUserAPI() *UserAPI {
 	u.mux.HandleFunc("POST /api/v4/user/personal_access_tokens", u.createToken)
 	u.mux.HandleFunc("GET /api/v4/user", u.currentUser)
 	u.mux.HandleFunc("GET /api/v4/projects/{id}/cluster_agents/{agent}", u.agent)
+	u.mux.HandleFunc("GET /api/v4/personal_access_tokens/{id}", u.tokenByID)
 	s.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
 		_, pattern := u.mux.Handler(r)
-		if pattern == "" {
+		if pattern == "" || r.URL.Path == "/api/v4/personal_access_tokens/self" {
 			return false
 		}
 		s.mu.Lock()
@@ -205,6 +210,23 @@ func (u *UserAPI) createToken(w http.ResponseWriter, r *http.Request) {
 	v["created_at"] = u.s.now.UTC().Format("2006-01-02T15:04:05.000Z")
 	v["token"] = secret
 	writeJSON(w, http.StatusCreated, v)
+}
+
+func (u *UserAPI) tokenByID(w http.ResponseWriter, r *http.Request) {
+	u.s.mu.Lock()
+	defer u.s.mu.Unlock()
+	user := u.authorize(w, r, "api", "read_api")
+	if user == nil {
+		return
+	}
+	id, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	for _, t := range u.s.tokens {
+		if t.ID == id && (t.UserID == user.ID || user.Admin) {
+			writeJSON(w, http.StatusOK, u.s.tokenJSON(t))
+			return
+		}
+	}
+	message(w, http.StatusNotFound, "404 Not Found")
 }
 
 func (u *UserAPI) currentUser(w http.ResponseWriter, r *http.Request) {
