@@ -8,7 +8,9 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -108,6 +110,9 @@ func (o *updateKubeconfigOptions) complete(cmd *cobra.Command) error {
 		return fmt.Errorf("finding kubegate's own path for the exec plugin: %w", err)
 	}
 	o.executable = exe
+	if strings.Contains(exe, string(filepath.Separator)+"go-build") {
+		fmt.Fprintf(o.stderr, "warning: kubegate runs from a temporary build (%s, go run?); the kubeconfig will name that file, which Go deletes. Install kubegate (make build) and run update-kubeconfig with it.\n", exe)
+	}
 	po := clientcmd.NewDefaultPathOptions()
 	po.LoadingRules.ExplicitPath = o.kubeconfig
 	o.access = po
