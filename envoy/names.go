@@ -13,6 +13,8 @@ const (
 	VirtualHostName = "kubegate"
 	// RouteName is the route that strips PathPrefix and forwards to the API server.
 	RouteName = "k8s-proxy"
+	// NotFoundRouteName is the catch-all route for every other path (404).
+	NotFoundRouteName = "not-k8s-proxy"
 
 	// APIServerCluster is the upstream Kubernetes API server (TLS, HTTP/1.1).
 	APIServerCluster = "kubegate_apiserver"

@@ -249,6 +249,18 @@ func RouteConfig() *routev3.RouteConfiguration {
 					PrefixRewrite:    "/",
 					Timeout:          durationpb.New(0),
 				}},
+			}, {
+				// Every other path gets a route too. Without one, ext_authz skips the
+				// request (no route: nothing to check) while ext_proc still runs and
+				// refuses it for lack of a decision; with it, kubegate authz answers
+				// its own 400 that names the /k8s-proxy/ prefix. The 404 below is what
+				// remains if ext_authz ever let such a request through.
+				Name:  NotFoundRouteName,
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+					Status: 404,
+					Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "kubegate serves the Kubernetes API under " + PathPrefix + "\n"}},
+				}},
 			}},
 		}},
 	}

@@ -62,6 +62,13 @@ func parseAuthorization(lines []string) (Credential, error) {
 	if token == "" {
 		return Credential{}, Malformed("the bearer token is empty")
 	}
+	if strings.ContainsAny(token, ", \t") {
+		// No token kubegate accepts has a comma or blank. Envoy joins repeated
+		// Authorization lines into one with ", " (Authorization is an inline header,
+		// which encode_raw_headers cannot keep apart), so this is how two
+		// Authorization headers usually arrive.
+		return Credential{}, Malformed("the bearer token contains a comma or a blank: send exactly one Authorization header with one token")
+	}
 	typ, rest, hasColon := strings.Cut(token, ":")
 	switch {
 	case hasColon && typ == "pat":

@@ -41,6 +41,8 @@ func TestParseCredential(t *testing.T) {
 		{name: "two authorization headers", header: Header{"authorization": {"Bearer pat:1:a", "Bearer pat:1:b"}}, wantReason: ReasonMalformed, wantMsg: "2 Authorization headers"},
 		// A malformed Authorization never falls through to a valid cookie.
 		{name: "malformed authorization with cookie", header: Header{"authorization": {"Basic dTpw"}, "cookie": {"kubegate_session=s"}, "gitlab-agent-id": {"1"}, "x-csrf-token": {"c"}}, wantReason: ReasonMalformed},
+		{name: "two Authorization lines joined by Envoy", header: Header{"authorization": {"Bearer pat:1:a,Bearer pat:1:b"}}, wantReason: ReasonMalformed, wantMsg: "exactly one Authorization header"},
+		{name: "blank inside the token", header: Header{"authorization": {"Bearer pat:1:a b"}}, wantReason: ReasonMalformed},
 		{name: "lower-case bearer", header: Header{"authorization": {"bearer pat:1:t"}}, wantReason: ReasonMalformed, wantMsg: "case-sensitive"},
 		{name: "empty authorization", header: Header{"authorization": {""}}, wantReason: ReasonMalformed},
 		{name: "empty bearer", header: Header{"authorization": {"Bearer "}}, wantReason: ReasonMalformed, wantMsg: "empty"},

@@ -122,6 +122,8 @@ type route struct {
 	prefix        string
 	prefixRewrite string
 	cluster       string
+	// direct is set for a direct_response route: the router answers it itself.
+	direct *localReply
 }
 
 // filterConfig is one HTTP filter: exactly one of the fields is set.
@@ -484,9 +486,26 @@ func (p *parser) virtualHost(vh *routev3.VirtualHost, path string) virtualHost {
 			p.fail(rp+".match", "only prefix matches are emulated")
 			continue
 		}
+		if d := r.GetDirectResponse(); d != nil {
+			// route_components.proto DirectResponseAction: the router answers with
+			// status and body (router.cc sendLocalReply via the route's direct
+			// response entry); only an inline body is emulated.
+			body := ""
+			if b := d.GetBody(); b != nil {
+				inline, ok := b.GetSpecifier().(*corev3.DataSource_InlineString)
+				if !ok {
+					p.fail(rp+".direct_response.body", "only inline_string bodies are emulated")
+					continue
+				}
+				body = inline.InlineString
+			}
+			v.routes = append(v.routes, route{name: r.GetName(), prefix: prefix.Prefix,
+				direct: &localReply{status: int(d.GetStatus()), body: body, details: "direct_response"}})
+			continue
+		}
 		a := r.GetRoute()
 		if a == nil {
-			p.fail(rp, "only forwarding routes (route:) are emulated")
+			p.fail(rp, "only forwarding (route:) and direct_response routes are emulated")
 			continue
 		}
 		if a.GetCluster() == "" {

@@ -155,6 +155,11 @@ func (cm *connectionManager) ServeHTTP(w http.ResponseWriter, req *http.Request)
 		cm.sendLocalReply(w, req, s, &localReply{status: http.StatusNotFound, details: "route_not_found", flags: "NR"})
 		return
 	}
+	if s.route.direct != nil {
+		r := *s.route.direct
+		cm.sendLocalReply(w, req, s, &r)
+		return
+	}
 	cm.dp.router.forward(cm.dp.ctx, w, req, s, cm)
 }
 

@@ -32,6 +32,9 @@ func newRouter(cfg *config, breakers map[string]*breaker, observe func(UpstreamR
 	r := &router{clusters: map[string]*upstreamCluster{}, observe: observe, log: log, idle: cfg.hcm.streamIdleTimeout}
 	for _, vh := range cfg.hcm.routes {
 		for _, rt := range vh.routes {
+			if rt.direct != nil {
+				continue // answered by the router itself, no upstream
+			}
 			if _, done := r.clusters[rt.cluster]; done {
 				continue
 			}

@@ -18,9 +18,9 @@ import (
 )
 
 // TestRouting: prefix match and prefix_rewrite with x-envoy-original-path; the
-// HCM's path normalization before anything sees the path; requests outside the
-// route table skip ext_authz (no route), still run ext_proc, and get the router's
-// 404.
+// HCM's path normalization before anything sees the path; requests outside
+// /k8s-proxy/ match kubegate's catch-all direct_response route, so ext_authz is
+// still asked (here it allows) and the router answers 404 without an upstream.
 func TestRouting(t *testing.T) {
 	c := newCerts(t)
 	rec := newRecorder(t, nil)
@@ -42,9 +42,9 @@ func TestRouting(t *testing.T) {
 		{"encoded dot segments too", "/k8s-proxy/api/%2e%2e/api/v1", 200, "/api/v1", "/k8s-proxy/api/v1"},
 		{"slashes merged", "/k8s-proxy//api///v1", 200, "/api/v1", "/k8s-proxy/api/v1"},
 		{"escaped slash refused", "/k8s-proxy/api/v1/namespaces/a%2Fb", 400, "", ""},
-		{"outside the prefix", "/api/v1/pods", 404, "", ""},
-		{"the prefix without its slash", "/k8s-proxy", 404, "", ""},
-		{"escaping the prefix with dot segments", "/k8s-proxy/../api/v1/pods", 404, "", ""},
+		{"outside the prefix", "/api/v1/pods", 404, "", "/api/v1/pods"},
+		{"the prefix without its slash", "/k8s-proxy", 404, "", "/k8s-proxy"},
+		{"escaping the prefix with dot segments", "/k8s-proxy/../api/v1/pods", 404, "", "/api/v1/pods"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -59,7 +59,7 @@ func TestRouting(t *testing.T) {
 				t.Errorf("reached the upstream as %q", ups[0].Target)
 			case tt.wantUpstream != "" && (len(ups) != 1 || ups[0].Target != tt.wantUpstream):
 				t.Errorf("upstream requests %v, want one to %q", ups, tt.wantUpstream)
-			case tt.wantUpstream != "":
+			case tt.wantUpstream != "" && tt.wantChecked != "":
 				if got := ups[0].Values("x-envoy-original-path"); !slices.Equal(got, []string{tt.wantChecked}) {
 					t.Errorf("x-envoy-original-path %q, want %q", got, tt.wantChecked)
 				}
@@ -75,17 +75,18 @@ func TestRouting(t *testing.T) {
 	}
 }
 
-// TestOutsideThePrefixWithKubegateExtproc: without a route ext_authz does not run,
-// so kubegate extproc receives no decision and denies with 403 before the
-// router's 404 could happen. This is what a client of a real Envoy would see.
-func TestOutsideThePrefixWithKubegateExtproc(t *testing.T) {
+// TestOutsideThePrefixWithKubegateServices: the catch-all route makes ext_authz
+// run, and kubegate authz answers its own 400 that names the prefix. (Without that
+// route Envoy would skip ext_authz and kubegate extproc would refuse the request for
+// lack of a decision.)
+func TestOutsideThePrefixWithKubegateServices(t *testing.T) {
 	c := newCerts(t)
 	rec := newRecorder(t, nil)
 	_, xds := realXDS(t, agentToken)
 	dp := start(t, render(t, c, setup{authz: realAuthz(t), extproc: realExtProc(t), xds: xds, apiserver: rec.url(), caFile: rec.caFile}), Options{})
 	status, _, body := do(t, client(t, c, true), "GET", dp.URL()+"/api/v1/pods", http.Header{"Authorization": {alicePAT()}})
-	if status != http.StatusForbidden || !strings.Contains(body, "no authorization decision") {
-		t.Errorf("got %d %q, want kubegate extproc's 403 for a request without a decision", status, body)
+	if status != http.StatusBadRequest || !strings.Contains(body, "under /k8s-proxy/") {
+		t.Errorf("got %d %q, want kubegate authz's 400 naming the prefix", status, body)
 	}
 }
 

@@ -58,11 +58,12 @@ var emulated = map[protoreflect.FullName][]string{
 	"envoy.extensions.access_loggers.stream.v3.StdoutAccessLog":                                       {},
 
 	// Routes.
-	"envoy.config.route.v3.RouteConfiguration": {"name", "virtual_hosts"},
-	"envoy.config.route.v3.VirtualHost":        {"name", "domains", "routes"},
-	"envoy.config.route.v3.Route":              {"name", "match", "route"},
-	"envoy.config.route.v3.RouteMatch":         {"prefix"},
-	"envoy.config.route.v3.RouteAction":        {"cluster", "prefix_rewrite", "timeout"},
+	"envoy.config.route.v3.RouteConfiguration":   {"name", "virtual_hosts"},
+	"envoy.config.route.v3.VirtualHost":          {"name", "domains", "routes"},
+	"envoy.config.route.v3.Route":                {"name", "match", "route", "direct_response"},
+	"envoy.config.route.v3.DirectResponseAction": {"status", "body"},
+	"envoy.config.route.v3.RouteMatch":           {"prefix"},
+	"envoy.config.route.v3.RouteAction":          {"cluster", "prefix_rewrite", "timeout"},
 
 	// HTTP filters.
 	"envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": {
