@@ -12,9 +12,9 @@ import (
 	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
-	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
