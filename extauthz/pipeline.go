@@ -100,10 +100,15 @@ func identityDenial(e *identity.Error) outcome {
 	return outcome{reason: Reason(e.Reason), message: e.Public, cause: e.Err}
 }
 
-// clientImpersonation finds a client-supplied Impersonate-* header (access.md §4).
+// clientImpersonation finds a client-supplied Impersonate-* header (access.md §4),
+// or one of the API server's default front-proxy identity headers (X-Remote-User,
+// X-Remote-Group, X-Remote-Extra-*, --requestheader-*-headers). The latter are
+// trusted only from a request carrying the front-proxy client certificate, which the
+// gateway never presents (kubegate envoy validate refuses one); refusing them too
+// keeps a misconfiguration from turning them into a way to choose an identity.
 func clientImpersonation(h identity.Header) (string, bool) {
 	for name := range h {
-		if strings.HasPrefix(name, "impersonate-") {
+		if strings.HasPrefix(name, "impersonate-") || strings.HasPrefix(name, "x-remote-") {
 			return name, true
 		}
 	}

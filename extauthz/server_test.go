@@ -276,6 +276,8 @@ func TestRequestsAndResponses(t *testing.T) {
 		{name: "Impersonate-Group", path: podsPath, headers: []hdr{pat(aliceToken), {"impersonate-group", "system:masters"}}, wantCode: 403, wantReason: "client_impersonation"},
 		{name: "Impersonate-Uid", path: podsPath, headers: []hdr{pat(aliceToken), {"impersonate-uid", "0"}}, wantCode: 403, wantReason: "client_impersonation"},
 		{name: "Impersonate-Extra", path: podsPath, headers: []hdr{pat(aliceToken), {"impersonate-extra-scopes", "x"}}, wantCode: 403, wantReason: "client_impersonation"},
+		{name: "front-proxy X-Remote-User", path: podsPath, headers: []hdr{pat(aliceToken), {"x-remote-user", "admin"}}, wantCode: 403, wantReason: "client_impersonation"},
+		{name: "front-proxy X-Remote-Group", path: podsPath, headers: []hdr{pat(aliceToken), {"x-remote-group", "system:masters"}}, wantCode: 403, wantReason: "client_impersonation"},
 		{name: "impersonation without credential", path: podsPath, headers: []hdr{{"impersonate-user", "admin"}}, wantCode: 403, wantReason: "client_impersonation"},
 		{name: "outside the prefix", path: "/api/v1/pods", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "outside_prefix", wantMessage: "/k8s-proxy/"},
 		{name: "prefix without slash", path: "/k8s-proxy", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "outside_prefix"},
@@ -514,5 +516,22 @@ func TestRejectionDetailStaysServerSide(t *testing.T) {
 		if !strings.Contains(f.logs.String(), r) {
 			t.Errorf("the audit log lacks %s", r)
 		}
+	}
+}
+
+// TestAuthenticatorForAnotherAgentIsRefused: an authenticator that hands back an
+// identity for another agent (a bug, or a source shared between gateways) is not
+// trusted.
+func TestAuthenticatorForAnotherAgentIsRefused(t *testing.T) {
+	f := start(t, sandboxConfig, "")
+	snap := *f.server.state.Load()
+	snap.Authenticator = identity.AuthenticatorFunc(func(_ context.Context, c identity.Credential) (*identity.Identity, bool, error) {
+		return &identity.Identity{User: identity.User{ID: 1, Username: "alice"}, AccessType: c.Type, AgentID: 2}, true, nil
+	})
+	if err := f.server.Swap(&snap); err != nil {
+		t.Fatal(err)
+	}
+	if d := denied(t, f.check(t, checkRequest("GET", podsPath, pat(aliceToken)))); d.code != 401 || d.reason != "wrong_agent" || d.message != "kubegate: Unauthorized" {
+		t.Fatalf("got %+v", d)
 	}
 }

@@ -125,3 +125,24 @@ func FuzzParseCredential(f *testing.F) {
 		}
 	})
 }
+
+func TestListedDigest(t *testing.T) {
+	a := NewListed([]string{"g/p", "G/Q"}, []string{"g"})
+	same := Listed{Projects: []string{"g/p", "G/Q"}, Groups: []string{"g"}} // not prepared: computed on demand
+	if a.Digest() != same.Digest() {
+		t.Fatal("a prepared and an unprepared listing of the same entries differ")
+	}
+	for _, other := range []Listed{
+		NewListed([]string{"G/Q", "g/p"}, []string{"g"}), // order
+		NewListed([]string{"g/p", "g/q"}, []string{"g"}), // spelling (the answer echoes it)
+		NewListed([]string{"g/p", "G/Q", "g"}, nil),      // a group moved to projects
+		NewListed([]string{"g/pG/Q"}, []string{"g"}),     // concatenation
+	} {
+		if other.Digest() == a.Digest() {
+			t.Errorf("%v has the same digest as %v", other, a)
+		}
+	}
+	if a.ProjectKey(1) != "g/q" || same.ProjectKey(1) != "g/q" || a.GroupKey(0) != "g" {
+		t.Fatal("keys are not lower case")
+	}
+}

@@ -2,7 +2,10 @@ package identity
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"strings"
 )
 
 // AccessLevel is a GitLab role's numeric access level.
@@ -48,9 +51,78 @@ const (
 
 // Listed names the projects and groups an agent's user_access lists, by full path
 // as written in the agent configuration file (compared case-insensitively).
+//
+// Build it once per configuration with NewListed: it then carries the lower-case
+// keys and a digest of the whole listing, so the per-request work of membership
+// sources and caches does not grow with a 500+500-entry configuration.
 type Listed struct {
 	Projects []string
 	Groups   []string
+
+	projectKeys, groupKeys []string
+	digest                 [sha256.Size]byte
+	prepared               bool
+}
+
+// NewListed prepares a listing: lower-case keys and its digest.
+func NewListed(projects, groups []string) Listed {
+	l := Listed{Projects: projects, Groups: groups, prepared: true}
+	l.projectKeys = lowerAll(projects)
+	l.groupKeys = lowerAll(groups)
+	l.digest = l.computeDigest()
+	return l
+}
+
+func lowerAll(in []string) []string {
+	out := make([]string, len(in))
+	for i, s := range in {
+		out[i] = strings.ToLower(s)
+	}
+	return out
+}
+
+// ProjectKey is the lower-case form of Projects[i].
+func (l *Listed) ProjectKey(i int) string {
+	if l.prepared {
+		return l.projectKeys[i]
+	}
+	return strings.ToLower(l.Projects[i])
+}
+
+// GroupKey is the lower-case form of Groups[i].
+func (l *Listed) GroupKey(i int) string {
+	if l.prepared {
+		return l.groupKeys[i]
+	}
+	return strings.ToLower(l.Groups[i])
+}
+
+// Digest identifies the exact listing (order and spelling included): SHA-256 over
+// both lists, each entry length-prefixed. It is computed once by NewListed.
+func (l *Listed) Digest() [sha256.Size]byte {
+	if l.prepared {
+		return l.digest
+	}
+	return l.computeDigest()
+}
+
+func (l *Listed) computeDigest() [sha256.Size]byte {
+	h := sha256.New()
+	var n [8]byte
+	write := func(list []string) {
+		binary.BigEndian.PutUint64(n[:], uint64(len(list)))
+		h.Write(n[:])
+		for _, s := range list {
+			binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+			h.Write(n[:])
+			h.Write([]byte(s))
+		}
+	}
+	write(l.Projects)
+	write(l.Groups)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sum
 }
 
 // Membership is a user's effective access to one listed project or group: the

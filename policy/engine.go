@@ -92,14 +92,14 @@ func (e *Engine) Config() *AgentConfig { return e.config }
 func (e *Engine) Listed() identity.Listed { return e.listed }
 
 func listed(cfg *AgentConfig) identity.Listed {
-	var l identity.Listed
+	var projects, groups []string
 	for _, p := range cfg.UserAccess.Projects {
-		l.Projects = append(l.Projects, p.Path)
+		projects = append(projects, p.Path)
 	}
 	for _, g := range cfg.UserAccess.Groups {
-		l.Groups = append(l.Groups, g.Path)
+		groups = append(groups, g.Path)
 	}
-	return l
+	return identity.NewListed(projects, groups)
 }
 
 // userAccessData shapes user_access for Rego: listed paths as object keys

@@ -275,10 +275,14 @@ func TestOperatorModulesCannotWiden(t *testing.T) {
 			src: "package kubegate.operator\ndeny := set()"},
 		{name: "module elsewhere refused", loadErr: "is not allowed",
 			src: "package authz\nallow := true"},
-		{name: "deny as a boolean refused", loadErr: "deny must be a set of messages",
+		{name: "deny as a boolean refused", loadErr: "deny must be written deny contains msg",
 			src: "package kubegate.operator.x\ndeny := true"},
-		{name: "deny as a string refused", loadErr: "deny must be a set of messages",
+		{name: "deny as a string refused", loadErr: "deny must be written deny contains msg",
 			src: "package kubegate.operator.x\ndeny := \"no\""},
+		{name: "deny as an object refused", loadErr: "must be written deny contains msg",
+			src: "package kubegate.operator.x\ndeny[msg] if { msg := \"no\" }"},
+		{name: "deny with a ref head refused", loadErr: "must be written deny contains msg",
+			src: "package kubegate.operator.x\ndeny.pods contains \"no\" if true"},
 		{name: "module without deny refused", loadErr: "no module defines deny",
 			src: "package kubegate.operator.x\nallow := true"},
 		{name: "deny with an empty message still denies", ms: member,
@@ -361,5 +365,54 @@ func TestParseRequest(t *testing.T) {
 		if _, err := ParseRequest("GET", bad); err == nil {
 			t.Errorf("%q: want error", bad)
 		}
+	}
+}
+
+// TestIdentityCacheKeyIsExact: the per-identity decision cache must never hand one
+// input another's answer. Each pair differs in one thing the built-in policy reads.
+func TestIdentityCacheKeyIsExact(t *testing.T) {
+	e := mustEngine(t, mustConfig(t, seedUserConfig))
+	pods := mustRequest(t, "GET", "/api/v1/pods")
+	decide := func(id identity.Identity, ms ...identity.Membership) Decision {
+		t.Helper()
+		d, err := e.Decide(context.Background(), Input{Identity: id, Memberships: ms, Request: pods})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	dev := proj(1, "group-1/project-1", identity.Developer)
+	alice := who("alice", 1)
+
+	// A demotion from Developer to Reporter takes effect at once, cache or not.
+	if d := decide(alice, dev); !d.Allowed {
+		t.Fatalf("developer: %+v", d)
+	}
+	if d := decide(alice, proj(1, "group-1/project-1", identity.Reporter)); d.Allowed {
+		t.Fatal("a demoted user kept a cached allow")
+	}
+	// A promotion changes the groups.
+	if d := decide(alice, proj(1, "group-1/project-1", identity.Maintainer)); d.Impersonate.Groups[len(d.Impersonate.Groups)-1] != "gitlab:project_role:1:maintainer" {
+		t.Fatalf("promotion not reflected: %v", d.Impersonate.Groups)
+	}
+	// The same user through another credential type gets that access_type.
+	oidc := alice
+	oidc.AccessType = identity.AccessOIDCIDToken
+	if d := decide(oidc, dev); d.Impersonate.Extra[ExtraAccessType][0] != "oidc_id_token" {
+		t.Fatalf("access_type %v", d.Impersonate.Extra[ExtraAccessType])
+	}
+	if d := decide(alice, dev); d.Impersonate.Extra[ExtraAccessType][0] != "personal_access_token" {
+		t.Fatalf("access_type %v", d.Impersonate.Extra[ExtraAccessType])
+	}
+	// Another username with the same id (a rename) is another identity.
+	if d := decide(who("alice2", 1), dev); d.Impersonate.User != "gitlab:user:alice2" {
+		t.Fatalf("user %s", d.Impersonate.User)
+	}
+	// Another entry with the same level, and a path that looks like a key separator.
+	if d := decide(alice, grp(4, "group-3/subgroup", identity.Developer)); !strings.HasPrefix(d.Impersonate.Groups[1], "gitlab:group_role:4:") {
+		t.Fatalf("groups %v", d.Impersonate.Groups)
+	}
+	if d := decide(alice, proj(1, "group-1/project-1|30:x", identity.Developer)); d.Allowed {
+		t.Fatal("an unlisted path that embeds a key separator was allowed")
 	}
 }

@@ -96,11 +96,15 @@ func newOperatorPolicy(ctx context.Context, modules []Module) (*operatorPolicy, 
 		}
 		parsedModules = append(parsedModules, rego.ParsedModule(parsed))
 		for _, r := range parsed.Rules {
-			if r.Head.Ref().String() != "deny" {
+			ref := r.Head.Ref()
+			if len(ref) == 0 || !ref[0].Equal(ast.VarTerm("deny")) {
 				continue
 			}
-			if r.Head.RuleKind() != ast.MultiValue {
-				problems = append(problems, fmt.Sprintf("%s:%d: deny must be a set of messages (deny contains msg if { … }), not a single value", m.File, r.Location.Row))
+			// Only the plain partial set "deny contains msg" is read. Any other rule
+			// named deny (deny := …, deny[msg] if …, deny.pods contains …) would be
+			// silently ignored at run time, which fails open: refuse it now.
+			if len(ref) != 1 || r.Head.RuleKind() != ast.MultiValue {
+				problems = append(problems, fmt.Sprintf("%s:%d: %s must be written deny contains msg if { … } (a set of messages); other forms would be ignored", m.File, r.Location.Row, ref))
 				continue
 			}
 			withDeny[pkg] = true

@@ -344,24 +344,12 @@ func NewMemberships(inner identity.MembershipResolver, opts Options) (*Membershi
 }
 
 // membershipKey identifies a question: the user and the exact listing (order and
-// spelling matter, since the answer echoes both).
+// spelling matter, since the answer echoes both). The listing enters through its
+// digest, computed once per configuration (identity.NewListed), so a hit costs the
+// same for 5 entries as for 1,000.
 func membershipKey(u identity.User, listed identity.Listed) [sha256.Size]byte {
-	size := 64 + len(u.Username)
-	for _, p := range listed.Projects {
-		size += 8 + len(p)
-	}
-	for _, g := range listed.Groups {
-		size += 8 + len(g)
-	}
-	d := newDigest(size).str("members").int(u.ID).str(u.Username).int(int64(len(listed.Projects)))
-	for _, p := range listed.Projects {
-		d.str(p)
-	}
-	d.int(int64(len(listed.Groups)))
-	for _, g := range listed.Groups {
-		d.str(g)
-	}
-	return d.sum()
+	ld := listed.Digest()
+	return newDigest(64 + len(u.Username) + len(ld)).str("members").int(u.ID).str(u.Username).str(string(ld[:])).sum()
 }
 
 type membershipAnswer struct {

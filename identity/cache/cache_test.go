@@ -506,12 +506,14 @@ func BenchmarkHit(b *testing.B) {
 	defer m.Close()
 	cred := pat("glpat-0123456789abcdefghij")
 	u := identity.User{ID: 1, Username: "alice"}
-	small := identity.Listed{Projects: []string{"group-1/project-1", "group-2/project-2"}, Groups: []string{"group-2", "group-3/subgroup"}}
-	large := identity.Listed{}
+	// Listings are prepared once per configuration, as policy.Engine does.
+	small := identity.NewListed([]string{"group-1/project-1", "group-2/project-2"}, []string{"group-2", "group-3/subgroup"})
+	var projects, groups []string
 	for i := range 500 {
-		large.Projects = append(large.Projects, fmt.Sprintf("group-%d/subgroup/project-%d", i, i))
-		large.Groups = append(large.Groups, fmt.Sprintf("group-%d/subgroup", i))
+		projects = append(projects, fmt.Sprintf("group-%d/subgroup/project-%d", i, i))
+		groups = append(groups, fmt.Sprintf("group-%d/subgroup", i))
 	}
+	large := identity.NewListed(projects, groups)
 	b.Run("authenticate", func(b *testing.B) {
 		for b.Loop() {
 			if _, ok, _ := a.Authenticate(context.Background(), cred); !ok {

@@ -370,8 +370,8 @@ func (d *Directory) Memberships(_ context.Context, u identity.User, listed ident
 		return nil, nil
 	}
 	var out []identity.Membership
-	for _, p := range listed.Projects {
-		proj := d.projects[strings.ToLower(p)]
+	for i, p := range listed.Projects {
+		proj := d.projects[listed.ProjectKey(i)]
 		if proj == nil {
 			continue
 		}
@@ -380,8 +380,8 @@ func (d *Directory) Memberships(_ context.Context, u identity.User, listed ident
 			out = append(out, identity.Membership{Kind: identity.KindProject, ID: proj.id, Path: p, AccessLevel: level})
 		}
 	}
-	for _, g := range listed.Groups {
-		grp := d.groups[strings.ToLower(g)]
+	for i, g := range listed.Groups {
+		grp := d.groups[listed.GroupKey(i)]
 		if grp == nil {
 			continue
 		}

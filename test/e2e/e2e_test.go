@@ -123,6 +123,7 @@ func TestDenialsNeverReachTheAPIServer(t *testing.T) {
 		{"Impersonate-User", "GET", "/api/v1/namespaces/demo/pods", []string{"Authorization", pat("alice"), "Impersonate-User", "admin"}, 403, "client_impersonation"},
 		{"Impersonate-Group", "GET", "/api/v1/namespaces/demo/pods", []string{"Authorization", pat("alice"), "Impersonate-Group", "system:masters"}, 403, "client_impersonation"},
 		{"Impersonate-Uid", "GET", "/api/v1/namespaces/demo/pods", []string{"Authorization", pat("alice"), "Impersonate-Uid", "0"}, 403, "client_impersonation"},
+		{"X-Remote-User (front-proxy header)", "GET", "/api/v1/namespaces/demo/pods", []string{"Authorization", pat("alice"), "X-Remote-User", "admin"}, 403, "client_impersonation"},
 		{"Impersonate-Extra", "GET", "/api/v1/namespaces/demo/pods", []string{"Authorization", pat("alice"), "Impersonate-Extra-Scopes", "all"}, 403, "client_impersonation"},
 		// The data plane resolves dot segments before anything sees the path, so the
 		// policy judges the request the API server would get.
