@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 )
 
 // AccessType is how the caller authenticated. The values are the ones GitLab's agent
@@ -34,6 +35,10 @@ type Identity struct {
 	User       User
 	AccessType AccessType
 	AgentID    int64 // the agent the credential was presented for
+	// Expiry is when the credential stops being valid (an ID token's exp, a PAT's
+	// expiry date); zero when it does not expire. Caches never keep an identity
+	// past it.
+	Expiry time.Time
 }
 
 // Credential is what a request presented, parsed but not yet verified.

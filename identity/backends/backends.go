@@ -225,6 +225,13 @@ func Build(ctx context.Context, o Options, reg prometheus.Registerer, log *slog.
 		remote = append(remote, oa)
 		log.Info("OIDC ID tokens accepted", "issuer", o.OIDCIssuer, "client_id", o.OIDCClientID,
 			"username_claims", strings.Join(o.OIDCUsernameClaims, ","), "user_id", o.OIDCUserID)
+		if oidc.UserIDMode(o.OIDCUserID) == oidc.UserIDFromLookup {
+			// The username claim decides whose memberships apply. GitLab as the issuer
+			// sets nickname from the username users cannot change at will; many other
+			// issuers let users edit nickname or preferred_username.
+			log.Warn("OIDC users are matched by the username claim: make sure the issuer does not let users edit it, or use --oidc-user-id=sub with GitLab as the issuer",
+				"username_claims", strings.Join(o.OIDCUsernameClaims, ","))
+		}
 	}
 
 	if len(remote) > 0 {

@@ -282,7 +282,13 @@ func (a *Authenticator) Authenticate(ctx context.Context, cred identity.Credenti
 			a.store.put(key, ans, a.opts.FailureTTL)
 		case ok && id != nil:
 			a.m.loads.WithLabelValues("accepted").Inc()
-			a.store.put(key, ans, a.opts.TTL)
+			ttl := a.opts.TTL
+			if !id.Expiry.IsZero() {
+				// Never serve an identity past its credential's expiry (an ID token's
+				// exp is often minutes away, well inside the TTL).
+				ttl = min(ttl, id.Expiry.Sub(a.store.now()))
+			}
+			a.store.put(key, ans, ttl)
 		case ok:
 			// Accepted without an identity breaks the interface's contract: deny.
 			ans.ok = false

@@ -534,3 +534,35 @@ func BenchmarkHit(b *testing.B) {
 		})
 	}
 }
+
+// TestAcceptedIdentityNotCachedPastExpiry: an ID token expiring inside the TTL is
+// not accepted from the cache after it expires.
+func TestAcceptedIdentityNotCachedPastExpiry(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	clock := &now
+	expiry := now.Add(10 * time.Second)
+	inner := &counting{answer: func(context.Context, identity.Credential) (*identity.Identity, bool, error) {
+		return &identity.Identity{User: identity.User{ID: 1, Username: "alice"}, AgentID: 1, Expiry: expiry}, true, nil
+	}}
+	opts := DefaultOptions()
+	opts.TTL = time.Minute
+	opts.Now = func() time.Time { return *clock }
+	a, err := NewAuthenticator(inner, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	cred := identity.Credential{Type: identity.AccessOIDCIDToken, AgentID: 1, Secret: "a.b.c"}
+	for _, step := range []struct {
+		after     time.Duration
+		wantCalls int64
+	}{{0, 1}, {5 * time.Second, 1}, {11 * time.Second, 2}} {
+		now = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC).Add(step.after)
+		if _, ok, _ := a.Authenticate(context.Background(), cred); !ok {
+			t.Fatal("refused")
+		}
+		if got := inner.calls.Load(); got != step.wantCalls {
+			t.Fatalf("after %v: %d backend calls, want %d (the cached identity outlived its token)", step.after, got, step.wantCalls)
+		}
+	}
+}

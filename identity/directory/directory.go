@@ -336,7 +336,7 @@ func (d *Directory) Authenticate(_ context.Context, cred identity.Credential) (*
 	case t.user.state != "active":
 		return nil, false, identity.Rejected(identity.ReasonInactive, fmt.Errorf("user %s is %s", t.user.Username, t.user.state))
 	}
-	return &identity.Identity{User: t.user.User, AccessType: cred.Type, AgentID: cred.AgentID}, true, nil
+	return &identity.Identity{User: t.user.User, AccessType: cred.Type, AgentID: cred.AgentID, Expiry: t.expiresAt}, true, nil
 }
 
 func hasScope(scopes []string, want string) bool {

@@ -106,15 +106,16 @@ func TestAuthenticate(t *testing.T) {
 		cred      identity.Credential
 		wantUser  string
 		wantID    int64
+		wantExp   string          // the identity's expiry: the token's expires_at date ("" none)
 		admin     identity.Reason // with --gitlab-pat-check=admin ("" = accepted)
 		self      identity.Reason // with --gitlab-pat-check=self: GitLab's authentication refuses these with 401
 		notMine   bool
 		noGitLab  bool // refused before GitLab is asked
 		otherUser bool
 	}{
-		{name: "valid token", cred: pat(aliceToken), wantUser: "alice", wantID: 1},
+		{name: "valid token", cred: pat(aliceToken), wantUser: "alice", wantID: 1, wantExp: "2025-12-31"},
 		{name: "valid token without expiry", cred: pat("glpat-bob-k8s-00000000000000"), wantUser: "bob", wantID: 2},
-		{name: "expires tomorrow", cred: pat("glpat-judy-expires-tomorrow0"), wantUser: "judy", wantID: 10},
+		{name: "expires tomorrow", cred: pat("glpat-judy-expires-tomorrow0"), wantUser: "judy", wantID: 10, wantExp: "2025-07-02"},
 		{name: "revoked", cred: pat("glpat-erin-revoked-000000000"), admin: identity.ReasonRevoked, self: identity.ReasonInvalid},
 		{name: "expired", cred: pat("glpat-judy-expired-000000000"), admin: identity.ReasonExpired, self: identity.ReasonInvalid},
 		{name: "expires today at 00:00 UTC", cred: pat("glpat-judy-expires-today-000"), admin: identity.ReasonExpired, self: identity.ReasonInvalid},
@@ -162,6 +163,10 @@ func TestAuthenticate(t *testing.T) {
 						}
 						wantID := identity.Identity{User: identity.User{ID: tt.wantID, Username: tt.wantUser},
 							AccessType: identity.AccessPersonalAccessToken, AgentID: 7}
+						if tt.wantExp != "" {
+							// Caches must not keep the identity past 00:00 UTC of that day.
+							wantID.Expiry, _ = time.Parse(time.DateOnly, tt.wantExp)
+						}
 						if *id != wantID {
 							t.Fatalf("got %+v, want %+v", *id, wantID)
 						}

@@ -69,11 +69,16 @@ func (b *Backend) Authenticate(ctx context.Context, cred identity.Credential) (*
 	if err != nil {
 		return nil, false, err
 	}
-	return &identity.Identity{
+	id := &identity.Identity{
 		User:       identity.User{ID: u.ID, Username: u.Username},
 		AccessType: cred.Type,
 		AgentID:    cred.AgentID,
-	}, true, nil
+	}
+	if info.ExpiresAt != nil {
+		// checkToken has parsed it already; GitLab ends a token at 00:00 UTC that day.
+		id.Expiry, _ = time.Parse(time.DateOnly, *info.ExpiresAt)
+	}
+	return id, true, nil
 }
 
 // tokenShaped accepts what GitLab's tokens are made of: glpat-<base64url>, the newer

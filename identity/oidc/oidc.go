@@ -315,7 +315,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, cred identity.Credenti
 	if err != nil {
 		return nil, false, err
 	}
-	return &identity.Identity{User: user, AccessType: cred.Type, AgentID: cred.AgentID}, true, nil
+	return &identity.Identity{User: user, AccessType: cred.Type, AgentID: cred.AgentID, Expiry: tok.Expiry}, true, nil
 }
 
 // checkTimes applies the clock skew to nbf and iat (go-oidc allows a fixed five

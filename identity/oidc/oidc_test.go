@@ -235,8 +235,17 @@ func TestLoginFlowToken(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			id, ok, err := a.Authenticate(context.Background(), tt.cred)
-			if err != nil || !ok || *id != tt.want {
+			if err != nil || !ok {
 				t.Fatalf("got %+v %v %v, want %+v", id, ok, err, tt.want)
+			}
+			// The identity carries the ID token's exp, so caches never outlive it.
+			if id.Expiry.IsZero() || !id.Expiry.After(time.Now()) {
+				t.Fatalf("expiry %v, want the token's exp", id.Expiry)
+			}
+			got := *id
+			got.Expiry = time.Time{}
+			if got != tt.want {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
 		})
 	}
