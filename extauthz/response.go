@@ -30,13 +30,10 @@ var (
 )
 
 // allowResponse is Envoy's OK answer: scrub the credential, and hand the decision to
-// ext_proc in dynamic metadata.
-func allowResponse(o outcome, decisionID string) (*authv3.CheckResponse, error) {
-	hd := handoff.Decision{ID: decisionID, AccessAs: string(o.decision.AccessAs)}
-	if imp := o.decision.Impersonate; imp != nil {
-		hd.User, hd.Groups, hd.Extra = imp.User, imp.Groups, imp.Extra
-	}
-	md, err := hd.Struct()
+// ext_proc in dynamic metadata. ident is the decision's encoded identity (nil in
+// agent mode).
+func allowResponse(o outcome, decisionID string, ident *handoff.Identity) (*authv3.CheckResponse, error) {
+	md, err := handoff.Encode(decisionID, string(o.decision.AccessAs), ident)
 	if err != nil {
 		return nil, err
 	}

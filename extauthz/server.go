@@ -10,8 +10,10 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/maypok86/otter/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"kubegate.dev/kubegate/extauthz/handoff"
 	"kubegate.dev/kubegate/policy"
 )
 
@@ -22,6 +24,24 @@ type Server struct {
 	state   atomic.Pointer[Snapshot]
 	log     *slog.Logger
 	metrics *metrics
+	// identities remembers each impersonation identity encoded for the hand-off.
+	// The policy engine hands back the same *Impersonation for every request of an
+	// identity it has cached, so the pointer is the key; entries of a replaced engine
+	// age out of the bounded cache.
+	identities *otter.Cache[*policy.Impersonation, *handoff.Identity]
+}
+
+// encodedIdentity returns imp encoded for the hand-off (nil in agent mode).
+func (s *Server) encodedIdentity(imp *policy.Impersonation) *handoff.Identity {
+	if imp == nil {
+		return nil
+	}
+	if id, ok := s.identities.GetIfPresent(imp); ok {
+		return id
+	}
+	id := handoff.NewIdentity(imp.User, imp.Groups, imp.Extra)
+	s.identities.Set(imp, id)
+	return id
 }
 
 // NewServer makes the Check service. snap is the initial state; Swap replaces it.
@@ -37,7 +57,8 @@ func NewServer(agent policy.Agent, snap *Snapshot, log *slog.Logger, reg prometh
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{agent: agent, log: log, metrics: m}
+	s := &Server{agent: agent, log: log, metrics: m,
+		identities: otter.Must(&otter.Options[*policy.Impersonation, *handoff.Identity]{MaximumSize: 10_000})}
 	s.state.Store(snap)
 	return s, nil
 }
@@ -81,7 +102,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 	if o.reason != ReasonAllowed {
 		return denyResponse(o.reason, o.message), nil
 	}
-	resp, err = allowResponse(o, decisionID(r.ID))
+	resp, err = allowResponse(o, decisionID(r.ID), s.encodedIdentity(o.decision.Impersonate))
 	if err != nil {
 		o = outcome{reason: Reason(policy.ReasonPolicyError), message: "the gateway's decision could not be encoded", cause: err}
 		return denyResponse(o.reason, o.message), nil

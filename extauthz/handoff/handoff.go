@@ -59,27 +59,59 @@ func (d Decision) Struct() (*structpb.Struct, error) {
 	if err := d.validate(); err != nil {
 		return nil, err
 	}
-	fields := map[string]*structpb.Value{
-		"version":     structpb.NewNumberValue(Version),
-		"decision_id": structpb.NewStringValue(d.ID),
-		"access_as":   structpb.NewStringValue(d.AccessAs),
-	}
+	var ident *Identity
 	if d.AccessAs == AccessAsUser {
-		groups := make([]*structpb.Value, len(d.Groups))
-		for i, g := range d.Groups {
-			groups[i] = structpb.NewStringValue(g)
+		ident = NewIdentity(d.User, d.Groups, d.Extra)
+	}
+	return Encode(d.ID, d.AccessAs, ident)
+}
+
+// Identity is the user-mode part of a decision (user, groups, extra) encoded once:
+// the same identity is sent for every request of a user, and encoding a few hundred
+// group strings per request would cost more than deciding. Encoded values are only
+// read afterwards, so one Identity may be used by concurrent requests.
+type Identity struct {
+	user, groups, extra *structpb.Value
+}
+
+// NewIdentity encodes a user-mode identity.
+func NewIdentity(user string, groups []string, extra map[string][]string) *Identity {
+	gv := make([]*structpb.Value, len(groups))
+	for i, g := range groups {
+		gv[i] = structpb.NewStringValue(g)
+	}
+	ev := make(map[string]*structpb.Value, len(extra))
+	for k, vs := range extra {
+		vals := make([]*structpb.Value, len(vs))
+		for i, v := range vs {
+			vals[i] = structpb.NewStringValue(v)
 		}
-		extra := make(map[string]*structpb.Value, len(d.Extra))
-		for k, vs := range d.Extra {
-			vals := make([]*structpb.Value, len(vs))
-			for i, v := range vs {
-				vals[i] = structpb.NewStringValue(v)
-			}
-			extra[k] = structpb.NewListValue(&structpb.ListValue{Values: vals})
-		}
-		fields["user"] = structpb.NewStringValue(d.User)
-		fields["groups"] = structpb.NewListValue(&structpb.ListValue{Values: groups})
-		fields["extra"] = structpb.NewStructValue(&structpb.Struct{Fields: extra})
+		ev[k] = structpb.NewListValue(&structpb.ListValue{Values: vals})
+	}
+	return &Identity{
+		user:   structpb.NewStringValue(user),
+		groups: structpb.NewListValue(&structpb.ListValue{Values: gv}),
+		extra:  structpb.NewStructValue(&structpb.Struct{Fields: ev}),
+	}
+}
+
+// Encode builds the dynamic_metadata value for one request: ident is required in
+// user mode and must be nil in agent mode.
+func Encode(decisionID, accessAs string, ident *Identity) (*structpb.Struct, error) {
+	switch {
+	case accessAs == AccessAsUser && ident == nil:
+		return nil, errors.New("handoff: a user-mode decision needs an identity")
+	case accessAs == AccessAsAgent && ident != nil:
+		return nil, errors.New("handoff: an agent-mode decision carries no identity")
+	case accessAs != AccessAsUser && accessAs != AccessAsAgent:
+		return nil, fmt.Errorf("handoff: access_as %q is neither agent nor user", accessAs)
+	}
+	fields := make(map[string]*structpb.Value, 6)
+	fields["version"] = structpb.NewNumberValue(Version)
+	fields["decision_id"] = structpb.NewStringValue(decisionID)
+	fields["access_as"] = structpb.NewStringValue(accessAs)
+	if ident != nil {
+		fields["user"], fields["groups"], fields["extra"] = ident.user, ident.groups, ident.extra
 	}
 	return &structpb.Struct{Fields: map[string]*structpb.Value{
 		Key: structpb.NewStructValue(&structpb.Struct{Fields: fields}),
