@@ -42,10 +42,13 @@ const (
 	RuleExtAuthzNoBody        = "ext-authz-no-body"
 	RuleExtAuthzRawHeaders    = "ext-authz-raw-headers"
 	RuleExtAuthzMetadata      = "ext-authz-metadata"
+	RuleExtAuthzAllHeaders    = "ext-authz-all-headers"
+	RuleExtAuthzRemoval       = "ext-authz-credential-removal"
 	RuleExtProcFailClosed     = "ext-proc-fail-closed"
 	RuleExtProcProcessingMode = "ext-proc-processing-mode"
 	RuleExtProcBodyMode       = "ext-proc-body-mode"
 	RuleExtProcMetadata       = "ext-proc-metadata-forwarding"
+	RuleExtProcAllHeaders     = "ext-proc-all-headers"
 	RuleExtProcMutationRules  = "ext-proc-mutation-rules"
 	RuleExtProcMessageTimeout = "ext-proc-message-timeout"
 	RuleExtProcGRPC           = "ext-proc-grpc"
@@ -60,6 +63,7 @@ const (
 	RulePathNormalization     = "path-normalization"
 	RuleUpstreamHTTP11        = "upstream-http11"
 	RuleUpstreamTLS           = "upstream-tls"
+	RuleUpstreamNoClientCert  = "upstream-no-client-cert"
 	RuleGRPCClusterHTTP2      = "grpc-cluster-http2"
 	RuleClusterRefs           = "cluster-refs"
 	RuleAdminLoopback         = "admin-loopback"
@@ -86,10 +90,13 @@ var RuleDocs = []RuleDoc{
 	{RuleExtAuthzNoBody, "ext_authz: with_request_body unset (buffering hangs spdy/3.1 exec)"},
 	{RuleExtAuthzRawHeaders, "ext_authz: encode_raw_headers true (duplicate headers reach the service as separate lines)"},
 	{RuleExtAuthzMetadata, "ext_authz: dynamic metadata ingestion not disabled (the decision travels to ext_proc in it)"},
+	{RuleExtAuthzAllHeaders, "ext_authz: allowed_headers and disallowed_headers unset, so kubegate authz sees every request header (Impersonate-*, X-Remote-*, the credentials) and can refuse them"},
+	{RuleExtAuthzRemoval, "ext_authz: decoder_header_mutation_rules, when set, allow removing authorization, cookie, gitlab-agent-id and x-csrf-token"},
 	{RuleExtProcFailClosed, "ext_proc: failure_mode_allow, observability_mode and disable_immediate_response all false"},
 	{RuleExtProcProcessingMode, "ext_proc: request headers SEND, response headers SKIP, trailers SKIP, allow_mode_override false"},
 	{RuleExtProcBodyMode, "ext_proc: request and response body modes NONE (body modes break upgrades)"},
 	{RuleExtProcMetadata, "ext_proc: metadata_options.forwarding_namespaces.untyped has envoy.filters.http.ext_authz"},
+	{RuleExtProcAllHeaders, "ext_proc: forward_rules unset, so kubegate extproc sees (and strips) every client Impersonate-* header"},
 	{RuleExtProcMutationRules, "ext_proc: mutation rules allow impersonate-* and refuse Authorization, routing and other headers, with disallow_is_error"},
 	{RuleExtProcMessageTimeout, "ext_proc: message_timeout set explicitly"},
 	{RuleExtProcGRPC, "ext_proc: gRPC through an Envoy cluster"},
@@ -104,6 +111,7 @@ var RuleDocs = []RuleDoc{
 	{RulePathNormalization, "normalize_path and merge_slashes true; escaped slashes rejected or redirected"},
 	{RuleUpstreamHTTP11, "the API server cluster speaks HTTP/1.1 (HTTP/2 breaks exec, attach, port-forward)"},
 	{RuleUpstreamTLS, "the API server cluster uses TLS verified against a CA and the server's name"},
+	{RuleUpstreamNoClientCert, "the API server cluster presents no client certificate (a front-proxy one would make the API server trust X-Remote-User/X-Remote-Group from the client)"},
 	{RuleGRPCClusterHTTP2, "clusters of ext_authz, ext_proc and SDS speak HTTP/2"},
 	{RuleClusterRefs, "every referenced cluster exists, once"},
 	{RuleAdminLoopback, "the admin interface listens on loopback or a unix socket"},
@@ -433,6 +441,62 @@ func (c *checker) extAuthz(a *extauthzv3.ExtAuthz, p string) {
 	if m := a.GetEnableDynamicMetadataIngestion(); m != nil && !m.GetValue() {
 		c.fs.add(p+".enable_dynamic_metadata_ingestion", RuleExtAuthzMetadata, "false drops kubegate authz's decision, so ext_proc refuses every request")
 	}
+	// "Check request to authorization server will include the client request
+	// headers that have a correspondent match in the list. If this option isn't
+	// specified, then all client request headers are included in the check request
+	// to a gRPC authorization server" (ext_authz.proto, allowed_headers); a header
+	// matching disallowed_headers "will NOT be sent". kubegate authz can only refuse
+	// what it is shown. (http_service.authorization_request.allowed_headers, the
+	// deprecated form, needs http_service, which ext-authz-grpc refuses; per-route
+	// check_settings are refused by per-route-override.)
+	const hidden = "kubegate authz must see every request header: one it is not sent (Impersonate-*, X-Remote-*, Authorization, Cookie, Gitlab-Agent-Id, X-Csrf-Token) cannot be refused as client impersonation or checked for duplicate lines; leave it unset"
+	if a.GetAllowedHeaders() != nil {
+		c.fs.add(p+".allowed_headers", RuleExtAuthzAllHeaders, "%s", hidden)
+	}
+	if a.GetDisallowedHeaders() != nil {
+		c.fs.add(p+".disallowed_headers", RuleExtAuthzAllHeaders, "%s", hidden)
+	}
+	c.credentialRemoval(a.GetDecoderHeaderMutationRules(), p+".decoder_header_mutation_rules")
+}
+
+// credentialRemoval checks that ext_authz's decoder_header_mutation_rules let
+// kubegate authz remove the credential headers (headers_to_remove). Unset rules
+// are fine: "If unset, header mutation rule checking is completely disabled"
+// (ext_authz.proto). When set, Envoy's ext_authz filter (Filter::onComplete) checks
+// every removal with Checker::check(REMOVE, ...): "Every attempt to add, change,
+// append, or remove a header will be tested against the rules here. Disallowed
+// header mutations will be ignored unless disallow_is_error is set to true"
+// (mutation_rules.proto). Ignored, the client's Cookie or CSRF token goes upstream;
+// with disallow_is_error, every request fails. Either way the rules must allow
+// the removal; mutationAllowed follows Checker::isAllowed.
+func (c *checker) credentialRemoval(r *mutationrulesv3.HeaderMutationRules, p string) {
+	if r == nil {
+		return
+	}
+	prefix := c.b.GetHeaderPrefix()
+	if prefix == "" {
+		prefix = "x-envoy"
+	}
+	var refused []string
+	for _, h := range CredentialHeaders {
+		ok, err := mutationAllowed(r, h, prefix)
+		if err != nil {
+			c.fs.add(p, RuleExtAuthzRemoval, "%v", err)
+			return
+		}
+		if !ok {
+			refused = append(refused, h)
+		}
+	}
+	if len(refused) == 0 {
+		return
+	}
+	outcome := "Envoy silently keeps them, so the user's own credential (a Cookie, the CSRF token) reaches the API server"
+	if r.GetDisallowIsError().GetValue() {
+		outcome = "with disallow_is_error, Envoy fails every request (kubegate authz asks for their removal on every request it allows)"
+	}
+	c.fs.add(p, RuleExtAuthzRemoval, "refuses removing %s, which kubegate authz strips through headers_to_remove: %s; allow them (kubegate renders allow_expression %q with disallow_all)",
+		strings.Join(refused, ", "), outcome, "^("+strings.Join(CredentialHeaders, "|")+")$")
 }
 
 func (c *checker) grpcService(g *corev3.GrpcService, isHTTP bool, p, rule, what string) {
@@ -485,6 +549,14 @@ func (c *checker) extProc(e *extprocv3.ExternalProcessor, p string) {
 	}
 	if !slices.Contains(e.GetMetadataOptions().GetForwardingNamespaces().GetUntyped(), ExtAuthzMetadataNamespace) {
 		c.fs.add(p+".metadata_options.forwarding_namespaces.untyped", RuleExtProcMetadata, "must contain %q: kubegate extproc reads the ext_authz decision from metadata_context and refuses requests without it", ExtAuthzMetadataNamespace)
+	}
+	// "If not set, all headers are forwarded to the external processing server"
+	// (ext_proc.proto, forward_rules); with allowed_headers or disallowed_headers
+	// some are not (HeaderForwardingRules). kubegate extproc strips the client's
+	// Impersonate-* lines it is sent and adds its own, so a hidden
+	// "Impersonate-Group: system:masters" would reach the API server.
+	if fr := e.GetForwardRules(); fr != nil {
+		c.fs.add(p+".forward_rules", RuleExtProcAllHeaders, "kubegate extproc removes only the client Impersonate-* headers it is sent: one that forward_rules hides (Impersonate-Group: system:masters, say) reaches the API server beside the gateway's own; leave forward_rules unset")
 	}
 	c.mutationRules(e.GetMutationRules(), p+".mutation_rules")
 	if d := e.GetMessageTimeout(); d == nil || d.AsDuration() <= 0 {
@@ -840,5 +912,30 @@ func (c *checker) upstream(cl *clusterv3.Cluster, p string) {
 	}
 	if t.GetSni() == "" && (cl.GetType() == clusterv3.Cluster_STRICT_DNS || cl.GetType() == clusterv3.Cluster_LOGICAL_DNS) {
 		c.fs.add(tp+".sni", RuleUpstreamTLS, "set sni to the API server's DNS name")
+	}
+	c.noClientCert(ctx, tp+".common_tls_context")
+}
+
+// noClientCert refuses a client certificate towards the API server. If it were a
+// front-proxy (--requestheader-client-ca-file) certificate, the API server would
+// take the user from X-Remote-User and X-Remote-Group, which the client sends;
+// with any other certificate the connection authenticates as that certificate's
+// user. The agent authenticates with its token alone.
+func (c *checker) noClientCert(ctx *tlsv3.CommonTlsContext, p string) {
+	const why = "the API server must see the agent's token alone: a front-proxy (requestheader) client certificate would make it trust the X-Remote-User and X-Remote-Group headers the client sends, so a client could choose its identity; remove it"
+	for _, f := range []struct {
+		field string
+		set   bool
+	}{
+		{"tls_certificates", len(ctx.GetTlsCertificates()) > 0},
+		{"tls_certificate_sds_secret_configs", len(ctx.GetTlsCertificateSdsSecretConfigs()) > 0},
+		{"tls_certificate_provider_instance", ctx.GetTlsCertificateProviderInstance() != nil},
+		{"tls_certificate_certificate_provider", ctx.GetTlsCertificateCertificateProvider() != nil},                  //nolint:staticcheck // deprecated, "not-implemented-hide" (tls.proto); refused all the same
+		{"tls_certificate_certificate_provider_instance", ctx.GetTlsCertificateCertificateProviderInstance() != nil}, //nolint:staticcheck // deprecated, "not-implemented-hide" (tls.proto); refused all the same
+		{"custom_tls_certificate_selector", ctx.GetCustomTlsCertificateSelector() != nil},
+	} {
+		if f.set {
+			c.fs.add(p+"."+f.field, RuleUpstreamNoClientCert, "a client certificate: %s", why)
+		}
 	}
 }

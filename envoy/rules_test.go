@@ -6,6 +6,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -15,6 +16,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -69,6 +71,25 @@ func cluster(t *testing.T, b *bootstrapv3.Bootstrap, name string) *clusterv3.Clu
 	}
 	t.Fatalf("no cluster %q", name)
 	return nil
+}
+
+// withAPIServerTLS edits the UpstreamTlsContext of the API server cluster.
+func withAPIServerTLS(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*tlsv3.UpstreamTlsContext)) {
+	t.Helper()
+	edit(t, cluster(t, b, APIServerCluster).TransportSocket.GetTypedConfig(), fn)
+}
+
+// headerList is a ListStringMatcher of one pattern.
+func headerList(m *matcherv3.StringMatcher) *matcherv3.ListStringMatcher {
+	return &matcherv3.ListStringMatcher{Patterns: []*matcherv3.StringMatcher{m}}
+}
+
+func exact(s string) *matcherv3.StringMatcher {
+	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}
+}
+
+func prefix(s string) *matcherv3.StringMatcher {
+	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: s}}
 }
 
 func mustAny(t *testing.T, m proto.Message) *anypb.Any {
@@ -152,6 +173,27 @@ func ruleCases(t *testing.T) []struct {
 		{"ext_authz drops metadata", RuleExtAuthzMetadata, func(b *bootstrapv3.Bootstrap) {
 			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.EnableDynamicMetadataIngestion = wrapperspb.Bool(false) })
 		}},
+		{"ext_authz sends only authorization", RuleExtAuthzAllHeaders, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.AllowedHeaders = headerList(exact("authorization")) })
+		}},
+		{"ext_authz hides impersonate-*", RuleExtAuthzAllHeaders, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.DisallowedHeaders = headerList(prefix("impersonate-")) })
+		}},
+		{"ext_authz may not remove cookie", RuleExtAuthzRemoval, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) {
+				a.DecoderHeaderMutationRules.DisallowExpression = &matcherv3.RegexMatcher{Regex: "cookie"}
+			})
+		}},
+		{"ext_authz allow_expression misses x-csrf-token", RuleExtAuthzRemoval, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) {
+				a.DecoderHeaderMutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "^(authorization|cookie|gitlab-agent-id)$"}
+			})
+		}},
+		{"ext_authz silently keeps every credential", RuleExtAuthzRemoval, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) {
+				a.DecoderHeaderMutationRules = &mutationrulesv3.HeaderMutationRules{DisallowAll: wrapperspb.Bool(true)}
+			})
+		}},
 		{"ext_proc failure_mode_allow", RuleExtProcFailClosed, func(b *bootstrapv3.Bootstrap) {
 			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) { e.FailureModeAllow = true })
 		}},
@@ -180,6 +222,16 @@ func ruleCases(t *testing.T) []struct {
 		}},
 		{"ext_proc without the ext_authz namespace", RuleExtProcMetadata, func(b *bootstrapv3.Bootstrap) {
 			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) { e.MetadataOptions = nil })
+		}},
+		{"ext_proc forward_rules hide impersonate-*", RuleExtProcAllHeaders, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
+				e.ForwardRules = &extprocv3.HeaderForwardingRules{DisallowedHeaders: headerList(prefix("impersonate-"))}
+			})
+		}},
+		{"ext_proc forwards only impersonate-user", RuleExtProcAllHeaders, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
+				e.ForwardRules = &extprocv3.HeaderForwardingRules{AllowedHeaders: headerList(exact("impersonate-user"))}
+			})
 		}},
 		{"ext_proc may change any header", RuleExtProcMutationRules, func(b *bootstrapv3.Bootstrap) {
 			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
@@ -285,6 +337,24 @@ func ruleCases(t *testing.T) []struct {
 				u.CommonTlsContext.GetValidationContext().MatchTypedSubjectAltNames = nil
 				return u
 			}())}
+		}},
+		{"client certificate files to the API server", RuleUpstreamNoClientCert, func(b *bootstrapv3.Bootstrap) {
+			withAPIServerTLS(t, b, func(u *tlsv3.UpstreamTlsContext) {
+				u.CommonTlsContext.TlsCertificates = []*tlsv3.TlsCertificate{{
+					CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: "/etc/kubernetes/pki/front-proxy-client.crt"}},
+					PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: "/etc/kubernetes/pki/front-proxy-client.key"}},
+				}}
+			})
+		}},
+		{"client certificate from SDS to the API server", RuleUpstreamNoClientCert, func(b *bootstrapv3.Bootstrap) {
+			withAPIServerTLS(t, b, func(u *tlsv3.UpstreamTlsContext) {
+				u.CommonTlsContext.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{Name: "front-proxy-client", SdsConfig: SDSConfigSource(XDSCluster)}}
+			})
+		}},
+		{"client certificate provider to the API server", RuleUpstreamNoClientCert, func(b *bootstrapv3.Bootstrap) {
+			withAPIServerTLS(t, b, func(u *tlsv3.UpstreamTlsContext) {
+				u.CommonTlsContext.TlsCertificateProviderInstance = &tlsv3.CertificateProviderPluginInstance{InstanceName: "front-proxy"}
+			})
 		}},
 		{"HTTP/1.1 to kubegate authz", RuleGRPCClusterHTTP2, func(b *bootstrapv3.Bootstrap) {
 			cluster(t, b, AuthzCluster).TypedExtensionProtocolOptions = nil
