@@ -58,7 +58,11 @@ func TestFlags(t *testing.T) {
 					t.Errorf("parsed %+v", o)
 				}
 			}},
-		{name: "caching off", args: []string{"--cache-ttl=0", "--cache-failure-ttl=0"}},
+		{name: "caching off", args: []string{"--cache-ttl=0", "--cache-failure-ttl=0"}, check: func(t *testing.T, o Options) {
+			if o.CacheTTL != 0 || o.CacheFailureTTL != 0 {
+				t.Errorf("TTLs %v %v, want both 0 (caching off)", o.CacheTTL, o.CacheFailureTTL)
+			}
+		}},
 		{name: "gitlab without URL and token", args: []string{"--identity-source=gitlab"}, wantErr: "needs --gitlab-url"},
 		{name: "gitlab without token file", args: []string{"--identity-source=gitlab", "--gitlab-url=https://g"}, wantErr: "needs --gitlab-token-file"},
 		{name: "gitlab flags with the directory", args: []string{"--gitlab-url=https://g"}, wantErr: "need --identity-source=gitlab"},
