@@ -5,17 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"kubegate.dev/kubegate/extauthz/handoff"
 	"kubegate.dev/kubegate/test/loadgen"
+	"kubegate.dev/kubegate/test/testkit"
 )
 
 // noopProcessor is the floor: it continues every message without a mutation.
@@ -38,20 +37,7 @@ func (noopProcessor) Process(s extprocv3.ExternalProcessor_ProcessServer) error 
 }
 
 func client(b *testing.B, srv extprocv3.ExternalProcessorServer) extprocv3.ExternalProcessorClient {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	extprocv3.RegisterExternalProcessorServer(gs, srv)
-	go gs.Serve(lis)
-	b.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	return extprocv3.NewExternalProcessorClient(conn)
+	return extprocv3.NewExternalProcessorClient(testkit.ServeGRPC(b, func(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, srv) }))
 }
 
 // oneRequest is what Envoy does per HTTP request with kubegate's processing mode:

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apiserver/pkg/endpoints/request"
@@ -40,9 +41,11 @@ func ParseRequest(method, target string) (Request, error) {
 	if err != nil || u.Scheme != "" || u.Host != "" || u.Path == "" || u.Path[0] != '/' {
 		return Request{}, fmt.Errorf("the request path %q is not a valid origin-form request target", target)
 	}
-	if q := u.Query(); q.Has(identity.QueryAgentID) || q.Has(identity.QueryCSRFToken) {
-		// The parser logs the query when it cannot decode list options; never let
-		// it log a credential.
+	// The parser logs the query when it cannot decode list options; never let it
+	// log a credential. Both credential parameters start with "gitlab-", so the
+	// query is parsed here only when one may be present.
+	if strings.Contains(u.RawQuery, "gitlab-") {
+		q := u.Query()
 		q.Del(identity.QueryAgentID)
 		q.Del(identity.QueryCSRFToken)
 		u.RawQuery = q.Encode()

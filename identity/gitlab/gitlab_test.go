@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/directory"
 	"kubegate.dev/kubegate/identity/gitlab/gitlabtest"
+	"kubegate.dev/kubegate/test/testkit"
 )
 
 var testNow = time.Date(2025, 7, 1, 12, 0, 0, 0, time.UTC)
@@ -314,30 +314,7 @@ func TestUnavailable(t *testing.T) {
 		}
 		checkRejection(t, err, identity.ReasonUnavailable, aliceToken)
 	})
-	checkNoGoroutinesLeft(t)
-}
-
-// checkNoGoroutinesLeft fails when goroutines running this package's code (other than
-// the test's own) outlive the calls that started them. Stopping is asynchronous, so it
-// polls for a while before failing; it asserts an outcome, not a duration.
-func checkNoGoroutinesLeft(t *testing.T) {
-	t.Helper()
-	var dump bytes.Buffer
-	for range 100 {
-		dump.Reset()
-		_ = pprof.Lookup("goroutine").WriteTo(&dump, 2)
-		leaked := false
-		for _, g := range strings.Split(dump.String(), "\n\n") {
-			if strings.Contains(g, "kubegate/identity/gitlab.") && !strings.Contains(g, "testing.tRunner") {
-				leaked = true
-			}
-		}
-		if !leaked {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Errorf("goroutines of the gitlab package left behind:\n%s", dump.String())
+	testkit.NoGoroutinesLeft(t, "kubegate.dev/kubegate/identity/gitlab")
 }
 
 var sandboxListed = identity.Listed{
@@ -508,7 +485,7 @@ func TestMembershipsUnavailable(t *testing.T) {
 			checkRejection(t, err, identity.ReasonUnavailable, "")
 		})
 	}
-	checkNoGoroutinesLeft(t)
+	testkit.NoGoroutinesLeft(t, "kubegate.dev/kubegate/identity/gitlab")
 }
 
 func TestLookupUser(t *testing.T) {

@@ -7,7 +7,6 @@ package oidc
 // signed with the provider's own key (or a stranger's) to isolate one defect each.
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -20,7 +19,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,6 +32,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"kubegate.dev/kubegate/identity"
+	"kubegate.dev/kubegate/test/testkit"
 )
 
 // provider is a running mockoidc with request counters and switchable failures.
@@ -468,7 +467,7 @@ func TestIssuerUnavailable(t *testing.T) {
 			t.Fatal("accepted without keys")
 		}
 		wantReason(t, err, identity.ReasonUnavailable, tok)
-		checkNoGoroutinesLeft(t)
+		testkit.NoGoroutinesLeft(t, "kubegate.dev/kubegate/identity/oidc")
 	})
 	t.Run("issuer not listening", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -500,29 +499,6 @@ func TestIssuerUnavailable(t *testing.T) {
 			t.Fatalf("want an issuer mismatch, got %v", err)
 		}
 	})
-}
-
-// checkNoGoroutinesLeft fails when goroutines running this package's code outlive the
-// calls that started them. Stopping is asynchronous, so it polls for a while; it
-// asserts an outcome, not a duration.
-func checkNoGoroutinesLeft(t *testing.T) {
-	t.Helper()
-	var dump bytes.Buffer
-	for range 100 {
-		dump.Reset()
-		_ = pprof.Lookup("goroutine").WriteTo(&dump, 2)
-		leaked := false
-		for _, g := range strings.Split(dump.String(), "\n\n") {
-			if strings.Contains(g, "kubegate/identity/oidc.") && !strings.Contains(g, "testing.tRunner") {
-				leaked = true
-			}
-		}
-		if !leaked {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Errorf("goroutines of the oidc package left behind:\n%s", dump.String())
 }
 
 func TestUserLookup(t *testing.T) {
