@@ -11,7 +11,8 @@
 //     below every other squad;
 //   - 4,000 projects spread round-robin over the groups;
 //   - 1,000 users with about 50 direct memberships each, roles drawn from a seeded
-//     generator;
+//     generator, but for the last one (outsider), who has a good token and no
+//     membership (the 403 path);
 //   - 2,000 tokens: every user has one good k8s_proxy token and one that is revoked,
 //     expired or lacks the k8s_proxy scope (in turn);
 //   - the user under test (alice) qualifies for exactly 50 listed entries, 29 of them
@@ -56,6 +57,9 @@ type Data struct {
 	// User is the user under test; Token is her good k8s_proxy token.
 	User  string
 	Token string
+	// Outsider has a good token and no membership at all: authenticated, never
+	// authorized (the 403 path). OutsiderToken is that token.
+	Outsider, OutsiderToken string
 	// Tokens maps every user to their good k8s_proxy token; BadTokens lists the
 	// revoked, expired and wrong-scope ones.
 	Tokens    map[string]string
@@ -181,10 +185,14 @@ func Generate(s Shape) (*Data, error) {
 	// 4. Everyone else's memberships, anywhere (they never change alice's count).
 	all := make([]membership, 0, s.Users*s.MembershipsPerUser)
 	users := []string{"alice"}
-	for i := 2; i <= s.Users; i++ {
+	for i := 2; i < s.Users; i++ {
 		users = append(users, fmt.Sprintf("user-%04d", i))
 	}
-	for _, u := range users[1:] {
+	members := users[1:]
+	if s.Users > 1 {
+		users = append(users, "outsider") // the last user: no memberships
+	}
+	for _, u := range members {
 		seen := map[string]bool{}
 		for len(seen) < s.MembershipsPerUser {
 			m := membership{user: u, role: roles[rng.IntN(len(roles))]}
@@ -248,6 +256,9 @@ func Generate(s Shape) (*Data, error) {
 		}
 	}
 	d.Token = d.Tokens["alice"]
+	if s.Users > 1 {
+		d.Outsider, d.OutsiderToken = "outsider", d.Tokens["outsider"]
+	}
 	d.Directory = []byte(dir.String())
 
 	var cfg strings.Builder

@@ -33,7 +33,7 @@ func TestDefaultShape(t *testing.T) {
 	if d.Groups != 1515 || d.Projects != 4000 {
 		t.Errorf("groups, projects = %d, %d; want 1515, 4000", d.Groups, d.Projects)
 	}
-	if per := float64(d.Memberships) / 1000; per < 45 || per > 55 {
+	if per := float64(d.Memberships) / 999; per < 45 || per > 55 {
 		t.Errorf("memberships per user = %.1f, want about 50", per)
 	}
 	if len(d.Tokens)+len(d.BadTokens) != 2000 {
@@ -77,6 +77,14 @@ func TestDefaultShape(t *testing.T) {
 		t.Errorf("impersonated groups = %d, Data says %d, want 243", got, d.ImpersonatedGroups)
 	}
 
+	out, ok := dir.UserByName(d.Outsider)
+	if !ok {
+		t.Fatal("no outsider")
+	}
+	if ms, err := dir.Memberships(ctx, out, engine.Listed()); err != nil || len(ms) != 0 {
+		t.Errorf("outsider memberships = %v, %v; want none", ms, err)
+	}
+
 	// Every bad token is refused; a sample of other users' good tokens is accepted.
 	for i, tok := range d.BadTokens[:30] {
 		_, _, err := dir.Authenticate(ctx, identity.Credential{Type: identity.AccessPersonalAccessToken, AgentID: 1, Secret: tok})
@@ -84,7 +92,7 @@ func TestDefaultShape(t *testing.T) {
 			t.Errorf("bad token %d accepted", i)
 		}
 	}
-	for _, u := range []string{"user-0002", "user-0500", "user-1000"} {
+	for _, u := range []string{"user-0002", "user-0500", "user-0999", "outsider"} {
 		id, ok, err := dir.Authenticate(ctx, identity.Credential{Type: identity.AccessPersonalAccessToken, AgentID: 1, Secret: d.Tokens[u]})
 		if err != nil || !ok || id.User.Username != u {
 			t.Errorf("%s's token: %v, %v, %v", u, id, ok, err)
