@@ -2,45 +2,48 @@ package policy
 
 import (
 	"context"
-	_ "embed"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/maypok86/otter/v2"
 	"github.com/open-policy-agent/opa/v1/ast"
-	"github.com/open-policy-agent/opa/v1/rego"
-	"github.com/open-policy-agent/opa/v1/storage/inmem"
 
 	"kubegate.dev/kubegate/identity"
 )
 
-//go:embed rego/kubegate.rego
-var builtinModule string
+// DefaultCacheBytes bounds the memory an Engine's per-identity decisions may take
+// (`kubegate authz --decision-cache-bytes`). At the real-size shape (243
+// impersonated groups) one decision weighs about 5 KB, so the default holds some
+// 12,000 identities.
+const DefaultCacheBytes = 64 << 20
 
-const builtinQuery = "data.kubegate.builtin.decision"
-
-// identityCacheSize bounds the per-identity decisions an Engine remembers.
-const identityCacheSize = 10_000
+// minCacheBytes keeps a bound too small to hold one real-size decision from
+// turning the cache into a loop of evictions.
+const minCacheBytes = 1 << 20
 
 // Engine makes decisions for one agent and one configuration. It is immutable: a
 // change of configuration or modules builds a new Engine, which callers swap in
 // atomically, so a request is decided by one consistent version from start to end.
 //
-// The built-in policy depends only on the identity and its memberships, so its
-// result (with the Rego input operator modules see) is computed once per
-// (identity, memberships) and cached for the Engine's life; per request, only the
-// operator modules run, over a small, pre-converted input. This keeps the decision
-// flat in configuration size and in the number of memberships (README, performance).
+// The built-in decision (rego/kubegate.rego is its specification; the Go code in
+// builtin.go implements it, and TestBuiltinAgreesWithRego holds the two together)
+// depends only on the identity and its memberships, so it is computed once per
+// (identity, memberships) and cached for the Engine's life, bounded by bytes; per
+// request, only the operator modules run, over a pre-converted input. Concurrent
+// first requests of one identity share one computation, and never wait for another
+// identity's (README, performance).
 type Engine struct {
 	agent    Agent
 	config   *AgentConfig
 	listed   identity.Listed
-	builtin  rego.PreparedEvalQuery
+	builtin  *builtin
 	operator *operatorPolicy // nil without operator modules
 	cache    *otter.Cache[string, *identityDecision]
+	// onLoad, when set (tests only), runs at the start of every built-in
+	// computation with the identity's username.
+	onLoad func(username string)
 }
 
 // identityDecision is the built-in policy's answer for one identity.
@@ -51,33 +54,45 @@ type identityDecision struct {
 	accessAs    AccessAs
 	impersonate *Impersonation
 	// operatorInput holds the request-independent part of the operator modules'
-	// input, already converted to Rego values.
+	// input, already converted to Rego values (nil without operator modules).
 	operatorInput [][2]*ast.Term
+	weight        uint32 // estimated bytes, for the cache's bound
 }
 
-// NewEngine compiles the built-in policy against cfg and the operator modules.
-func NewEngine(ctx context.Context, agent Agent, cfg *AgentConfig, modules []Module) (*Engine, error) {
+// Option adjusts an Engine.
+type Option func(*engineOptions)
+
+type engineOptions struct{ cacheBytes int64 }
+
+// WithCacheBytes bounds the memory the per-identity decisions may take (default
+// DefaultCacheBytes; at least 1 MiB). A cache at its bound evicts the least
+// valuable decisions; an evicted identity's next request computes its decision again.
+func WithCacheBytes(n int64) Option { return func(o *engineOptions) { o.cacheBytes = n } }
+
+// NewEngine prepares the built-in decision for cfg and compiles the operator modules.
+func NewEngine(ctx context.Context, agent Agent, cfg *AgentConfig, modules []Module, opts ...Option) (*Engine, error) {
 	if cfg == nil {
 		return nil, errors.New("policy: no agent configuration")
 	}
-	store := inmem.NewFromObjectWithOpts(map[string]any{"user_access": userAccessData(cfg)}, inmem.OptReturnASTValuesOnRead(true))
-	builtin, err := rego.New(
-		rego.Query(builtinQuery),
-		rego.Module("kubegate.rego", builtinModule),
-		rego.Store(store),
-		rego.StrictBuiltinErrors(true),
-	).PrepareForEval(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("policy: compiling the built-in policy: %w", err)
+	o := engineOptions{cacheBytes: DefaultCacheBytes}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.cacheBytes < minCacheBytes {
+		return nil, fmt.Errorf("policy: the decision cache bound %d bytes is below the minimum of %d (1 MiB)", o.cacheBytes, minCacheBytes)
 	}
 	e := &Engine{
 		agent:   agent,
 		config:  cfg,
 		listed:  listed(cfg),
-		builtin: builtin,
-		cache:   otter.Must(&otter.Options[string, *identityDecision]{MaximumSize: identityCacheSize}),
+		builtin: newBuiltin(agent, cfg),
+		cache: otter.Must(&otter.Options[string, *identityDecision]{
+			MaximumWeight: uint64(o.cacheBytes),
+			Weigher:       func(k string, d *identityDecision) uint32 { return uint32(len(k)) + d.weight },
+		}),
 	}
 	if len(modules) > 0 {
+		var err error
 		if e.operator, err = newOperatorPolicy(ctx, modules); err != nil {
 			return nil, err
 		}
@@ -100,19 +115,6 @@ func listed(cfg *AgentConfig) identity.Listed {
 		groups = append(groups, g.Path)
 	}
 	return identity.NewListed(projects, groups)
-}
-
-// userAccessData shapes user_access for Rego: listed paths as object keys
-// (lower-case), so a membership is checked with one lookup whatever the list length.
-func userAccessData(cfg *AgentConfig) map[string]any {
-	projects, groups := map[string]any{}, map[string]any{}
-	for _, p := range cfg.UserAccess.Projects {
-		projects[p.Key] = true
-	}
-	for _, g := range cfg.UserAccess.Groups {
-		groups[g.Key] = true
-	}
-	return map[string]any{"access_as": string(cfg.UserAccess.AccessAs), "projects": projects, "groups": groups}
 }
 
 // Decide makes the decision for one request. An error means the policy could not be
@@ -141,68 +143,73 @@ func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
 	return Decision{Allowed: true, Reason: ReasonAllowed, AccessAs: id.accessAs, Impersonate: id.impersonate, Request: in.Request}, nil
 }
 
+// identityDecision returns the cached built-in decision for in's identity and
+// memberships, computing it on a miss. otter's Get runs one computation per key at a
+// time: concurrent first requests of one identity (after a reload, say) wait for
+// that one, and other identities compute theirs in parallel.
 func (e *Engine) identityDecision(ctx context.Context, in Input) (*identityDecision, error) {
-	key := cacheKey(in)
-	if d, ok := e.cache.GetIfPresent(key); ok {
+	d, err := e.cache.Get(ctx, e.cacheKey(in), otter.LoaderFunc[string, *identityDecision](func(context.Context, string) (*identityDecision, error) {
+		if e.onLoad != nil {
+			e.onLoad(in.Identity.User.Username)
+		}
+		d := e.builtin.decide(in)
+		if e.operator != nil {
+			d.operatorInput = append(operatorIdentityInput(e.agent, in), ast.Item(ast.StringTerm("decision"), decisionTerm(d)))
+			d.weight += operatorInputWeight(in, d)
+		}
 		return d, nil
-	}
-	d, err := e.evalBuiltin(ctx, in)
+	}))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("policy: the built-in decision: %w", err)
 	}
-	e.cache.Set(key, d)
 	return d, nil
 }
 
-// cacheKey identifies everything the built-in policy reads from the input. Two
-// inputs with the same key get the same answer, so the key must be exact (no hash
-// that could collide and hand one user another's identity).
-func cacheKey(in Input) string {
+// cacheKey identifies everything the built-in policy and the operator modules'
+// identity input read. Two inputs with the same key get the same answer, so the key
+// must be exact (no hash that could collide and hand one user another's identity):
+// it is a prefix-free binary encoding of the input. A membership whose path is
+// spelled exactly as a listed entry is written as that entry's index, which keeps
+// the key small (~10 bytes per membership) without losing exactness.
+func (e *Engine) cacheKey(in Input) string {
 	id := in.Identity
-	b := make([]byte, 0, 48+len(id.User.Username)+(24+32)*len(in.Memberships))
-	b = strconv.AppendInt(b, id.AgentID, 10)
-	b = appendField(b, string(id.AccessType))
-	b = append(b, '|')
-	b = strconv.AppendInt(b, id.User.ID, 10)
-	b = appendField(b, id.User.Username)
+	b := make([]byte, 0, 32+len(id.AccessType)+len(id.User.Username)+8*len(in.Memberships))
+	b = binary.AppendVarint(b, id.AgentID)
+	b = appendString(b, string(id.AccessType))
+	b = binary.AppendVarint(b, id.User.ID)
+	b = appendString(b, id.User.Username)
+	b = binary.AppendUvarint(b, uint64(len(in.Memberships)))
 	for _, m := range in.Memberships {
-		b = appendField(b, string(m.Kind))
-		b = append(b, ':')
-		b = strconv.AppendInt(b, m.ID, 10)
-		b = append(b, ':')
-		b = strconv.AppendInt(b, int64(m.AccessLevel), 10)
-		b = appendField(b, m.Path)
+		var exact map[string]int32
+		switch m.Kind {
+		case identity.KindProject:
+			b, exact = append(b, 'p'), e.builtin.projectPaths
+		case identity.KindGroup:
+			b, exact = append(b, 'g'), e.builtin.groupPaths
+		default:
+			b = appendString(append(b, 'k'), string(m.Kind))
+		}
+		b = binary.AppendVarint(b, m.ID)
+		b = binary.AppendVarint(b, int64(m.AccessLevel))
+		if i, ok := exact[m.Path]; ok {
+			b = binary.AppendUvarint(append(b, 'L'), uint64(i))
+		} else {
+			b = appendString(append(b, 'P'), m.Path)
+		}
 	}
 	return string(b)
 }
 
-// appendField appends a length-prefixed string, so that no choice of strings can
+// appendString appends a length-prefixed string, so that no choice of strings can
 // make two different inputs produce the same key.
-func appendField(b []byte, s string) []byte {
-	b = append(b, '|')
-	b = strconv.AppendInt(b, int64(len(s)), 10)
-	b = append(b, ':')
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
 	return append(b, s...)
 }
 
-func (e *Engine) evalBuiltin(ctx context.Context, in Input) (*identityDecision, error) {
-	input := e.builtinInput(in)
-	rs, err := e.builtin.Eval(ctx, rego.EvalParsedInput(ast.NewObject(input...)))
-	if err != nil {
-		return nil, fmt.Errorf("policy: evaluating the built-in policy: %w", err)
-	}
-	if len(rs) != 1 || len(rs[0].Expressions) != 1 {
-		return nil, errors.New("policy: the built-in policy returned no decision")
-	}
-	d, err := parseBuiltinDecision(rs[0].Expressions[0].Value)
-	if err != nil {
-		return nil, err
-	}
-	d.operatorInput = append(input, ast.Item(ast.StringTerm("decision"), decisionTerm(d)))
-	return d, nil
-}
-
-func (e *Engine) builtinInput(in Input) [][2]*ast.Term {
+// operatorIdentityInput is the request-independent part of the operator modules'
+// input (README, operator policies): agent, user, access_type and every membership.
+func operatorIdentityInput(agent Agent, in Input) [][2]*ast.Term {
 	ms := make([]*ast.Term, len(in.Memberships))
 	for i, m := range in.Memberships {
 		ms[i] = ast.ObjectTerm(
@@ -215,8 +222,8 @@ func (e *Engine) builtinInput(in Input) [][2]*ast.Term {
 	}
 	return [][2]*ast.Term{
 		ast.Item(ast.StringTerm("agent"), ast.ObjectTerm(
-			ast.Item(ast.StringTerm("id"), ast.IntNumberTerm(int(e.agent.ID))),
-			ast.Item(ast.StringTerm("config_project_id"), ast.IntNumberTerm(int(e.agent.ConfigProjectID))),
+			ast.Item(ast.StringTerm("id"), ast.IntNumberTerm(int(agent.ID))),
+			ast.Item(ast.StringTerm("config_project_id"), ast.IntNumberTerm(int(agent.ConfigProjectID))),
 		)),
 		ast.Item(ast.StringTerm("user"), ast.ObjectTerm(
 			ast.Item(ast.StringTerm("id"), ast.IntNumberTerm(int(in.Identity.User.ID))),
@@ -227,6 +234,16 @@ func (e *Engine) builtinInput(in Input) [][2]*ast.Term {
 	}
 }
 
+// operatorInputWeight estimates the bytes of a pre-converted operator input: Rego
+// terms and object tables are several times the size of the strings they hold.
+func operatorInputWeight(in Input, d *identityDecision) uint32 {
+	w := 1024 + 400*len(in.Memberships)
+	if d.impersonate != nil {
+		w += 96 * len(d.impersonate.Groups)
+	}
+	return uint32(w)
+}
+
 func roleName(l identity.AccessLevel) string {
 	name := ""
 	for _, r := range identity.Roles {
@@ -235,37 +252,6 @@ func roleName(l identity.AccessLevel) string {
 		}
 	}
 	return name
-}
-
-// parseBuiltinDecision reads the built-in policy's result strictly: any unexpected
-// shape is an error (and so a denial), never a guess.
-func parseBuiltinDecision(v any) (*identityDecision, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("policy: built-in decision: %w", err)
-	}
-	var raw struct {
-		Allowed     *bool          `json:"allowed"`
-		Reason      Reason         `json:"reason"`
-		Message     string         `json:"message"`
-		AccessAs    AccessAs       `json:"access_as"`
-		Impersonate *Impersonation `json:"impersonate"`
-	}
-	if err := json.Unmarshal(b, &raw); err != nil || raw.Allowed == nil {
-		return nil, fmt.Errorf("policy: the built-in decision has an unexpected shape: %s", b)
-	}
-	d := &identityDecision{allowed: *raw.Allowed, reason: raw.Reason, message: raw.Message, accessAs: raw.AccessAs, impersonate: raw.Impersonate}
-	if d.allowed {
-		switch {
-		case d.accessAs == AccessAsUser && (d.impersonate == nil || d.impersonate.User == "" || len(d.impersonate.Groups) == 0):
-			return nil, fmt.Errorf("policy: the built-in decision allows user mode without an identity: %s", b)
-		case d.accessAs == AccessAsAgent && d.impersonate != nil:
-			return nil, fmt.Errorf("policy: the built-in decision impersonates in agent mode: %s", b)
-		case d.accessAs != AccessAsUser && d.accessAs != AccessAsAgent:
-			return nil, fmt.Errorf("policy: the built-in decision has access_as %q", d.accessAs)
-		}
-	}
-	return d, nil
 }
 
 // decisionTerm is the built-in decision as operator modules see it (input.decision).

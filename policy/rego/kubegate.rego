@@ -1,7 +1,11 @@
 # kubegate's built-in decision: who may pass, and as whom (access.md §3).
 #
-# Input (built by the Go engine, identity part only; it is evaluated once per
-# identity, membership set and configuration, then cached):
+# This module is the specification. What runs is its Go implementation
+# (policy/builtin.go, once per identity, membership set and configuration, then
+# cached): TestBuiltinAgreesWithRego evaluates both over generated memberships and
+# requires the same decision, groups in the same order included. Change both together.
+#
+# Input (the identity part the Go engine also gives operator modules):
 #   agent:        {id, config_project_id}
 #   user:         {id, username}
 #   access_type:  personal_access_token | oidc_id_token | session_cookie
