@@ -11,6 +11,8 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -33,13 +35,28 @@ type Directory struct {
 	projects    map[string]*project
 	tokens      map[[sha256.Size]byte]*token
 	now         func() time.Time
+
+	// index resolves the listing in service to directory entries, built on the
+	// first Memberships call for it (one listing per configuration).
+	index   atomic.Pointer[listedIndex]
+	indexMu sync.Mutex
 }
 
 type user struct {
 	identity.User
 	state   string
-	directG map[*group]identity.AccessLevel // direct group memberships
-	directP map[*project]identity.AccessLevel
+	directG []groupLevel // direct group memberships
+	directP []projectLevel
+}
+
+type groupLevel struct {
+	group *group
+	level identity.AccessLevel
+}
+
+type projectLevel struct {
+	project *project
+	level   identity.AccessLevel
 }
 
 type group struct {
@@ -158,8 +175,7 @@ func build(ff fileFormat) (*Directory, []string) {
 		case d.usersByName[strings.ToLower(u.Username)] != nil:
 			bad(u.line, "%s.username %q is used twice", where, u.Username)
 		default:
-			nu := &user{User: identity.User{ID: u.ID, Username: u.Username}, state: state,
-				directG: map[*group]identity.AccessLevel{}, directP: map[*project]identity.AccessLevel{}}
+			nu := &user{User: identity.User{ID: u.ID, Username: u.Username}, state: state}
 			d.usersByID[u.ID] = nu
 			d.usersByName[strings.ToLower(u.Username)] = nu
 		}
@@ -226,6 +242,15 @@ func build(ff fileFormat) (*Directory, []string) {
 		}
 	}
 
+	type userProject struct {
+		u *user
+		p *project
+	}
+	type userGroup struct {
+		u *user
+		g *group
+	}
+	seenP, seenG := map[userProject]bool{}, map[userGroup]bool{}
 	for i, m := range ff.Memberships {
 		where := fmt.Sprintf("memberships[%d]", i)
 		u := d.usersByName[strings.ToLower(m.User)]
@@ -245,19 +270,21 @@ func build(ff fileFormat) (*Directory, []string) {
 			p := d.projects[strings.ToLower(m.Project)]
 			if p == nil {
 				bad(m.line, "%s.project %q is not in projects", where, m.Project)
-			} else if _, dup := u.directP[p]; dup {
+			} else if seenP[userProject{u, p}] {
 				bad(m.line, "%s: %s is already a member of project %s", where, m.User, m.Project)
 			} else {
-				u.directP[p] = level
+				seenP[userProject{u, p}] = true
+				u.directP = append(u.directP, projectLevel{p, level})
 			}
 		default:
 			g := d.groups[strings.ToLower(m.Group)]
 			if g == nil {
 				bad(m.line, "%s.group %q is not in groups", where, m.Group)
-			} else if _, dup := u.directG[g]; dup {
+			} else if seenG[userGroup{u, g}] {
 				bad(m.line, "%s: %s is already a member of group %s", where, m.User, m.Group)
 			} else {
-				u.directG[g] = level
+				seenG[userGroup{u, g}] = true
+				u.directG = append(u.directG, groupLevel{g, level})
 			}
 		}
 	}
@@ -364,41 +391,104 @@ func (d *Directory) UserByName(username string) (identity.User, bool) {
 // the group's and its ancestors'. Membership in a subgroup never counts upward, and a
 // group entry never expands into its projects. Listed paths the directory does not
 // know are skipped, as GitLab skips entries it cannot resolve.
+//
+// The work per call follows the user's direct memberships, not the listing: the
+// listing is resolved once (listedIndex), and each direct membership raises the
+// listed entries below it.
 func (d *Directory) Memberships(_ context.Context, u identity.User, listed identity.Listed) ([]identity.Membership, error) {
 	du := d.usersByID[u.ID]
 	if du == nil || du.state != "active" {
 		return nil, nil
 	}
-	var out []identity.Membership
-	for i, p := range listed.Projects {
-		proj := d.projects[listed.ProjectKey(i)]
-		if proj == nil {
-			continue
-		}
-		level := max(du.directP[proj], du.inherited(proj.namespace))
-		if level > identity.NoAccess {
-			out = append(out, identity.Membership{Kind: identity.KindProject, ID: proj.id, Path: p, AccessLevel: level})
+	idx := d.indexFor(&listed)
+	levels := make([]identity.AccessLevel, len(idx.entries))
+	for _, m := range du.directG {
+		for _, pos := range idx.byGroup[m.group] {
+			levels[pos] = max(levels[pos], m.level)
 		}
 	}
-	for i, g := range listed.Groups {
-		grp := d.groups[listed.GroupKey(i)]
-		if grp == nil {
-			continue
+	for _, m := range du.directP {
+		for _, pos := range idx.byProject[m.project] {
+			levels[pos] = max(levels[pos], m.level)
 		}
-		if level := du.inherited(grp); level > identity.NoAccess {
-			out = append(out, identity.Membership{Kind: identity.KindGroup, ID: grp.id, Path: g, AccessLevel: level})
+	}
+	n := 0
+	for _, l := range levels {
+		if l > identity.NoAccess {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	out := make([]identity.Membership, 0, n)
+	for pos, l := range levels {
+		if l > identity.NoAccess {
+			e := idx.entries[pos]
+			out = append(out, identity.Membership{Kind: e.kind, ID: e.id, Path: e.path, AccessLevel: l})
 		}
 	}
 	return out, nil
 }
 
-// inherited is the user's highest access level over g and all of g's ancestors.
-func (u *user) inherited(g *group) identity.AccessLevel {
-	level := identity.NoAccess
-	for ; g != nil; g = g.parent {
-		level = max(level, u.directG[g])
+// listedIndex is a listing resolved against the directory. Positions number the
+// listing's projects, then its groups, as Memberships answers them.
+type listedIndex struct {
+	digest  [sha256.Size]byte
+	entries []listedEntry
+	// byGroup lists, for a group, the positions a membership of it gives access
+	// to: listed projects whose namespace is the group or below it, and listed
+	// groups that are the group or below it.
+	byGroup   map[*group][]int32
+	byProject map[*project][]int32
+}
+
+type listedEntry struct {
+	kind identity.Kind
+	id   int64
+	path string // as written in the listing
+}
+
+// indexFor returns the index of listed, building it on first use. The directory is
+// immutable, so an index stays valid for its life; only the last listing is kept
+// (a configuration has one).
+func (d *Directory) indexFor(listed *identity.Listed) *listedIndex {
+	digest := listed.Digest()
+	if idx := d.index.Load(); idx != nil && idx.digest == digest {
+		return idx
 	}
-	return level
+	d.indexMu.Lock()
+	defer d.indexMu.Unlock()
+	if idx := d.index.Load(); idx != nil && idx.digest == digest {
+		return idx
+	}
+	idx := &listedIndex{digest: digest, entries: make([]listedEntry, len(listed.Projects)+len(listed.Groups)),
+		byGroup: map[*group][]int32{}, byProject: map[*project][]int32{}}
+	for i, p := range listed.Projects {
+		proj := d.projects[listed.ProjectKey(i)]
+		if proj == nil {
+			continue
+		}
+		pos := int32(i)
+		idx.entries[pos] = listedEntry{identity.KindProject, proj.id, p}
+		idx.byProject[proj] = append(idx.byProject[proj], pos)
+		for g := proj.namespace; g != nil; g = g.parent {
+			idx.byGroup[g] = append(idx.byGroup[g], pos)
+		}
+	}
+	for i, name := range listed.Groups {
+		grp := d.groups[listed.GroupKey(i)]
+		if grp == nil {
+			continue
+		}
+		pos := int32(len(listed.Projects) + i)
+		idx.entries[pos] = listedEntry{identity.KindGroup, grp.id, name}
+		for g := grp; g != nil; g = g.parent {
+			idx.byGroup[g] = append(idx.byGroup[g], pos)
+		}
+	}
+	d.index.Store(idx)
+	return idx
 }
 
 // Summary counts the directory's entries, for log lines after a (re)load.

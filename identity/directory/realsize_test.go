@@ -1,0 +1,98 @@
+package directory_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"testing"
+
+	"kubegate.dev/kubegate/identity"
+	"kubegate.dev/kubegate/identity/directory"
+	"kubegate.dev/kubegate/policy"
+	"kubegate.dev/kubegate/test/realsize"
+)
+
+// TestMembershipsMatchReference: at real size (test/realsize), for every user and
+// for listings that reorder, repeat, re-case and drop entries or name unknown
+// paths, the indexed Memberships gives exactly what the direct walk over the
+// listing gives.
+func TestMembershipsMatchReference(t *testing.T) {
+	data, err := realsize.Generate(realsize.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := directory.Parse("directory.yaml", data.Directory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := policy.ParseAgentConfig("agent-config.yaml", data.AgentConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var projects, groups []string
+	for _, p := range cfg.UserAccess.Projects {
+		projects = append(projects, p.Path)
+	}
+	for _, g := range cfg.UserAccess.Groups {
+		groups = append(groups, g.Path)
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	mangle := func(in []string) []string {
+		out := make([]string, 0, len(in))
+		for _, s := range in {
+			switch r.IntN(8) {
+			case 0: // dropped
+			case 1:
+				out = append(out, s, s) // repeated
+			case 2:
+				out = append(out, strings.ToUpper(s))
+			case 3:
+				out = append(out, s+"-unknown")
+			default:
+				out = append(out, s)
+			}
+		}
+		r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+		return out
+	}
+	listings := map[string]identity.Listed{
+		"the agent config": identity.NewListed(projects, groups),
+		"mangled":          identity.NewListed(mangle(projects), mangle(groups)),
+		"unprepared":       {Projects: mangle(projects), Groups: mangle(groups)},
+		"empty":            identity.NewListed(nil, nil),
+	}
+	for name, listed := range listings {
+		t.Run(name, func(t *testing.T) {
+			withAccess := 0
+			for _, u := range d.Users() {
+				got, err := d.Memberships(context.Background(), u, listed)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := d.MembershipsReference(context.Background(), u, listed)
+				if !reflect.DeepEqual(got, want) {
+					t.Fatalf("%s:\n got %v\nwant %v", u.Username, got, want)
+				}
+				if len(got) > 0 {
+					withAccess++
+				}
+			}
+			if name != "empty" && withAccess < 100 {
+				t.Fatalf("only %d users have access to anything: the listing does not exercise the index", withAccess)
+			}
+		})
+	}
+	// alice, as the generator documents her: 50 qualifying entries.
+	alice, _ := d.UserByName(data.User)
+	ms, _ := d.Memberships(context.Background(), alice, listings["the agent config"])
+	qualifying := 0
+	for _, m := range ms {
+		if m.AccessLevel >= identity.Developer {
+			qualifying++
+		}
+	}
+	if qualifying != data.Qualifying {
+		t.Fatalf("alice qualifies for %d entries, the generator says %d", qualifying, data.Qualifying)
+	}
+}
