@@ -118,10 +118,8 @@ func Load(file string) (*Directory, error) {
 
 // Parse validates a directory document; name is used in error messages.
 func Parse(name string, data []byte) (*Directory, error) {
-	var ff fileFormat
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&ff); err != nil && !errors.Is(err, io.EOF) {
+	ff, err := decode(data)
+	if err != nil {
 		return nil, fmt.Errorf("directory %s: %v", name, err)
 	}
 	d, errs := build(ff)
@@ -129,6 +127,25 @@ func Parse(name string, data []byte) (*Directory, error) {
 		return nil, &LoadError{File: name, Problems: errs}
 	}
 	return d, nil
+}
+
+// decode reads the file's entries: by the line reader when the file is in the
+// one-flow-mapping-per-line shape it knows, else by the YAML decoder.
+func decode(data []byte) (fileFormat, error) {
+	if ff, ok := parseFlowLines(data); ok {
+		return ff, nil
+	}
+	return decodeYAML(data)
+}
+
+func decodeYAML(data []byte) (fileFormat, error) {
+	var ff fileFormat
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&ff); err != nil && !errors.Is(err, io.EOF) {
+		return fileFormat{}, err
+	}
+	return ff, nil
 }
 
 // LoadError lists every problem found in a directory file.
@@ -158,7 +175,7 @@ func build(ff fileFormat) (*Directory, []string) {
 	}
 
 	for i, u := range ff.Users {
-		where := fmt.Sprintf("users[%d]", i)
+		where := entryAt{"users", i}
 		state := u.State
 		if state == "" {
 			state = "active"
@@ -183,7 +200,7 @@ func build(ff fileFormat) (*Directory, []string) {
 
 	ids := map[int64]bool{}
 	for i, g := range ff.Groups {
-		where := fmt.Sprintf("groups[%d]", i)
+		where := entryAt{"groups", i}
 		key := strings.ToLower(g.Path)
 		switch {
 		case g.ID <= 0:
@@ -220,7 +237,7 @@ func build(ff fileFormat) (*Directory, []string) {
 
 	pids := map[int64]bool{}
 	for i, p := range ff.Projects {
-		where := fmt.Sprintf("projects[%d]", i)
+		where := entryAt{"projects", i}
 		key := strings.ToLower(p.Path)
 		ns := path.Dir(p.Path)
 		switch {
@@ -252,7 +269,7 @@ func build(ff fileFormat) (*Directory, []string) {
 	}
 	seenP, seenG := map[userProject]bool{}, map[userGroup]bool{}
 	for i, m := range ff.Memberships {
-		where := fmt.Sprintf("memberships[%d]", i)
+		where := entryAt{"memberships", i}
 		u := d.usersByName[strings.ToLower(m.User)]
 		if u == nil {
 			bad(m.line, "%s.user %q is not in users", where, m.User)
@@ -290,7 +307,7 @@ func build(ff fileFormat) (*Directory, []string) {
 	}
 
 	for i, t := range ff.Tokens {
-		where := fmt.Sprintf("tokens[%d]", i)
+		where := entryAt{"tokens", i}
 		u := d.usersByName[strings.ToLower(t.User)]
 		digest, err := parseDigest(t.Digest)
 		switch {
@@ -308,6 +325,15 @@ func build(ff fileFormat) (*Directory, []string) {
 	}
 	return d, errs
 }
+
+// entryAt names an entry in messages ("users[3]"); formatted only when a message
+// is made, not for each of the file's tens of thousands of entries.
+type entryAt struct {
+	section string
+	i       int
+}
+
+func (e entryAt) String() string { return fmt.Sprintf("%s[%d]", e.section, e.i) }
 
 func membershipLevel(m membershipEntry) (identity.AccessLevel, error) {
 	switch {

@@ -2,6 +2,7 @@ package directory
 
 import (
 	"context"
+	"reflect"
 
 	"kubegate.dev/kubegate/identity"
 )
@@ -58,4 +59,15 @@ func (d *Directory) Users() []identity.User {
 		out = append(out, u.User)
 	}
 	return out
+}
+
+// FlowLinesAgree reports whether the line reader handles data, and if it does,
+// whether it reads exactly what the YAML decoder reads.
+func FlowLinesAgree(data []byte) (handled, same bool, err error) {
+	fast, ok := parseFlowLines(data)
+	if !ok {
+		return false, false, nil
+	}
+	slow, err := decodeYAML(data)
+	return true, reflect.DeepEqual(fast, slow), err
 }

@@ -151,13 +151,17 @@ func (e *expiry) UnmarshalYAML(n *yaml.Node) error {
 	if n.Value == "" || n.Tag == "!!null" {
 		return nil
 	}
-	if t, err := time.Parse(time.DateOnly, n.Value); err == nil {
+	return e.parse(n.Value, n.Line)
+}
+
+func (e *expiry) parse(value string, line int) error {
+	if t, err := time.Parse(time.DateOnly, value); err == nil {
 		e.Time = t.UTC()
 		return nil
 	}
-	t, err := time.Parse(time.RFC3339, n.Value)
+	t, err := time.Parse(time.RFC3339, value)
 	if err != nil {
-		return fmt.Errorf("line %d: expires_at %q is neither a date (2027-12-31) nor an RFC 3339 time", n.Line, n.Value)
+		return fmt.Errorf("line %d: expires_at %q is neither a date (2027-12-31) nor an RFC 3339 time", line, value)
 	}
 	e.Time = t.UTC()
 	return nil

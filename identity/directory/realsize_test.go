@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -21,6 +22,9 @@ func TestMembershipsMatchReference(t *testing.T) {
 	data, err := realsize.Generate(realsize.Default())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if handled, same, err := directory.FlowLinesAgree(data.Directory); !handled || !same || err != nil {
+		t.Fatalf("real-size directory: the line reader handled it: %v, read the same as YAML: %v (%v)", handled, same, err)
 	}
 	d, err := directory.Parse("directory.yaml", data.Directory)
 	if err != nil {
@@ -95,4 +99,31 @@ func TestMembershipsMatchReference(t *testing.T) {
 	if qualifying != data.Qualifying {
 		t.Fatalf("alice qualifies for %d entries, the generator says %d", qualifying, data.Qualifying)
 	}
+}
+
+// BenchmarkParseRealSize loads the real-size directory (start-up and every reload)
+// and reports the heap the loaded directory keeps (live-MB).
+func BenchmarkParseRealSize(b *testing.B) {
+	data, err := realsize.Generate(realsize.Default())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	var d *directory.Directory
+	for b.Loop() {
+		if d, err = directory.Parse("directory.yaml", data.Directory); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	var before, after runtime.MemStats
+	d = nil
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	d, _ = directory.Parse("directory.yaml", data.Directory)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(d)
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "live-MB")
+	b.ReportMetric(float64(len(data.Directory))/(1<<20), "file-MB")
 }

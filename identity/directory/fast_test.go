@@ -1,0 +1,100 @@
+package directory
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// TestFlowLinesAgreeWithYAML: whenever the line reader accepts a file, it reads
+// exactly what the YAML decoder reads (entries, values, line numbers); on anything
+// it is unsure of it declines and the YAML decoder decides. Each case is one entry
+// line in a small file; the interesting ones are those YAML reads differently from
+// how they look.
+func TestFlowLinesAgreeWithYAML(t *testing.T) {
+	const head = "# a directory\nusers:\n  - {id: 1, username: alice}   # trailing comment\n\n"
+	tests := []struct {
+		name, section, line string
+		wantFast            bool // the line reader handles it
+	}{
+		{"plain user", "users", "{id: 2, username: bob}", true},
+		{"user with state", "users", "{id: 2, username: bob, state: blocked}", true},
+		{"quoted username", "users", `{id: 2, username: "bob"}`, true},
+		{"username yes is a bool to YAML 1.1", "users", "{id: 2, username: yes}", false},
+		{"username null", "users", "{id: 2, username: null}", false},
+		{"username a number", "users", "{id: 2, username: 123}", false},
+		{"id in hex", "users", "{id: 0x10, username: bob}", false},
+		{"id with underscores", "users", "{id: 1_0, username: bob}", false},
+		{"id quoted", "users", `{id: "2", username: bob}`, false},
+		{"unknown field", "users", "{id: 2, username: bob, admin: true}", false},
+		{"repeated field", "users", "{id: 2, username: bob, username: eve}", false},
+		{"escape in quotes", "users", `{id: 2, username: "b\u006fb"}`, false},
+		{"anchor", "users", "{id: 2, username: &a bob}", false},
+		{"trailing comma", "users", "{id: 2, username: bob,}", false},
+		{"group with parent", "groups", "{id: 5, path: org/team, parent: org}", true},
+		{"project", "projects", "{id: 7, path: org/team/app, namespace: org/team}", true},
+		{"membership by role", "memberships", "{user: alice, group: org, role: maintainer}", true},
+		{"membership by level", "memberships", "{user: alice, project: org/app, access_level: 30}", true},
+		{"token", "tokens", `{user: alice, name: laptop, digest: "sha256:ab", scopes: [k8s_proxy, read_api], revoked: true}`, true},
+		{"token with empty scopes", "tokens", `{user: alice, name: laptop, digest: "sha256:ab", scopes: []}`, true},
+		{"token expiring on a date", "tokens", `{user: alice, name: laptop, digest: "sha256:ab", expires_at: 2027-12-31}`, true},
+		{"token expiring at a time", "tokens", `{user: alice, name: laptop, digest: "sha256:ab", expires_at: 2027-12-31T10:00:00+02:00}`, true},
+		{"revoked True", "tokens", `{user: alice, name: laptop, digest: "sha256:ab", revoked: True}`, false},
+		{"revoked yes", "tokens", `{user: alice, name: laptop, digest: "sha256:ab", revoked: yes}`, false},
+		{"scopes not a list", "tokens", `{user: alice, name: laptop, digest: "sha256:ab", scopes: k8s_proxy}`, false},
+		{"a comment inside", "users", "{id: 2, username: bob #x}", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := head + tt.section + ":\n  - " + tt.line + "\n"
+			if tt.section == "users" {
+				doc = head + "  - " + tt.line + "\n"
+			}
+			compare(t, doc, tt.wantFast)
+		})
+	}
+	for _, tt := range []struct{ name, doc string }{
+		{"block mapping", "users:\n  - id: 1\n    username: alice\n"},
+		{"unknown section", "people:\n  - {id: 1, username: alice}\n"},
+		{"repeated section", "users:\n  - {id: 1, username: alice}\nusers:\n  - {id: 2, username: bob}\n"},
+		{"other indentation", "users:\n- {id: 1, username: alice}\n"},
+		{"document marker", "---\nusers:\n  - {id: 1, username: alice}\n"},
+		{"tab", "users:\n\t- {id: 1, username: alice}\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) { compare(t, tt.doc, false) })
+	}
+	t.Run("empty file", func(t *testing.T) { compare(t, "", true) })
+	t.Run("sandbox directory", func(t *testing.T) {
+		_, file, _, _ := runtime.Caller(0)
+		data, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "deploy", "sandbox", "directory.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		compare(t, string(data), true)
+	})
+}
+
+// compare checks that the line reader declines doc, or reads what YAML reads.
+func compare(t *testing.T, doc string, wantFast bool) {
+	t.Helper()
+	fast, ok := parseFlowLines([]byte(doc))
+	if ok != wantFast {
+		t.Fatalf("line reader ok=%v, want %v for\n%s", ok, wantFast, doc)
+	}
+	if !ok {
+		return
+	}
+	slow, err := decodeYAML([]byte(doc))
+	if err != nil {
+		t.Fatalf("the line reader accepted what YAML refuses (%v):\n%s", err, doc)
+	}
+	if !reflect.DeepEqual(fast, slow) {
+		t.Fatalf("line reader and YAML differ on\n%s\nfast %+v\nyaml %+v", doc, fast, slow)
+	}
+	if !strings.Contains(doc, "\n") && doc != "" {
+		t.Fatal("test documents have lines")
+	}
+}
