@@ -3,7 +3,6 @@ package extauthz
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -13,12 +12,15 @@ import (
 	"sort"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"kubegate.dev/kubegate/internal/filewatch"
 )
 
 // Reloader rebuilds the Server's Snapshot when any of its input files change and
-// swaps it in. A build that fails (a typo in the agent config, a bad directory, a
+// swaps it in. It reacts only to events about those files (package filewatch: their
+// names, a Kubernetes "..data" swap, anything inside the policy directory), not to
+// other files in their directories, such as its own log. A build that fails (a typo in the agent config, a bad directory, a
 // Rego error) is logged and counted, and the last good snapshot stays in service
 // (access.md §1).
 type Reloader struct {
@@ -37,6 +39,12 @@ type Reloader struct {
 	// Ready, if set, is closed once the files are watched.
 	Ready chan struct{}
 
+	// FailureLogEvery is the least time between two "reload failed" lines while the
+	// files stay broken (the first is logged at once; every failure is counted);
+	// zero means filewatch.DefaultRepeatEvery.
+	FailureLogEvery time.Duration
+
+	failures    filewatch.Repeats
 	reloads     *prometheus.CounterVec
 	lastSuccess prometheus.Gauge
 	last        [sha256.Size]byte
@@ -73,6 +81,7 @@ func (r *Reloader) Run(ctx context.Context) error {
 	if r.Debounce == 0 {
 		r.Debounce = 200 * time.Millisecond
 	}
+	r.failures.Every = r.FailureLogEvery
 	if r.reloads == nil {
 		if err := r.ReloadMetrics(nil); err != nil {
 			return err
@@ -80,81 +89,11 @@ func (r *Reloader) Run(ctx context.Context) error {
 	}
 	r.last, _ = r.digest()
 
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
+	w := &filewatch.Watcher{Paths: r.Paths, Poll: r.Poll, Debounce: r.Debounce, Log: r.Log, Ready: r.Ready}
+	if err := w.Run(ctx, func() { r.reload(ctx) }); err != nil {
 		return fmt.Errorf("watching the configuration: %w", err)
 	}
-	defer w.Close()
-	watched := map[string]bool{}
-	r.watchDirs(w, watched)
-	if r.Ready != nil {
-		close(r.Ready)
-	}
-
-	var tick <-chan time.Time
-	if r.Poll > 0 {
-		t := time.NewTicker(r.Poll)
-		defer t.Stop()
-		tick = t.C
-	}
-	var debounce <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-w.Events:
-			if !ok {
-				return errors.New("the configuration file watcher stopped")
-			}
-			if ev.Has(fsnotify.Remove) && watched[ev.Name] {
-				delete(watched, ev.Name)
-			}
-			debounce = time.After(r.Debounce)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return errors.New("the configuration file watcher stopped")
-			}
-			r.Log.Warn("configuration watch error; re-reading", "err", err)
-			debounce = time.After(r.Debounce)
-		case <-tick:
-			r.reload(ctx)
-		case <-debounce:
-			debounce = nil
-			// Kubernetes ConfigMap volumes swap a "..data" symlink to a new directory:
-			// re-resolve what to watch after every burst.
-			r.watchDirs(w, watched)
-			r.reload(ctx)
-		}
-	}
-}
-
-// watchDirs watches the directory of every path and of what it resolves to, and
-// every directory under a path that is a directory (the policy modules).
-func (r *Reloader) watchDirs(w *fsnotify.Watcher, watched map[string]bool) {
-	add := func(dir string) {
-		if dir == "" || watched[dir] {
-			return
-		}
-		if err := w.Add(dir); err != nil {
-			r.Log.Warn("cannot watch a configuration directory; changes there are seen only by polling", "dir", dir, "err", err)
-			return
-		}
-		watched[dir] = true
-	}
-	for _, p := range r.Paths {
-		add(filepath.Dir(p))
-		if real, err := filepath.EvalSymlinks(p); err == nil {
-			add(filepath.Dir(real))
-			if fi, err := os.Stat(real); err == nil && fi.IsDir() {
-				_ = filepath.WalkDir(real, func(path string, d fs.DirEntry, err error) error {
-					if err == nil && d.IsDir() {
-						add(path)
-					}
-					return nil
-				})
-			}
-		}
-	}
+	return nil
 }
 
 func (r *Reloader) reload(ctx context.Context) {
@@ -169,9 +108,12 @@ func (r *Reloader) reload(ctx context.Context) {
 	}
 	if berr != nil {
 		r.reloads.WithLabelValues("failure").Inc()
-		r.Log.Error("configuration reload failed; the last good configuration stays in service", "err", berr.Error())
+		if ok, suppressed := r.failures.Allow(); ok {
+			r.Log.Error("configuration reload failed; the last good configuration stays in service", "err", berr.Error(), "suppressed", suppressed)
+		}
 		return
 	}
+	r.failures.Reset()
 	r.last = sum
 	r.reloads.WithLabelValues("success").Inc()
 	r.lastSuccess.SetToCurrentTime()

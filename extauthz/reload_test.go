@@ -2,8 +2,13 @@ package extauthz
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -138,4 +143,97 @@ func TestReloadSkipsUnchangedFiles(t *testing.T) {
 	if n := builds.Load(); n != 0 {
 		t.Fatalf("rebuilt %d times for identical content (a rebuild flushes the decision cache)", n)
 	}
+}
+
+// TestReloadDoesNotFeedOnItsOwnLog is issue 10 item 7 for authz: the agent config is
+// gone and the service logs into the config's directory. Each failed rebuild logs
+// an error, a file event in the watched directory; reacting to it would rebuild and
+// log again without end. Within a second the rebuilds and log lines stay a handful.
+func TestReloadDoesNotFeedOnItsOwnLog(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	writeFile(t, cfg, userModeConfig)
+	f := start(t, cfg, "")
+	logFile, err := os.Create(filepath.Join(dir, "authz.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	var builds atomic.Int64
+	r := &Reloader{Server: f.server, Paths: []string{cfg}, Debounce: 20 * time.Millisecond, Ready: make(chan struct{}),
+		Log: slog.New(slog.NewJSONHandler(logFile, nil)),
+		// Every failure is logged here: the name filter alone must break the loop.
+		FailureLogEvery: time.Nanosecond,
+		Build: func(context.Context) (*Snapshot, error) {
+			builds.Add(1)
+			return snapshotOrError(cfg, f.backend)
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	<-r.Ready
+	if err := os.Remove(cfg); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(logFile.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Count(string(data), "\n")
+	t.Logf("in 1s: %d rebuilds, %d log lines", builds.Load(), lines)
+	if builds.Load() == 0 {
+		t.Fatal("the config's removal was not noticed")
+	}
+	if builds.Load() >= 10 || lines >= 10 {
+		t.Fatalf("in 1s: %d rebuilds and %d log lines; the reloader feeds on its own log", builds.Load(), lines)
+	}
+	if got := f.accessAs(t); got != "user" {
+		t.Fatalf("after the config vanished the mode is %s; the last good config must stay", got)
+	}
+}
+
+// TestReloadFailureLogIsRateLimited: while the files stay broken, the first failure
+// is logged and later ones are counted, not logged each time.
+func TestReloadFailureLogIsRateLimited(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, cfg, userModeConfig)
+	f := start(t, cfg, "")
+	var logged strings.Builder
+	var mu sync.Mutex
+	r := &Reloader{Server: f.server, Paths: []string{cfg}, Debounce: 10 * time.Millisecond, Ready: make(chan struct{}),
+		Log:   slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logged}, nil)),
+		Build: func(context.Context) (*Snapshot, error) { return snapshotOrError(cfg, f.backend) }}
+	if err := r.ReloadMetrics(prometheus.NewRegistry()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	<-r.Ready
+	for i := range 5 {
+		writeFile(t, cfg, fmt.Sprintf("user_access:\n  access_as: {agent: {}, user: {}}\n# %d\n", i))
+		n := float64(i + 1)
+		eventually(t, "the failed reload to be counted", func() bool { return testutil.ToFloat64(r.reloads.WithLabelValues("failure")) >= n })
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := strings.Count(logged.String(), "configuration reload failed"); n != 1 {
+		t.Fatalf("%d failure lines for 5 failures within the interval; want 1:\n%s", n, logged.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -337,5 +338,71 @@ func TestPublishSameTokenIsNoNewVersion(t *testing.T) {
 	}
 	if srv.Version() != Version("b") {
 		t.Fatalf("Version() = %s", srv.Version())
+	}
+}
+
+// TestOwnLogDoesNotFeedTheWatcher is the attack of issue 10 item 7: the token file
+// is gone and the process logs into the token's directory. Each failed read logs a
+// warning, which is a file event in the watched directory; if the watcher reacted
+// to it, it would re-read, fail and log again, forever (tens of thousands of lines
+// a second). Within a second the reads and the log lines must stay a handful.
+func TestOwnLogDoesNotFeedTheWatcher(t *testing.T) {
+	tests := []struct {
+		name  string
+		token func(t *testing.T) (path string, remove func())
+	}{
+		{"plain file", func(t *testing.T) (string, func()) {
+			p := filepath.Join(t.TempDir(), "token")
+			if err := os.WriteFile(p, []byte("t"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return p, func() {
+				if err := os.Remove(p); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{"projected volume", func(t *testing.T) (string, func()) {
+			tok := newProjectedToken(t, "t")
+			return tok.path(), func() { tok.rotate("<none>") }
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path, remove := tt.token(t)
+			logFile, err := os.Create(filepath.Join(filepath.Dir(path), "xds.log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer logFile.Close()
+			logger := slog.New(slog.NewJSONHandler(logFile, nil))
+			var reads atomic.Int64
+			// Every warning is logged here (no rate limit): the name filter alone
+			// must break the loop; the rate limit is a second line (filewatch.Repeats).
+			w := &Watcher{Path: path, Logger: logger, WarnEvery: time.Nanosecond,
+				OnToken: func(string) {}, OnReject: func(error) { reads.Add(1) }}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- w.Run(ctx, "t") }()
+			time.Sleep(100 * time.Millisecond) // the watch is set up
+			remove()
+			time.Sleep(time.Second)
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(logFile.Name())
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Count(string(data), "\n")
+			t.Logf("in 1s: %d failed reads, %d log lines", reads.Load(), lines)
+			if reads.Load() == 0 {
+				t.Fatal("the token's removal was not noticed")
+			}
+			if reads.Load() >= 10 || lines >= 10 {
+				t.Fatalf("in 1s: %d failed reads and %d log lines; the watcher feeds on its own log", reads.Load(), lines)
+			}
+		})
 	}
 }
