@@ -35,7 +35,7 @@ func statusFor(r Reason) int {
 		return http.StatusBadRequest
 	case ReasonClientImpersonation, Reason(policy.ReasonNotMember), Reason(policy.ReasonPolicyDenied):
 		return http.StatusForbidden
-	case Reason(identity.ReasonUnavailable):
+	case Reason(identity.ReasonUnavailable), Reason(identity.ReasonBusy):
 		return http.StatusServiceUnavailable
 	case Reason(policy.ReasonPolicyError), ReasonMisconfigured:
 		return http.StatusInternalServerError

@@ -22,6 +22,7 @@ const (
 	ReasonInactive     Reason = "user_inactive" // user blocked or deactivated
 	ReasonCSRF         Reason = "bad_csrf"
 	ReasonUnavailable  Reason = "identity_unavailable" // the identity source could not answer
+	ReasonBusy         Reason = "identity_busy"        // too many credentials being checked at once; retry
 )
 
 // Unauthorized is the only message a client sees once its credential reached an
@@ -46,8 +47,9 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 // Unavailable reports whether the credential could not be checked because the
-// identity source could not answer (a 503, not a 401).
-func (e *Error) Unavailable() bool { return e.Reason == ReasonUnavailable }
+// identity source could not answer or was too busy to be asked (a 503, not a 401;
+// never cached).
+func (e *Error) Unavailable() bool { return e.Reason == ReasonUnavailable || e.Reason == ReasonBusy }
 
 // Malformed returns a parse-time rejection whose message says what was wrong.
 func Malformed(format string, args ...any) *Error {
@@ -66,6 +68,17 @@ func SourceUnavailable(source string, cause error) *Error {
 	return &Error{
 		Reason: ReasonUnavailable,
 		Public: fmt.Sprintf("the identity source (%s) is unavailable; try again shortly, and tell the gateway's operator if it persists", source),
+		Err:    cause,
+	}
+}
+
+// Busy returns the error for a credential that was not checked because the source
+// already has as many checks in flight as it allows: a 503 telling the client to
+// retry, so that a flood of unknown credentials fails fast instead of queueing.
+func Busy(source string, cause error) *Error {
+	return &Error{
+		Reason: ReasonBusy,
+		Public: fmt.Sprintf("the identity source (%s) is checking too many credentials at once; try again in a few seconds", source),
 		Err:    cause,
 	}
 }

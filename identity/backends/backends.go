@@ -48,6 +48,10 @@ type Options struct {
 	GitLabPATCheck  string
 	GitLabTimeout   time.Duration
 	GitLabRateLimit float64
+	// GitLabTokenRateLimit and GitLabTokenChecksInFlight are the unauthenticated
+	// budget: checks of tokens not known to be GitLab's.
+	GitLabTokenRateLimit      float64
+	GitLabTokenChecksInFlight int
 
 	OIDCIssuer         string // empty: OIDC ID tokens are not accepted
 	OIDCClientID       string
@@ -63,16 +67,18 @@ type Options struct {
 // DefaultOptions returns the flags' defaults.
 func DefaultOptions() Options {
 	return Options{
-		Source:             SourceDirectory,
-		GitLabPATCheck:     string(gitlab.PATCheckAdmin),
-		GitLabTimeout:      gitlab.DefaultTimeout,
-		GitLabRateLimit:    gitlab.DefaultRateLimit,
-		OIDCUsernameClaims: append([]string(nil), oidc.DefaultUsernameClaims...),
-		OIDCUserID:         string(oidc.UserIDFromLookup),
-		OIDCClockSkew:      oidc.DefaultClockSkew,
-		CacheTTL:           cache.DefaultTTL,
-		CacheFailureTTL:    cache.DefaultFailureTTL,
-		CacheSize:          cache.DefaultMaxEntries,
+		Source:                    SourceDirectory,
+		GitLabPATCheck:            string(gitlab.PATCheckAdmin),
+		GitLabTimeout:             gitlab.DefaultTimeout,
+		GitLabRateLimit:           gitlab.DefaultRateLimit,
+		GitLabTokenRateLimit:      gitlab.DefaultTokenRateLimit,
+		GitLabTokenChecksInFlight: gitlab.DefaultTokenChecksInFlight,
+		OIDCUsernameClaims:        append([]string(nil), oidc.DefaultUsernameClaims...),
+		OIDCUserID:                string(oidc.UserIDFromLookup),
+		OIDCClockSkew:             oidc.DefaultClockSkew,
+		CacheTTL:                  cache.DefaultTTL,
+		CacheFailureTTL:           cache.DefaultFailureTTL,
+		CacheSize:                 cache.DefaultMaxEntries,
 	}
 }
 
@@ -91,7 +97,11 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.GitLabTimeout, "gitlab-timeout", o.GitLabTimeout,
 		"bound on one identity lookup against GitLab, retries and rate-limit waits included; keep it below Envoy's ext_authz timeout")
 	fs.Float64Var(&o.GitLabRateLimit, "gitlab-rate-limit", o.GitLabRateLimit,
-		"most requests per second kubegate sends to GitLab (a negative value removes the limit)")
+		"most requests per second kubegate sends to GitLab for users GitLab has accepted: their memberships, user and path lookups, and re-checks of tokens accepted within the hour (a negative value removes the limit)")
+	fs.Float64Var(&o.GitLabTokenRateLimit, "gitlab-token-rate-limit", o.GitLabTokenRateLimit,
+		"most requests per second kubegate sends to GitLab to check tokens it has not seen accepted (unauthenticated traffic; kept apart so a flood of made-up tokens cannot use up --gitlab-rate-limit; a negative value removes the limit)")
+	fs.IntVar(&o.GitLabTokenChecksInFlight, "gitlab-token-checks-in-flight", o.GitLabTokenChecksInFlight,
+		"most such token checks waiting on GitLab at once; beyond it a request gets an immediate 503 asking to retry")
 	fs.StringVar(&o.OIDCIssuer, "oidc-issuer", o.OIDCIssuer,
 		"accept OIDC ID tokens from this issuer (its URL exactly as in the tokens' iss); empty: no OIDC")
 	fs.StringVar(&o.OIDCClientID, "oidc-client-id", o.OIDCClientID,
@@ -135,6 +145,12 @@ func (o *Options) Validate() error {
 	}
 	if o.GitLabTimeout <= 0 {
 		errs = append(errs, errors.New("--gitlab-timeout must be positive"))
+	}
+	if o.GitLabRateLimit == 0 || o.GitLabTokenRateLimit == 0 {
+		errs = append(errs, errors.New("--gitlab-rate-limit and --gitlab-token-rate-limit must not be 0 (a negative value removes a limit)"))
+	}
+	if o.GitLabTokenChecksInFlight <= 0 {
+		errs = append(errs, errors.New("--gitlab-token-checks-in-flight must be positive"))
 	}
 	if o.OIDCIssuer != "" {
 		if o.OIDCClientID == "" {
@@ -194,13 +210,15 @@ func Build(ctx context.Context, o Options, reg prometheus.Registerer, log *slog.
 			return nil, err
 		}
 		gl, err = gitlab.New(gitlab.Config{URL: o.GitLabURL, Token: token, PATCheck: gitlab.PATCheck(o.GitLabPATCheck),
-			Timeout: o.GitLabTimeout, RateLimit: o.GitLabRateLimit})
+			Timeout: o.GitLabTimeout, RateLimit: o.GitLabRateLimit, TokenRateLimit: o.GitLabTokenRateLimit,
+			TokenChecksInFlight: o.GitLabTokenChecksInFlight, Registerer: reg})
 		if err != nil {
 			return nil, err
 		}
 		remote = append(remote, gl)
 		log.Info("identity source: GitLab", "url", o.GitLabURL, "pat_check", o.GitLabPATCheck,
-			"timeout", o.GitLabTimeout.String(), "rate_limit", o.GitLabRateLimit)
+			"timeout", o.GitLabTimeout.String(), "rate_limit", o.GitLabRateLimit,
+			"token_rate_limit", o.GitLabTokenRateLimit, "token_checks_in_flight", o.GitLabTokenChecksInFlight)
 	} else {
 		log.Info("identity source: the directory file")
 	}

@@ -50,7 +50,19 @@ func TestFlags(t *testing.T) {
 			if o.GitLabPATCheck != "self" || o.GitLabTimeout != 2*time.Second || o.GitLabRateLimit != 5 {
 				t.Errorf("parsed %+v", o)
 			}
+			// The unauthenticated budget keeps its own defaults.
+			if o.GitLabTokenRateLimit != 10 || o.GitLabTokenChecksInFlight != 16 {
+				t.Errorf("token budget %v/s, %d in flight; want the defaults 10/s, 16", o.GitLabTokenRateLimit, o.GitLabTokenChecksInFlight)
+			}
 		}},
+		{name: "gitlab token budget", args: []string{"--gitlab-token-rate-limit=3", "--gitlab-token-checks-in-flight=4"}, check: func(t *testing.T, o Options) {
+			if o.GitLabTokenRateLimit != 3 || o.GitLabTokenChecksInFlight != 4 || o.GitLabRateLimit != 20 {
+				t.Errorf("parsed %+v", o)
+			}
+		}},
+		{name: "zero token rate limit", args: []string{"--gitlab-token-rate-limit=0"}, wantErr: "must not be 0"},
+		{name: "zero users rate limit", args: []string{"--gitlab-rate-limit=0"}, wantErr: "must not be 0"},
+		{name: "no token checks in flight", args: []string{"--gitlab-token-checks-in-flight=0"}, wantErr: "--gitlab-token-checks-in-flight must be positive"},
 		{name: "oidc with claims", args: []string{"--oidc-issuer=https://gitlab.example.com", "--oidc-client-id=kubegate",
 			"--oidc-username-claim=preferred_username", "--oidc-username-claim=email", "--oidc-user-id=sub", "--oidc-clock-skew=1m"},
 			check: func(t *testing.T, o Options) {

@@ -4,7 +4,16 @@
 //
 // Every outgoing call goes through gitlab.com/gitlab-org/api/client-go with a
 // per-operation timeout, a client-side rate limit and retries only where they are
-// safe. How GitLab's answers map to kubegate's:
+// safe.
+//
+// Unauthenticated traffic cannot starve authenticated users (issue 10, item 5): a
+// token nobody has shown to be GitLab's costs a call from its own budget
+// (Config.TokenRateLimit), with at most Config.TokenChecksInFlight such checks at
+// once (beyond that: an immediate 503 "busy, retry"), and only after it passed a
+// shape check that refuses what GitLab can never issue (shape.go). Everything asked
+// on behalf of a user GitLab has accepted — the token's user, memberships, paths,
+// OIDC user lookups, and the re-check of a token GitLab accepted within the last
+// hour — uses the other budget (Config.RateLimit). How GitLab's answers map to kubegate's:
 //
 //   - GitLab refuses the user's credential (401/403/404, and 400/422 for something that
 //     is not a personal access token): a rejection, 401 "Unauthorized".
@@ -28,6 +37,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
+	"github.com/prometheus/client_golang/prometheus"
 	gl "gitlab.com/gitlab-org/api/client-go"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
@@ -55,11 +65,16 @@ const (
 
 // Defaults for Config's zero fields.
 const (
-	DefaultTimeout      = 5 * time.Second
-	DefaultRateLimit    = 20 // requests per second
-	DefaultRetries      = 1
-	DefaultPathCacheTTL = 5 * time.Minute
-	DefaultConcurrency  = 8
+	DefaultTimeout   = 5 * time.Second
+	DefaultRateLimit = 20 // requests per second, for authenticated users
+	// DefaultTokenRateLimit is the budget for checking tokens not known to be
+	// GitLab's, requests per second.
+	DefaultTokenRateLimit = 10
+	// DefaultTokenChecksInFlight bounds the concurrent checks of such tokens.
+	DefaultTokenChecksInFlight = 16
+	DefaultRetries             = 1
+	DefaultPathCacheTTL        = 5 * time.Minute
+	DefaultConcurrency         = 8
 )
 
 // maxBody bounds every GitLab answer. The largest one kubegate reads is a short list of
@@ -78,9 +93,21 @@ type Config struct {
 	// Timeout bounds one Authenticate or Memberships call as a whole, retries and rate
 	// limit waits included.
 	Timeout time.Duration
-	// RateLimit caps requests per second to GitLab (burst: one second's worth);
-	// negative means no limit, zero means DefaultRateLimit.
+	// RateLimit caps requests per second to GitLab made for users GitLab has
+	// accepted: the token's user, memberships, path lookups, OIDC user lookups and
+	// re-checks of known tokens (burst: one second's worth); negative means no
+	// limit, zero means DefaultRateLimit.
 	RateLimit float64
+	// TokenRateLimit caps requests per second that check a token not known to be
+	// GitLab's (the unauthenticated budget; burst: one second's worth); negative
+	// means no limit, zero means DefaultTokenRateLimit.
+	TokenRateLimit float64
+	// TokenChecksInFlight bounds the concurrent checks of such tokens; a check
+	// beyond it fails at once with a 503 that says to retry. Zero means
+	// DefaultTokenChecksInFlight.
+	TokenChecksInFlight int
+	// Registerer receives the token check counter; nil registers nothing.
+	Registerer prometheus.Registerer
 	// Retries is how often a safe request is retried after a connection failure or a
 	// 502/503/504; negative means never, zero means DefaultRetries.
 	Retries int
@@ -99,7 +126,11 @@ type Config struct {
 // (personal access tokens only) and identity.MembershipResolver, and finds users by
 // username for the OIDC backend. It is safe for concurrent use.
 type Backend struct {
-	client      *gl.Client
+	client      *gl.Client // the authenticated users' budget
+	tokens      *gl.Client // the unauthenticated token checks' budget
+	inFlight    chan struct{}
+	known       *knownTokens
+	checks      *prometheus.CounterVec
 	check       PATCheck
 	timeout     time.Duration
 	concurrency int
@@ -135,6 +166,12 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.RateLimit == 0 {
 		cfg.RateLimit = DefaultRateLimit
 	}
+	if cfg.TokenRateLimit == 0 {
+		cfg.TokenRateLimit = DefaultTokenRateLimit
+	}
+	if cfg.TokenChecksInFlight <= 0 {
+		cfg.TokenChecksInFlight = DefaultTokenChecksInFlight
+	}
 	if cfg.Retries == 0 {
 		cfg.Retries = DefaultRetries
 	}
@@ -151,13 +188,48 @@ func New(cfg Config) (*Backend, error) {
 		cfg.Now = time.Now
 	}
 
+	hc := httpClient(cfg)
+	client, err := newClient(cfg, hc, cfg.RateLimit)
+	if err != nil {
+		return nil, err
+	}
+	tokens, err := newClient(cfg, hc, cfg.TokenRateLimit)
+	if err != nil {
+		return nil, err
+	}
+	checks := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kubegate_gitlab_token_checks_total",
+		Help: "Personal access tokens presented to the GitLab backend, by what happened: refused_shape (never sent: GitLab cannot have issued it), refused_busy (never sent: too many token checks in flight), sent_unknown (checked from the unauthenticated budget), sent_known (a token GitLab accepted recently, checked from the users' budget).",
+	}, []string{"result"})
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(checks); err != nil {
+			return nil, fmt.Errorf("gitlab: registering metrics: %w", err)
+		}
+	}
+	return &Backend{
+		client:      client,
+		tokens:      tokens,
+		inFlight:    make(chan struct{}, cfg.TokenChecksInFlight),
+		known:       newKnownTokens(cfg.Now),
+		checks:      checks,
+		check:       cfg.PATCheck,
+		timeout:     cfg.Timeout,
+		concurrency: cfg.Concurrency,
+		now:         cfg.Now,
+		paths:       newPathCache(cfg.PathCacheTTL, cfg.Now),
+	}, nil
+}
+
+// newClient builds a GitLab client with its own rate limit (requests per second,
+// burst one second's worth; negative: none) over the shared HTTP client.
+func newClient(cfg Config, hc *http.Client, limit float64) (*gl.Client, error) {
 	limiter := rate.NewLimiter(rate.Inf, 0)
-	if cfg.RateLimit > 0 {
-		limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit)))
+	if limit > 0 {
+		limiter = rate.NewLimiter(rate.Limit(limit), max(1, int(limit)))
 	}
 	client, err := gl.NewClient(cfg.Token,
 		gl.WithBaseURL(cfg.URL),
-		gl.WithHTTPClient(httpClient(cfg)),
+		gl.WithHTTPClient(hc),
 		// A custom limiter also stops client-go from re-tuning itself from GitLab's
 		// RateLimit-* headers: the operator's setting is what holds.
 		gl.WithCustomLimiter(limiter),
@@ -170,14 +242,7 @@ func New(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gitlab: %w", err)
 	}
-	return &Backend{
-		client:      client,
-		check:       cfg.PATCheck,
-		timeout:     cfg.Timeout,
-		concurrency: cfg.Concurrency,
-		now:         cfg.Now,
-		paths:       newPathCache(cfg.PathCacheTTL, cfg.Now),
-	}, nil
+	return client, nil
 }
 
 // httpClient builds the HTTP client: the caller's transport (or a pooled default) with
@@ -282,13 +347,18 @@ func (a answer) unavailable() *identity.Error {
 // returned answer never includes GitLab's body or the request: either could carry a
 // token.
 func (b *Backend) call(ctx context.Context, endpoint, method, path string, body, v any, opts ...gl.RequestOptionFunc) answer {
+	return callOn(ctx, b.client, endpoint, method, path, body, v, opts...)
+}
+
+// callOn is call on a given client, i.e. from that client's rate budget.
+func callOn(ctx context.Context, c *gl.Client, endpoint, method, path string, body, v any, opts ...gl.RequestOptionFunc) answer {
 	a := answer{endpoint: endpoint}
-	req, err := b.client.NewRequest(method, path, body, append(opts, gl.WithContext(ctx)))
+	req, err := c.NewRequest(method, path, body, append(opts, gl.WithContext(ctx)))
 	if err != nil {
 		a.err = fmt.Errorf("building the request: %w", err)
 		return a
 	}
-	resp, err := b.client.Do(req, v)
+	resp, err := c.Do(req, v)
 	if resp != nil {
 		a.status = resp.StatusCode
 	}

@@ -58,7 +58,7 @@ func newGitLab(t testing.TB) *gitlabtest.Server {
 
 func newBackend(t testing.TB, s *gitlabtest.Server, check PATCheck, mod ...func(*Config)) *Backend {
 	t.Helper()
-	cfg := Config{URL: s.URL, Token: adminToken, PATCheck: check, Timeout: 2 * time.Second, RateLimit: -1,
+	cfg := Config{URL: s.URL, Token: adminToken, PATCheck: check, Timeout: 2 * time.Second, RateLimit: -1, TokenRateLimit: -1,
 		Now: func() time.Time { return testNow }}
 	if check == PATCheckSelf {
 		cfg.Token = readerToken
@@ -252,7 +252,8 @@ func TestUnavailable(t *testing.T) {
 		check PATCheck
 		fault func(w http.ResponseWriter, r *http.Request) bool
 		mod   func(*Config)
-		calls int // GitLab requests expected (0: don't check)
+		calls int    // GitLab requests expected (0: don't check)
+		warm  string // a token checked first, to use up a budget
 	}{
 		{name: "500 on the token check", fault: status(500, `{"message":"500 Internal Server Error"}`), calls: 1},
 		{name: "502 is retried once, then 503", fault: status(502, `<html>bad gateway</html>`), calls: 2},
@@ -274,10 +275,10 @@ func TestUnavailable(t *testing.T) {
 		{name: "expires_at is not a date", fault: status(200, `{"user_id": 1, "revoked": false, "scopes": ["k8s_proxy"], "expires_at": "soon"}`)},
 		{name: "service token is not an administrator's", mod: func(c *Config) { c.Token = readerToken }, calls: 1},
 		{name: "service token unknown", mod: func(c *Config) { c.Token = "glpat-wrong" }, calls: 1},
-		{name: "rate limit wait exceeds the timeout", calls: 1, mod: func(c *Config) {
-			// One request a second: the user lookup after the token check would have to
-			// wait about a second, longer than the operation may take.
-			c.RateLimit, c.Timeout = 1, 300*time.Millisecond
+		{name: "rate limit wait exceeds the timeout", calls: 1, warm: "glpat-nobody-000000000000000", mod: func(c *Config) {
+			// One token check a second: after another unknown token's check, alice's
+			// would have to wait about a second, longer than the operation may take.
+			c.TokenRateLimit, c.Timeout = 1, 300*time.Millisecond
 		}},
 	}
 	for _, tt := range tests {
@@ -294,6 +295,11 @@ func TestUnavailable(t *testing.T) {
 					tt.mod(c)
 				}
 			})
+			if tt.warm != "" {
+				if _, ok, _ := b.Authenticate(context.Background(), pat(tt.warm)); ok {
+					t.Fatalf("%s accepted", tt.warm)
+				}
+			}
 			id, ok, err := b.Authenticate(context.Background(), pat(aliceToken))
 			if ok || id != nil {
 				t.Fatalf("accepted %+v while GitLab fails", id)

@@ -2,12 +2,14 @@ package gitlab
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	gl "gitlab.com/gitlab-org/api/client-go"
@@ -50,25 +52,31 @@ func (b *Backend) Authenticate(ctx context.Context, cred identity.Credential) (*
 	if cred.Type != identity.AccessPersonalAccessToken {
 		return nil, false, nil
 	}
-	if !tokenShaped(cred.Secret) {
-		// Not sent to GitLab at all: it cannot be a GitLab token, and a value with
+	if err := checkShape(cred.Secret); err != nil {
+		// Not sent to GitLab at all: GitLab cannot have issued it, and a value with
 		// unexpected characters has no business in a request header.
-		return nil, false, identity.Rejected(identity.ReasonInvalid, errors.New("the token is not shaped like a GitLab token (letters, digits, '.', '_', '-'; at most 512)"))
+		b.checks.WithLabelValues("refused_shape").Inc()
+		return nil, false, identity.Rejected(identity.ReasonInvalid, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
 
-	info, err := b.tokenInfo(ctx, cred.Secret)
+	digest := sha256.Sum256([]byte(cred.Secret))
+	info, err := b.checkTokenInfo(ctx, cred.Secret, digest)
+	if err == nil {
+		err = b.checkToken(info)
+	}
+	var u *userInfo
+	if err == nil {
+		u, err = b.userByID(ctx, info.UserID)
+	}
 	if err != nil {
+		if e := identity.AsError(err); !e.Unavailable() {
+			b.known.forget(digest) // GitLab refused it: no longer a known user's
+		}
 		return nil, false, err
 	}
-	if err := b.checkToken(info); err != nil {
-		return nil, false, err
-	}
-	u, err := b.userByID(ctx, info.UserID)
-	if err != nil {
-		return nil, false, err
-	}
+	b.known.remember(digest)
 	id := &identity.Identity{
 		User:       identity.User{ID: u.ID, Username: u.Username},
 		AccessType: cred.Type,
@@ -96,8 +104,29 @@ func tokenShaped(tok string) bool {
 	return true
 }
 
-// tokenInfo asks GitLab about the token, the way Config.PATCheck selects.
-func (b *Backend) tokenInfo(ctx context.Context, tok string) (*tokenInfo, error) {
+// checkTokenInfo asks GitLab about the token from the right budget: a token GitLab
+// accepted recently is a known user's and uses the users' budget; any other token
+// is unauthenticated traffic and needs one of the bounded in-flight slots (none
+// free: refused at once) and the token budget.
+func (b *Backend) checkTokenInfo(ctx context.Context, tok string, digest [sha256.Size]byte) (*tokenInfo, error) {
+	if b.known.has(digest) {
+		b.checks.WithLabelValues("sent_known").Inc()
+		return b.tokenInfo(ctx, b.client, tok)
+	}
+	select {
+	case b.inFlight <- struct{}{}:
+		defer func() { <-b.inFlight }()
+	default:
+		b.checks.WithLabelValues("refused_busy").Inc()
+		return nil, identity.Busy(sourceName, fmt.Errorf("%d token checks already in flight (--gitlab-token-checks-in-flight)", cap(b.inFlight)))
+	}
+	b.checks.WithLabelValues("sent_unknown").Inc()
+	return b.tokenInfo(ctx, b.tokens, tok)
+}
+
+// tokenInfo asks GitLab about the token, the way Config.PATCheck selects, from
+// client's budget.
+func (b *Backend) tokenInfo(ctx context.Context, client *gl.Client, tok string) (*tokenInfo, error) {
 	var info tokenInfo
 	var a answer
 	switch b.check {
@@ -105,7 +134,7 @@ func (b *Backend) tokenInfo(ctx context.Context, tok string) (*tokenInfo, error)
 		// The user's token authenticates this request itself; GitLab lets a token of
 		// any scope describe itself, and answers 401 for an unknown, revoked or expired
 		// one, 400 for a token that is not a personal access token.
-		a = b.call(ctx, "GET /personal_access_tokens/self", http.MethodGet, "personal_access_tokens/self", nil, &info,
+		a = callOn(ctx, client, "GET /personal_access_tokens/self", http.MethodGet, "personal_access_tokens/self", nil, &info,
 			gl.WithToken(gl.PrivateToken, tok))
 		switch {
 		case a.ok():
@@ -118,7 +147,7 @@ func (b *Backend) tokenInfo(ctx context.Context, tok string) (*tokenInfo, error)
 		// The token goes in the JSON body, authenticated by the administrator service
 		// token. 404: unknown token; 422: a token type GitLab cannot identify. 401/403
 		// concern the service token, not the user's, so they are a 503.
-		a = b.call(ctx, "POST /admin/token", http.MethodPost, "admin/token", struct {
+		a = callOn(ctx, client, "POST /admin/token", http.MethodPost, "admin/token", struct {
 			Token string `json:"token"`
 		}{tok}, &info)
 		switch {
@@ -233,4 +262,48 @@ func validUsername(s string) bool {
 		}
 	}
 	return true
+}
+
+// knownTokenTTL is how long a token GitLab accepted counts as a known user's: its
+// re-checks (after the cache's --cache-ttl) come from the users' budget, so that a
+// flood of unknown tokens cannot keep a user who was here within the hour out.
+// GitLab still checks it every time; a refusal forgets it at once.
+const knownTokenTTL = time.Hour
+
+// maxKnownTokens bounds the set; past it, the set starts over (the cost is only that
+// the next checks of those tokens come from the unauthenticated budget again).
+const maxKnownTokens = 10000
+
+// knownTokens holds the SHA-256 of the tokens GitLab accepted recently, never a
+// token.
+type knownTokens struct {
+	mu  sync.Mutex
+	m   map[[sha256.Size]byte]time.Time // expiry
+	now func() time.Time
+}
+
+func newKnownTokens(now func() time.Time) *knownTokens {
+	return &knownTokens{m: map[[sha256.Size]byte]time.Time{}, now: now}
+}
+
+func (k *knownTokens) has(d [sha256.Size]byte) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	exp, ok := k.m[d]
+	return ok && k.now().Before(exp)
+}
+
+func (k *knownTokens) remember(d [sha256.Size]byte) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if len(k.m) >= maxKnownTokens {
+		clear(k.m)
+	}
+	k.m[d] = k.now().Add(knownTokenTTL)
+}
+
+func (k *knownTokens) forget(d [sha256.Size]byte) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.m, d)
 }

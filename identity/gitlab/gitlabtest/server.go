@@ -19,6 +19,12 @@
 //     (the effective level: the highest of the direct membership and every ancestor
 //     group's; 404 when the user has none)
 //
+// Latency: by default the stand-in answers as fast as the loopback allows, which no
+// GitLab does. SetLatency adds a fixed delay to every answer (waited out before the
+// handler runs, ended early if the client gives up), so that benchmarks see a
+// backend whose calls take time and therefore occupy in-flight slots and budgets
+// as a real one would. The benchmarks use RealisticLatency.
+//
 // :id is a numeric id or a URL-encoded full path. Every endpoint but self-inform needs
 // a valid PRIVATE-TOKEN (401 {"message":"401 Unauthorized"} otherwise); errors have
 // GitLab's {"message": "..."} body. Personal access tokens expire at 00:00 UTC on
@@ -52,6 +58,7 @@ type Server struct {
 	direct   map[memberKey]int // direct memberships: access level
 	calls    map[string]int
 	fault    func(w http.ResponseWriter, r *http.Request) bool
+	latency  time.Duration
 	stop     chan struct{}
 	stopOnce sync.Once
 }
@@ -118,8 +125,20 @@ func New(now time.Time) *Server {
 		s.mu.Lock()
 		_, pattern := mux.Handler(r)
 		s.calls[pattern]++
-		fault := s.fault
+		fault, latency := s.fault, s.latency
 		s.mu.Unlock()
+		if latency > 0 {
+			t := time.NewTimer(latency)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			case <-s.stop:
+				t.Stop()
+				return
+			}
+		}
 		if fault != nil && fault(w, r) {
 			return
 		}
@@ -224,6 +243,19 @@ func (s *Server) AddMember(kind, path string, userID int64, level int) {
 		panic("gitlabtest: kind must be projects or groups")
 	}
 	s.direct[memberKey{kind, id, userID}] = level
+}
+
+// RealisticLatency is the delay the benchmarks give every answer: an assumption, not
+// a measurement — a GitLab API read in the same region is a network round trip plus
+// a Rails request with a few database queries, commonly tens of milliseconds; 20 ms
+// is the fast end of that range.
+const RealisticLatency = 20 * time.Millisecond
+
+// SetLatency delays every answer by d (0: none).
+func (s *Server) SetLatency(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.latency = d
 }
 
 // SetFault installs a hook that runs before every request; when it returns true it
