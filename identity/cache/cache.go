@@ -3,8 +3,9 @@
 //
 //   - Authenticator caches Authenticate's answers per (agent, access type, SHA-256 of
 //     the credential, CSRF token). Acceptances and "not mine" live for TTL,
-//     rejections (401) for FailureTTL; "source unavailable" (503) is never cached, so
-//     the next request asks the source again.
+//     rejections (401) for FailureTTL, in a store of their own so that a flood of
+//     made-up credentials cannot evict accepted users; "source unavailable" and
+//     "busy" (503) are never cached, so the next request asks the source again.
 //   - Memberships caches MembershipResolver's answers per (user id, username, listed
 //     projects and groups) for TTL; errors are never cached.
 //
@@ -215,11 +216,15 @@ func (d *digest) sum() [sha256.Size]byte { return sha256.Sum256(d.b) }
 
 // Authenticator is the caching decorator for an identity.Authenticator.
 type Authenticator struct {
-	inner   identity.Authenticator
-	opts    Options
-	store   *store[authAnswer]
-	flights singleflight.Group
-	m       *metrics
+	inner identity.Authenticator
+	opts  Options
+	store *store[authAnswer] // acceptances and "not mine"
+	// rejected holds rejections apart, in a store of its own size: a flood of
+	// made-up credentials, each rejected once, then competes only with itself and
+	// cannot evict the identities of users who were accepted.
+	rejected *store[authAnswer]
+	flights  singleflight.Group
+	m        *metrics
 }
 
 // authAnswer is a cacheable Authenticate outcome: accepted, not mine, or rejected.
@@ -239,12 +244,18 @@ func NewAuthenticator(inner identity.Authenticator, opts Options) (*Authenticato
 	if err != nil {
 		return nil, err
 	}
-	m, err := newMetrics("authentication", opts.Registerer, s.size)
+	r, err := newStore[authAnswer](opts)
 	if err != nil {
 		s.close()
 		return nil, err
 	}
-	return &Authenticator{inner: inner, opts: opts, store: s, m: m}, nil
+	m, err := newMetrics("authentication", opts.Registerer, func() float64 { return s.size() + r.size() })
+	if err != nil {
+		s.close()
+		r.close()
+		return nil, err
+	}
+	return &Authenticator{inner: inner, opts: opts, store: s, rejected: r, m: m}, nil
 }
 
 // credentialKey is the cache key of access.md §5: agent, access type, the credential's
@@ -260,6 +271,10 @@ func credentialKey(c identity.Credential) [sha256.Size]byte {
 func (a *Authenticator) Authenticate(ctx context.Context, cred identity.Credential) (*identity.Identity, bool, error) {
 	key := credentialKey(cred)
 	if ans, ok := a.store.get(key); ok {
+		a.m.hits.Inc()
+		return ans.result()
+	}
+	if ans, ok := a.rejected.get(key); ok {
 		a.m.hits.Inc()
 		return ans.result()
 	}
@@ -279,7 +294,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, cred identity.Credenti
 				return ans // never cached: the next request asks the source again
 			}
 			a.m.loads.WithLabelValues("rejected").Inc()
-			a.store.put(key, ans, a.opts.FailureTTL)
+			a.rejected.put(key, ans, a.opts.FailureTTL)
 		case ok && id != nil:
 			a.m.loads.WithLabelValues("accepted").Inc()
 			ttl := a.opts.TTL
@@ -318,8 +333,11 @@ func (ans authAnswer) result() (*identity.Identity, bool, error) {
 	return nil, false, nil
 }
 
-// Close stops the cache's background goroutine.
-func (a *Authenticator) Close() { a.store.close() }
+// Close stops the cache's background goroutines.
+func (a *Authenticator) Close() {
+	a.store.close()
+	a.rejected.close()
+}
 
 // Memberships is the caching decorator for an identity.MembershipResolver.
 type Memberships struct {
