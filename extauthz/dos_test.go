@@ -121,6 +121,7 @@ func TestFloodOfMadeUpTokensOverGRPC(t *testing.T) {
 	}
 	// A busy answer as the attacker sees it.
 	var busy denial
+	var retryAfter string
 	for deadline := time.Now().Add(10 * time.Second); busy.code == 0; {
 		if time.Now().After(deadline) {
 			t.Fatal("no made-up token was refused as busy during the flood")
@@ -128,6 +129,11 @@ func TestFloodOfMadeUpTokensOverGRPC(t *testing.T) {
 		resp := f.check(t, checkRequest("GET", podsPath, pat(madeUpToken())))
 		if d := denied(t, resp); d.code == 503 {
 			busy = d
+			for _, h := range resp.GetDeniedResponse().GetHeaders() {
+				if h.GetHeader().GetKey() == "retry-after" {
+					retryAfter = h.GetHeader().GetValue()
+				}
+			}
 		}
 	}
 	codes := stop()
@@ -135,6 +141,10 @@ func TestFloodOfMadeUpTokensOverGRPC(t *testing.T) {
 
 	if busy.reason != "identity_busy" || !strings.Contains(busy.message, "too many credentials") || !strings.Contains(busy.message, "try again") {
 		t.Errorf("busy denial %+v; want identity_busy saying to try again", busy)
+	}
+	if retryAfter != "1" {
+		// client-go retries a 503 by itself only when Retry-After says when.
+		t.Errorf("busy denial Retry-After %q, want 1", retryAfter)
 	}
 	if codes[0] != 0 || codes[-1] != 0 {
 		t.Errorf("made-up tokens: %d allowed, %d gRPC errors; want none", codes[0], codes[-1])

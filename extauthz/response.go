@@ -20,6 +20,9 @@ import (
 // the reason; it is set on every denial.
 const HeaderError = "x-kubegate-error"
 
+// busyRetryAfter is the Retry-After (seconds) of an identity_busy denial.
+const busyRetryAfter = "1"
+
 // credentialHeaders and credentialQuery are removed from every allowed request, so
 // the user's own credential never reaches the cluster (access.md §4). Envoy applies
 // OkHttpResponse.headers_to_remove and query_parameters_to_remove before the request
@@ -59,6 +62,13 @@ func denyResponse(reason Reason, message string) *authv3.CheckResponse {
 		headers = append(headers, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{
 			Key: "www-authenticate", Value: `Bearer realm="kubegate", error="invalid_token"`,
 		}})
+	}
+	if reason == Reason(identity.ReasonBusy) {
+		// client-go, and so kubectl, waits and retries a 5xx that carries Retry-After
+		// in seconds, up to its retry limit (k8s.io/client-go/rest/with_retry.go,
+		// checkWait): a user refused while a flood holds every slot gets in without
+		// doing anything.
+		headers = append(headers, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "retry-after", Value: busyRetryAfter}})
 	}
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(grpcCode(code)), Message: publicReason(reason)},
