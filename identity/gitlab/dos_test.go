@@ -162,13 +162,17 @@ func TestIssuableShapesReachGitLab(t *testing.T) {
 
 // flood runs Authenticate with fresh well-formed made-up tokens from `callers`
 // goroutines until stop is closed, and tallies the outcomes. wait returns once all
-// callers are done.
+// callers are done. Each caller pauses a millisecond between attempts: in-process
+// callers on a busy refusal would otherwise only measure CPU starvation of the
+// test machine, not the budgets (over the network the flood is paced by the
+// connection).
 type floodResult struct {
-	mu       sync.Mutex
-	calls    int
-	busy     int
-	rejected int
-	other    []error
+	mu          sync.Mutex
+	calls       int
+	busy        int // refused at once: no slot free
+	rejected    int // GitLab said no
+	unavailable int // would have waited on the budget past the timeout: a 503 too
+	other       []error
 }
 
 func flood(t testing.TB, b *Backend, callers int, stop <-chan struct{}) (r *floodResult, wait func()) {
@@ -183,7 +187,7 @@ func flood(t testing.TB, b *Backend, callers int, stop <-chan struct{}) (r *floo
 				select {
 				case <-stop:
 					return
-				default:
+				case <-time.After(time.Millisecond):
 				}
 				_, ok, err := b.Authenticate(context.Background(), pat(junkToken(t)))
 				var e *identity.Error
@@ -196,6 +200,8 @@ func flood(t testing.TB, b *Backend, callers int, stop <-chan struct{}) (r *floo
 					r.busy++
 				case errors.As(err, &e) && e.Reason == identity.ReasonInvalid:
 					r.rejected++
+				case errors.As(err, &e) && e.Reason == identity.ReasonUnavailable:
+					r.unavailable++
 				default:
 					r.other = append(r.other, err)
 				}
@@ -223,7 +229,11 @@ func TestFloodOfMadeUpTokens(t *testing.T) {
 	s.SetLatency(gitlabtest.RealisticLatency)
 	reg := prometheus.NewRegistry()
 	b := newBackend(t, s, PATCheckAdmin, func(c *Config) {
-		c.TokenRateLimit, c.TokenChecksInFlight, c.RateLimit, c.Registerer = tokenRate, inFlight, 100, reg
+		// The users' budget is exactly one burst of what alice needs (10 calls) at
+		// 10/s, and the timeout one second: had the flood (20 checks/s reaching
+		// GitLab) any share of that budget, alice would wait for tokens past it.
+		c.TokenRateLimit, c.TokenChecksInFlight, c.RateLimit, c.Registerer = tokenRate, inFlight, 10, reg
+		c.Timeout = time.Second
 	})
 	// Alice authenticated earlier: GitLab accepted her token.
 	if _, ok, err := b.Authenticate(context.Background(), pat(aliceToken)); !ok || err != nil {
@@ -234,6 +244,8 @@ func TestFloodOfMadeUpTokens(t *testing.T) {
 	stop := make(chan struct{})
 	start := time.Now()
 	r, wait := flood(t, b, callers, stop)
+	stopFlood := sync.OnceFunc(func() { close(stop) })
+	t.Cleanup(stopFlood)               // runs before flood's wait, also when the test fails early
 	time.Sleep(200 * time.Millisecond) // the flood is under way
 
 	// Her cache entry expired: a full re-check and her memberships, during the flood.
@@ -246,15 +258,15 @@ func TestFloodOfMadeUpTokens(t *testing.T) {
 		t.Fatalf("alice's memberships during the flood: %v, %v", ms, err)
 	}
 	time.Sleep(300 * time.Millisecond)
-	close(stop)
+	stopFlood()
 	wait()
 	elapsed := time.Since(start)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t.Logf("flood: %d attempts in %v: %d busy, %d rejected by GitLab", r.calls, elapsed, r.busy, r.rejected)
+	t.Logf("flood: %d attempts in %v: %d busy, %d rejected by GitLab, %d out of budget", r.calls, elapsed, r.busy, r.rejected, r.unavailable)
 
 	if len(r.other) > 0 {
-		t.Fatalf("flood outcomes other than busy or rejected: %v", r.other[0])
+		t.Fatalf("flood outcomes other than busy, rejected or unavailable: %v", r.other[0])
 	}
 	if r.busy == 0 {
 		t.Error("no check was refused as busy: the in-flight bound did not apply")
