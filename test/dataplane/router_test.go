@@ -381,8 +381,9 @@ func TestCodecLimits(t *testing.T) {
 	}
 }
 
-// TestCircuitBreaker: with max_requests 1 on the API-server cluster, a second
-// concurrent request is Envoy's 503 overflow with x-envoy-overloaded.
+// TestCircuitBreaker: with max_requests 2 on the API-server cluster, two held
+// requests both reach the API server and a third concurrent one is Envoy's 503
+// overflow with x-envoy-overloaded, never reaching it.
 func TestCircuitBreaker(t *testing.T) {
 	c := newCerts(t)
 	release := make(chan struct{})
@@ -401,18 +402,29 @@ func TestCircuitBreaker(t *testing.T) {
 		edit: func(o *envoy.Options) { o.MaxConnections = 2 }}), Options{})
 	defer close(release)
 	cl := client(t, c, true) // one h2 connection carries both streams
-	var held []*http.Response
-	for range 2 {
+	// Each held request has its headers back (the recorder flushed its 200), so
+	// it holds one of the two slots until release is closed.
+	for i := range 2 {
 		resp, err := cl.Get(dp.URL() + "/k8s-proxy/hold")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		held = append(held, resp)
+		if resp.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(resp.Body)
+			t.Fatalf("held request %d: got %d %q, want 200 from the API server (the limit is 2)", i+1, resp.StatusCode, b)
+		}
 	}
 	status, hdr, body := do(t, cl, "GET", dp.URL()+"/k8s-proxy/api", nil)
 	if status != http.StatusServiceUnavailable || hdr.Get("X-Envoy-Overloaded") != "true" || !strings.HasSuffix(body, "reset reason: overflow") {
 		t.Errorf("got %d %q %v, want the overflow reply", status, body, hdr)
+	}
+	var paths []string
+	for _, r := range rec.requests() {
+		paths = append(paths, r.URL.Path)
+	}
+	if want := []string{"/hold", "/hold"}; !slices.Equal(paths, want) {
+		t.Errorf("the API server saw %q, want %q (the overflowed request must not reach it)", paths, want)
 	}
 }
 
