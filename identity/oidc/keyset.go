@@ -49,7 +49,9 @@ type unavailableMark struct{ err error }
 
 // VerifySignature implements go-oidc's KeySet.
 func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error) {
-	jws, err := jose.ParseSigned(raw, k.algs)
+	// An ID token is a JWT, which is always the JWS compact serialization (RFC 7519
+	// section 1); the JSON serialization is refused here as well as by go-oidc.
+	jws, err := jose.ParseSignedCompact(raw, k.algs)
 	if err != nil {
 		return nil, err
 	}

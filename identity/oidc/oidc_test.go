@@ -598,3 +598,71 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// TestKeySetOnlyCompact: the key set verifies the compact serialization of a JWS and
+// refuses the same signature in the JSON serializations, which a JWT never uses.
+func TestKeySetOnlyCompact(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := []byte(`{"iss":"https://issuer.example","sub":"1"}`)
+	jws, err := signer.Sign(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compact, err := jws.CompactSerialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := &keySet{
+		algs: []jose.SignatureAlgorithm{jose.RS256}, now: time.Now, minRefresh: time.Hour,
+		keys:      []jose.JSONWebKey{{Key: &key.PublicKey, Algorithm: "RS256", Use: "sig"}},
+		attempted: time.Now(), // no fetching: the key set is all there is
+	}
+	tests := []struct {
+		name   string
+		raw    string
+		accept bool
+	}{
+		{name: "compact", raw: compact, accept: true},
+		{name: "flattened JSON", raw: jws.FullSerialize()},
+		{name: "general JSON", raw: general(t, jws.FullSerialize())},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ks.VerifySignature(context.Background(), tt.raw)
+			if tt.accept {
+				if err != nil || string(got) != string(payload) {
+					t.Fatalf("got %q, %v; want the payload verified", got, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("verified %q: a JWT is only ever the compact serialization", tt.raw)
+			}
+		})
+	}
+}
+
+// general turns go-jose's serialization of one signature, which is the flattened
+// JSON form (RFC 7515 section 7.2.2), into the general JSON form (section 7.2.1).
+func general(t *testing.T, flattened string) string {
+	t.Helper()
+	var f map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(flattened), &f); err != nil || f["payload"] == nil || f["signature"] == nil {
+		t.Fatalf("flattened serialization %q: %v", flattened, err)
+	}
+	out, err := json.Marshal(map[string]any{
+		"payload":    f["payload"],
+		"signatures": []map[string]json.RawMessage{{"protected": f["protected"], "signature": f["signature"]}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
