@@ -251,10 +251,9 @@ func TestNormalizeGitLabURL(t *testing.T) {
 
 func TestCachedTokens(t *testing.T) {
 	type step struct {
-		now         time.Time
-		revoke      bool // revoke the last token in GitLab first
-		wantNew     bool
-		wantErrPart string
+		now     time.Time
+		revoke  bool // revoke the last token in GitLab first
+		wantNew bool
 	}
 	endOfDay := time.Date(2025, 6, 2, 0, 0, 0, 0, time.UTC)
 	tests := []struct {

@@ -75,6 +75,7 @@ func TestProcessingRequest(t *testing.T) {
 func set(k, v string, appendLine *bool, action corev3.HeaderValueOption_HeaderAppendAction) *corev3.HeaderValueOption {
 	o := &corev3.HeaderValueOption{Header: rawHeader(k, v), AppendAction: action}
 	if appendLine != nil {
+		//lint:ignore SA1019 the legacy append is what kubegate's processor sets and Envoy 1.40's ext_proc reads
 		o.Append = wrapperspb.Bool(*appendLine)
 	}
 	return o
@@ -115,6 +116,12 @@ func TestHeaderMutationSemantics(t *testing.T) {
 			name:   "legacy append true: one line per value",
 			m:      &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{set("impersonate-group", "a", yes, 0), set("impersonate-group", "b", yes, 0), set("impersonate-group", "c", yes, 0)}},
 			header: "impersonate-group", want: []string{"a", "b", "c"},
+		},
+		{
+			name:   "legacy append false: overwrite, the client's lines are replaced",
+			client: http.Header{"Impersonate-Group": {"client-1", "client-2"}},
+			m:      &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{set("impersonate-group", "ours", no, 0)}},
+			header: "impersonate-group", want: []string{"ours"},
 		},
 		{
 			name:   "append unset: overwrite, the last value wins",
