@@ -293,6 +293,7 @@ func (c *checker) downstreamTLS(fc *listenerv3.FilterChain, p string) {
 	}
 	ctx := t.GetCommonTlsContext()
 	if len(ctx.GetTlsCertificates()) == 0 && len(ctx.GetTlsCertificateSdsSecretConfigs()) == 0 &&
+		//lint:ignore SA1019 a deprecated field still names a server certificate source (tls.proto): this rule is about a missing certificate, not the field used
 		ctx.GetTlsCertificateProviderInstance() == nil && ctx.GetTlsCertificateCertificateProviderInstance() == nil {
 		c.fs.add(p+".transport_socket.typed_config.common_tls_context", RuleDownstreamTLS, "no server certificate (tls_certificates or tls_certificate_sds_secret_configs)")
 	}
@@ -860,7 +861,8 @@ func (c *checker) protocolOptionsOf(cl *clusterv3.Cluster, p string) *upstreamht
 }
 
 func (c *checker) isHTTP2(cl *clusterv3.Cluster, p string) bool {
-	if cl.GetHttp2ProtocolOptions() != nil { //nolint:staticcheck // the deprecated field still selects HTTP/2
+	//lint:ignore SA1019 the deprecated field still selects HTTP/2 (cluster.proto), so the rules must see it
+	if cl.GetHttp2ProtocolOptions() != nil {
 		return true
 	}
 	return c.protocolOptionsOf(cl, p).GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil
@@ -871,7 +873,8 @@ func (c *checker) upstream(cl *clusterv3.Cluster, p string) {
 	o := c.protocolOptionsOf(cl, p)
 	op := fmt.Sprintf("%s.typed_extension_protocol_options[%q]", p, UpstreamHTTPOptionsKey)
 	switch {
-	case cl.GetHttp2ProtocolOptions() != nil: //nolint:staticcheck
+	//lint:ignore SA1019 the deprecated field still selects HTTP/2 (cluster.proto), so it is refused here too
+	case cl.GetHttp2ProtocolOptions() != nil:
 		c.fs.add(p+".http2_protocol_options", RuleUpstreamHTTP11, "HTTP/2 to the API server breaks SPDY and WebSocket upgrades (exec, attach, port-forward); use HTTP/1.1")
 	case o.GetAutoConfig() != nil:
 		c.fs.add(op+".auto_config", RuleUpstreamHTTP11, "ALPN would pick HTTP/2 with the API server, which breaks upgrades; use explicit_http_config.http_protocol_options")
@@ -930,8 +933,10 @@ func (c *checker) noClientCert(ctx *tlsv3.CommonTlsContext, p string) {
 		{"tls_certificates", len(ctx.GetTlsCertificates()) > 0},
 		{"tls_certificate_sds_secret_configs", len(ctx.GetTlsCertificateSdsSecretConfigs()) > 0},
 		{"tls_certificate_provider_instance", ctx.GetTlsCertificateProviderInstance() != nil},
-		{"tls_certificate_certificate_provider", ctx.GetTlsCertificateCertificateProvider() != nil},                  //nolint:staticcheck // deprecated, "not-implemented-hide" (tls.proto); refused all the same
-		{"tls_certificate_certificate_provider_instance", ctx.GetTlsCertificateCertificateProviderInstance() != nil}, //nolint:staticcheck // deprecated, "not-implemented-hide" (tls.proto); refused all the same
+		//lint:ignore SA1019 deprecated and "not-implemented-hide" (tls.proto), but a config may still carry it: refused all the same
+		{"tls_certificate_certificate_provider", ctx.GetTlsCertificateCertificateProvider() != nil},
+		//lint:ignore SA1019 deprecated and "not-implemented-hide" (tls.proto), but a config may still carry it: refused all the same
+		{"tls_certificate_certificate_provider_instance", ctx.GetTlsCertificateCertificateProviderInstance() != nil},
 		{"custom_tls_certificate_selector", ctx.GetCustomTlsCertificateSelector() != nil},
 	} {
 		if f.set {

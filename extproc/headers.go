@@ -67,6 +67,7 @@ func mutation(client *corev3.HeaderMap, d handoff.Decision) *extprocv3.HeaderMut
 func set(key, value string, appendLine bool) *corev3.HeaderValueOption {
 	return &corev3.HeaderValueOption{
 		Header: &corev3.HeaderValue{Key: key, RawValue: []byte(value)},
+		//lint:ignore SA1019 Envoy 1.40's ext_proc reads only the legacy append (mutation_utils.cc; spec envoy.md): append_action would be ignored and the group lines would overwrite each other
 		Append: wrapperspb.Bool(appendLine),
 	}
 }

@@ -84,6 +84,7 @@ func lines(m *extprocv3.HeaderMutation) []string {
 			out = append(out, "VALUE FIELD USED: "+o.GetHeader().GetKey())
 		}
 		app := "overwrite"
+		//lint:ignore SA1019 the legacy append is what kubegate sets and what Envoy 1.40's ext_proc reads (headers.go)
 		if o.GetAppend().GetValue() {
 			app = "append"
 		}

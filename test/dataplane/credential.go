@@ -170,6 +170,7 @@ func (w *secretWatcher) accept(resp *discoveryv3.DiscoveryResponse) error {
 		}
 	}
 	if found == nil {
+		//lint:ignore ST1005 Envoy's own message (sds_api.cc, SdsApi::validateUpdateSize), kept verbatim
 		return fmt.Errorf("Missing SDS resources for %s in onConfigUpdate()", w.cfg.secretName)
 	}
 	g := found.GetGenericSecret()

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // ExtAuthzNamespace is where Envoy stores CheckResponse.dynamic_metadata: the
@@ -206,6 +207,7 @@ func fromCheckResponse(resp *authv3.CheckResponse) *authzResponse {
 	}
 	// "OkHttpResponse.dynamic_metadata is deprecated. Until [it] is removed, it
 	// overrides dynamic_metadata field of the outer check response."
+	//lint:ignore SA1019 Envoy still honours the deprecated field (the proto comment quoted above); the emulation must too
 	if md := resp.GetOkResponse().GetDynamicMetadata(); md != nil {
 		r.metadata = md
 	} else {
@@ -224,10 +226,11 @@ func requestHeaderMutations(opts []*corev3.HeaderValueOption, invalid *bool) []h
 	var out []headerMutation
 	for _, o := range opts {
 		m := headerMutation{key: o.GetHeader().GetKey(), value: o.GetHeader().GetValue()}
+		legacy := legacyAppend(o)
 		switch {
-		case o.GetAppend() != nil && o.GetAppend().GetValue():
+		case legacy != nil && legacy.GetValue():
 			m.action = actionAppend
-		case o.GetAppend() != nil:
+		case legacy != nil:
 			m.action = actionSet
 		default:
 			m.action = appendAction(o.GetAppendAction(), actionSet, invalid)
@@ -244,10 +247,11 @@ func responseHeaderMutations(opts []*corev3.HeaderValueOption, invalid *bool) []
 	var out []headerMutation
 	for _, o := range opts {
 		m := headerMutation{key: o.GetHeader().GetKey(), value: o.GetHeader().GetValue()}
+		legacy := legacyAppend(o)
 		switch {
-		case o.GetAppend() != nil && o.GetAppend().GetValue():
+		case legacy != nil && legacy.GetValue():
 			m.action = actionAdd
-		case o.GetAppend() != nil:
+		case legacy != nil:
 			m.action = actionSet
 		default:
 			m.action = appendAction(o.GetAppendAction(), actionAdd, invalid)
@@ -255,6 +259,14 @@ func responseHeaderMutations(opts []*corev3.HeaderValueOption, invalid *bool) []
 		out = append(out, m)
 	}
 	return out
+}
+
+// legacyAppend is HeaderValueOption.append, deprecated in base.proto in favour of
+// append_action but still read first by Envoy's ext_authz (ext_authz_grpc_impl.cc)
+// and ext_proc (mutation_utils.cc), which the data plane emulates.
+func legacyAppend(o *corev3.HeaderValueOption) *wrapperspb.BoolValue {
+	//lint:ignore SA1019 Envoy still reads the deprecated field first; the emulation must too
+	return o.GetAppend()
 }
 
 func appendAction(a corev3.HeaderValueOption_HeaderAppendAction, zero mutationAction, invalid *bool) mutationAction {

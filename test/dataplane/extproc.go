@@ -186,7 +186,8 @@ func (f *extProcFilter) handleHeadersResponse(s *stream, hr *extprocv3.HeadersRe
 
 // applyHeaderMutations is MutationUtils::applyHeaderMutations: size check,
 // remove_headers first, then set_headers, then the result's size check. Any error
-// fails the request (handleErrorResponse).
+// fails the request (handleErrorResponse). The error texts are Envoy's own, kept
+// verbatim so a logged one can be found in Envoy's source (hence the ST1005 ignores).
 func (f *extProcFilter) applyHeaderMutations(m *extprocv3.HeaderMutation, h *headerMap, replacing bool) error {
 	return applyHeaderMutations(m, h, replacing, f.cfg.rules, f.hcm.maxHeadersCount, f.hcm.maxHeadersKB)
 }
@@ -194,10 +195,12 @@ func (f *extProcFilter) applyHeaderMutations(m *extprocv3.HeaderMutation, h *hea
 func applyHeaderMutations(m *extprocv3.HeaderMutation, h *headerMap, replacing bool, rules *mutationChecker, maxCount, maxKB int) error {
 	// responseHeaderSizeCheck.
 	if len(m.GetRemoveHeaders()) > maxCount || len(m.GetSetHeaders()) > maxCount {
+		//lint:ignore ST1005 Envoy's own message (mutation_utils.cc), kept verbatim
 		return fmt.Errorf("Header mutation remove header count %d or set header count %d exceed the HCM header countlimit %d", len(m.GetRemoveHeaders()), len(m.GetSetHeaders()), maxCount)
 	}
 	for _, name := range m.GetRemoveHeaders() {
 		if !validHeaderName(name) {
+			//lint:ignore ST1005 Envoy's own message (mutation_utils.cc), kept verbatim
 			return errors.New("Invalid character in remove_headers mutation.")
 		}
 		lk := strings.ToLower(name)
@@ -205,6 +208,7 @@ func applyHeaderMutations(m *extprocv3.HeaderMutation, h *headerMap, replacing b
 		case checkOK:
 			h.remove(lk)
 		case checkFail:
+			//lint:ignore ST1005 Envoy's own message (mutation_utils.cc), kept verbatim
 			return fmt.Errorf("Invalid attempt to remove %s", lk)
 		}
 	}
@@ -214,12 +218,14 @@ func applyHeaderMutations(m *extprocv3.HeaderMutation, h *headerMap, replacing b
 		}
 		hv := sh.GetHeader()
 		if hv.GetValue() != "" && len(hv.GetRawValue()) > 0 {
+			//lint:ignore ST1005 Envoy's own message (mutation_utils.cc), kept verbatim
 			return errors.New("Only one of value or raw_value in the HeaderValue message should be set.")
 		}
 		// With send_header_raw_value (on by default) the value is raw_value; a
 		// processor that fills only `value` sets an empty header.
 		value := string(hv.GetRawValue())
 		if !validHeaderName(hv.GetKey()) || !validHeaderValue(value) {
+			//lint:ignore ST1005 Envoy's own message (mutation_utils.cc), kept verbatim
 			return errors.New("Invalid character in set_headers mutation.")
 		}
 		key := strings.ToLower(hv.GetKey())
@@ -238,11 +244,13 @@ func applyHeaderMutations(m *extprocv3.HeaderMutation, h *headerMap, replacing b
 		case checkOK:
 			headerMutation{key: key, value: value, action: action}.apply(h)
 		case checkFail:
+			//lint:ignore ST1005 Envoy's own message (mutation_utils.cc), kept verbatim
 			return fmt.Errorf("Invalid attempt to modify %s", key)
 		}
 	}
 	// headerMutationResultCheck.
 	if h.byteSize() > maxKB*1024 || h.size() > maxCount {
+		//lint:ignore ST1005 Envoy's own message (mutation_utils.cc), kept verbatim
 		return fmt.Errorf("Header mutation causes end result header count %d or header size %d bytes, exceeding the count limit %d or the size limit %d kilobytes", h.size(), h.byteSize(), maxCount, maxKB)
 	}
 	return nil
@@ -262,7 +270,7 @@ func setAction(o *corev3.HeaderValueOption) mutationAction {
 	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
 		return actionSet
 	}
-	if o.GetAppend().GetValue() {
+	if legacyAppend(o).GetValue() {
 		return actionAdd
 	}
 	return actionSet
