@@ -8,7 +8,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 # Fuzz time per target inside `make test` (kept short); `make fuzz FUZZTIME=5m` for longer.
 FUZZTIME ?= 10s
 
-.PHONY: all build test vet unit fuzz bench tools sandbox clean
+.PHONY: all build test vet lint unit fuzz bench tools sandbox clean
 
 all: build
 
@@ -21,13 +21,16 @@ tools: ## Build (or reuse from .cache/tools) kube-apiserver, kube-controller-man
 vet:
 	$(GO) vet ./...
 
+lint: ## gofmt, go mod tidy (kubegate and test/tools/*) and staticcheck (pinned in test/tools/staticcheck, cached in .cache/tools)
+	./test/lint.sh
+
 unit:
 	$(GO) test -count=1 ./...
 
 fuzz: ## Run every fuzz target for FUZZTIME each (go test -fuzz takes one target at a time)
 	./test/fuzz.sh $(FUZZTIME)
 
-test: tools vet unit fuzz ## Everything CI runs: build the test bed, vet, all tests, a short fuzz run
+test: tools vet lint unit fuzz ## Everything CI runs: build the test bed, vet, lint, all tests, a short fuzz run
 
 bench: ## Benchmarks (figures reported as ratios against a floor measured in the same run)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
