@@ -15,6 +15,7 @@ func FuzzValidate(f *testing.F) {
 	o.Authz, _ = ParseAddr("a:1")
 	o.ExtProc, _ = ParseAddr("unix:///e.sock")
 	o.XDS, _ = ParseAddr("127.0.0.1:3")
+	o.AllowNonLoopback = true
 	y, err := Render(o)
 	if err != nil {
 		f.Fatal(err)

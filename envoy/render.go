@@ -45,6 +45,19 @@ type Options struct {
 	MaxHeadersCount     uint32
 	MaxRequestHeadersKB uint32
 	MaxConnections      uint32
+	// Against slow and greedy clients (hardening.go).
+	RequestHeadersTimeout       time.Duration // HCM request_headers_timeout
+	TLSHandshakeTimeout         time.Duration // filter chain transport_socket_connect_timeout
+	MaxConcurrentStreams        uint32        // HTTP/2 streams per connection
+	InitialStreamWindowSize     uint32        // HTTP/2 stream window, bytes
+	InitialConnectionWindowSize uint32        // HTTP/2 connection window, bytes
+	ConnectionBufferBytes       uint32        // listener per_connection_buffer_limit_bytes
+	ClientRateLimit             uint32        // requests per second per client address
+	ClientRateBurst             uint32        // bucket size per client address
+	// AllowNonLoopback lets --authz, --extproc and --xds name an address that is
+	// not loopback or a unix socket (the services see credentials and serve the
+	// agent token; see checkPrivate).
+	AllowNonLoopback bool
 	// CheckFiles makes Render read the certificate, key and CA files and fail if
 	// they are missing or malformed. Off when rendering for another machine
 	// (docker-compose renders paths that exist only inside the Envoy container).
@@ -65,6 +78,15 @@ func DefaultOptions() Options {
 		MaxRequestHeadersKB: DefaultMaxRequestHeadersKB,
 		MaxConnections:      DefaultMaxConnections,
 		CheckFiles:          true,
+
+		RequestHeadersTimeout:       DefaultRequestHeadersTimeout,
+		TLSHandshakeTimeout:         DefaultTLSHandshakeTimeout,
+		MaxConcurrentStreams:        DefaultMaxConcurrentStreams,
+		InitialStreamWindowSize:     DefaultInitialStreamWindowSize,
+		InitialConnectionWindowSize: DefaultInitialConnectionWindowSize,
+		ConnectionBufferBytes:       DefaultConnectionBufferBytes,
+		ClientRateLimit:             DefaultClientRateLimit,
+		ClientRateBurst:             DefaultClientRateBurst,
 	}
 }
 
@@ -143,6 +165,7 @@ func (o Options) Check() error {
 	if o.MaxConnections == 0 {
 		errs = append(errs, errors.New("--max-connections must be positive"))
 	}
+	errs = append(errs, o.checkHardening()...)
 	if o.CheckFiles && len(errs) == 0 {
 		errs = append(errs, checkFiles(o)...)
 	}

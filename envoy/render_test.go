@@ -16,6 +16,7 @@ func testOptions(t *testing.T) Options {
 	o.Authz = mustAddr(t, "authz:9001")
 	o.ExtProc = mustAddr(t, "extproc:9002")
 	o.XDS = mustAddr(t, "xds:9003")
+	o.AllowNonLoopback = true // service names, as between the containers of a pod's network namespace
 	return o
 }
 

@@ -5,14 +5,12 @@ import (
 	"strings"
 	"time"
 
-	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -204,7 +202,8 @@ func CredentialInjector(sds *corev3.ConfigSource) (*credinjectorv3.CredentialInj
 	}, nil
 }
 
-// HTTPFilters is the filter chain in the order envoy.md requires: ext_authz decides,
+// HTTPFilters is the filter chain in the order envoy.md requires: the per-client
+// rate limit refuses floods before they cost anything, ext_authz decides,
 // ext_proc adds the impersonation headers, credential_injector adds the agent
 // token, the router forwards.
 func HTTPFilters(o Options) ([]*hcmv3.HttpFilter, error) {
@@ -217,6 +216,7 @@ func HTTPFilters(o Options) ([]*hcmv3.HttpFilter, error) {
 		name string
 		cfg  proto.Message
 	}{
+		{FilterLocalRateLimit, ClientRateLimit(o)},
 		{FilterExtAuthz, ExtAuthz(AuthzCluster, o.AuthzTimeout)},
 		{FilterExtProc, ExtProc(ExtProcCluster, o.ExtProcTimeout)},
 		{FilterCredentialInjector, injector},
@@ -272,7 +272,7 @@ func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 	if err != nil {
 		return nil, err
 	}
-	accessLog, err := typed(&streamv3.StdoutAccessLog{})
+	accessLog, err := accessLogs()
 	if err != nil {
 		return nil, err
 	}
@@ -306,10 +306,11 @@ func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,
 		// kubectl connects directly; never trust a client's X-Forwarded-For.
 		UseRemoteAddress: wrapperspb.Bool(true),
-		AccessLog: []*accesslogv3.AccessLog{{
-			Name:       StdoutAccessLog,
-			ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: accessLog},
-		}},
+		// AccessLogFormat: the default format would print the query (credentials).
+		AccessLog: accessLog,
+		// Slow and greedy clients (hardening.go).
+		RequestHeadersTimeout: durationpb.New(o.RequestHeadersTimeout),
+		Http2ProtocolOptions:  HTTP2Options(o),
 	}, nil
 }
 
@@ -343,7 +344,14 @@ func Listener(o Options) (*listenerv3.Listener, error) {
 	return &listenerv3.Listener{
 		Name:    ListenerName,
 		Address: o.Listen.Envoy(),
+		// What Envoy buffers per connection before it stops reading (flow control).
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(o.ConnectionBufferBytes),
 		FilterChains: []*listenerv3.FilterChain{{
+			// "the amount of time to allow incoming connections to complete any
+			// transport socket negotiations. If this expires before the transport
+			// reports connection establishment, the connection is summarily closed"
+			// (listener_components.proto): the TLS handshake timeout.
+			TransportSocketConnectTimeout: durationpb.New(o.TLSHandshakeTimeout),
 			Filters: []*listenerv3.Filter{{
 				Name:       NetworkFilterHCM,
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcmAny},

@@ -80,9 +80,9 @@ var RuleDocs = []RuleDoc{
 	{RuleListenerHCM, "every listener filter chain is exactly one http_connection_manager (a tcp_proxy would bypass every check)"},
 	{RuleDownstreamTLS, "every listener filter chain terminates TLS with a certificate"},
 	{RuleStaticConfig, "listeners, clusters, routes and the security filters are static (no LDS/CDS/RDS/ECDS the validator cannot see)"},
-	{RuleFilterOrder, "HTTP filters are exactly ext_authz, ext_proc, credential_injector, router; no upgrade-specific filter chain"},
+	{RuleFilterOrder, "HTTP filters are exactly ext_authz, ext_proc, credential_injector, router (after the local_ratelimit of client-rate-limit); no upgrade-specific filter chain"},
 	{RuleFilterEnabled, "no HTTP filter is disabled or optional"},
-	{RulePerRouteOverride, "no typed_per_filter_config for ext_authz, ext_proc or credential_injector (could disable them per route)"},
+	{RulePerRouteOverride, "no typed_per_filter_config for local_ratelimit, ext_authz, ext_proc or credential_injector (could disable them per route)"},
 	{RuleRouteHeaders, "routes do not add or remove Authorization or Impersonate-* headers"},
 	{RuleExtAuthzFailClosed, "ext_authz: failure_mode_allow false, shadow_mode false, no filter_enabled fraction or metadata"},
 	{RuleExtAuthzStatusOnError, "ext_authz: status_on_error 503"},
@@ -105,7 +105,7 @@ var RuleDocs = []RuleDoc{
 	{RuleUpgradeTypes, "upgrade_configs enable websocket and spdy/3.1, and no route disables them"},
 	{RuleRoutePrefix, "every forwarding route matches prefix /k8s-proxy/ and rewrites it to /"},
 	{RuleRouteTimeout, "every forwarding route has timeout 0s"},
-	{RuleStreamTimeouts, "stream_idle_timeout explicit and 0 or at least 1h; no request_timeout or max_stream_duration"},
+	{RuleStreamTimeouts, "stream_idle_timeout explicit and 0 or at least 1h; no request_timeout, max_stream_duration or max_connection_duration"},
 	{RuleHeaderLimits, "max_request_headers_kb and max_headers_count set explicitly"},
 	{RuleUnderscoreHeaders, "headers_with_underscores_action REJECT_REQUEST"},
 	{RulePathNormalization, "normalize_path and merge_slashes true; escaped slashes rejected or redirected"},
@@ -175,6 +175,8 @@ func (c *checker) run() {
 		c.fs.add("$.static_resources.listeners", RuleListenerHCM, "no listener with an http_connection_manager: kubectl has nothing to talk to")
 	}
 	c.clusterRefs()
+	c.connectTimeouts()
+	c.everywhere()
 }
 
 func (c *checker) dynamicResources() {
@@ -245,9 +247,11 @@ func (c *checker) listener(l *listenerv3.Listener, lp string) int {
 	if l.GetDefaultFilterChain() != nil {
 		chains = append(chains, chain{l.GetDefaultFilterChain(), lp + ".default_filter_chain"})
 	}
+	c.listenerHardening(l, lp)
 	n := 0
 	for _, ch := range chains {
 		c.downstreamTLS(ch.fc, ch.path)
+		c.handshakeTimeout(ch.fc, ch.path)
 		filters := ch.fc.GetFilters()
 		if len(filters) != 1 || typeName(filters[0].GetTypedConfig()) != hcmType {
 			var got []string
@@ -304,7 +308,7 @@ func (c *checker) hcm(h *hcmv3.HttpConnectionManager, p string) {
 	// Filter chain.
 	var got []string
 	var types []protoreflect.FullName
-	securityNames := map[string]string{FilterExtAuthz: "ext_authz", FilterExtProc: "ext_proc", FilterCredentialInjector: "credential_injector"}
+	securityNames := map[string]string{FilterExtAuthz: "ext_authz", FilterExtProc: "ext_proc", FilterCredentialInjector: "credential_injector", FilterLocalRateLimit: "local_ratelimit"}
 	firstOf := map[protoreflect.FullName]int{}
 	for j, f := range h.GetHttpFilters() {
 		fp := fmt.Sprintf("%s.http_filters[%d]", p, j)
@@ -330,10 +334,17 @@ func (c *checker) hcm(h *hcmv3.HttpConnectionManager, p string) {
 			securityNames[f.GetName()] = "ext_proc"
 		case injectorType:
 			securityNames[f.GetName()] = "credential_injector"
+		case localRateLimitType:
+			securityNames[f.GetName()] = "local_ratelimit"
 		}
 	}
-	if !slices.Equal(types, requiredChain) {
-		c.fs.add(p+".http_filters", RuleFilterOrder, "must be exactly ext_authz, ext_proc, credential_injector, router in this order; found [%s]", strings.Join(got, ", "))
+	// The per-client rate limit in front is client-rate-limit's business.
+	chainTypes := types
+	for len(chainTypes) > 0 && chainTypes[0] == localRateLimitType {
+		chainTypes = chainTypes[1:]
+	}
+	if !slices.Equal(chainTypes, requiredChain) {
+		c.fs.add(p+".http_filters", RuleFilterOrder, "must be exactly ext_authz, ext_proc, credential_injector, router in this order (after the local_ratelimit in front); found [%s]", strings.Join(got, ", "))
 	}
 	for _, t := range requiredChain {
 		j, ok := firstOf[t]
@@ -381,6 +392,11 @@ func (c *checker) hcm(h *hcmv3.HttpConnectionManager, p string) {
 	if d := h.GetCommonHttpProtocolOptions().GetMaxStreamDuration(); d != nil && d.AsDuration() != 0 {
 		c.fs.add(p+".common_http_protocol_options.max_stream_duration", RuleStreamTimeouts, "max_stream_duration %v would end watches, logs -f and exec sessions; leave it unset", d.AsDuration())
 	}
+	// max_connection_duration drains the connection, then closes it with its
+	// streams after drain_timeout (http_connection_manager.proto, protocol.proto).
+	if d := h.GetCommonHttpProtocolOptions().GetMaxConnectionDuration(); d != nil && d.AsDuration() != 0 {
+		c.fs.add(p+".common_http_protocol_options.max_connection_duration", RuleStreamTimeouts, "max_connection_duration %v closes every connection on a schedule, with its watches and exec sessions; leave it unset", d.AsDuration())
+	}
 
 	// Headers.
 	if h.GetMaxRequestHeadersKb() == nil {
@@ -401,6 +417,8 @@ func (c *checker) hcm(h *hcmv3.HttpConnectionManager, p string) {
 	if a := h.GetPathWithEscapedSlashesAction(); a != hcmv3.HttpConnectionManager_REJECT_REQUEST && a != hcmv3.HttpConnectionManager_UNESCAPE_AND_REDIRECT {
 		c.fs.add(p+".path_with_escaped_slashes_action", RulePathNormalization, "%v lets %%2F through, which the API server decodes into a path separator after authorization; use REJECT_REQUEST", a)
 	}
+
+	c.hardening(h, p)
 
 	// Routes.
 	switch {

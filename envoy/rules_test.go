@@ -50,11 +50,23 @@ func withHCM(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*hcmv3.HttpConnecti
 	edit(t, chain(b).Filters[0].GetTypedConfig(), fn)
 }
 
-// withFilter edits the typed_config of HTTP filter i (0 ext_authz, 1 ext_proc,
-// 2 credential_injector, 3 router in a rendered config).
+// withFilter edits the typed_config of HTTP filter i of the security chain (0
+// ext_authz, 1 ext_proc, 2 credential_injector, 3 router in a rendered config),
+// counted after the local_ratelimit filter in front of it.
 func withFilter[T proto.Message](t *testing.T, b *bootstrapv3.Bootstrap, i int, fn func(T)) {
 	t.Helper()
-	withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { edit(t, h.HttpFilters[i].GetTypedConfig(), fn) })
+	withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+		edit(t, h.HttpFilters[securityChainStart(h)+i].GetTypedConfig(), fn)
+	})
+}
+
+// securityChainStart is the index of the first filter after the rate limit.
+func securityChainStart(h *hcmv3.HttpConnectionManager) int {
+	i := 0
+	for i < len(h.HttpFilters) && typeName(h.HttpFilters[i].GetTypedConfig()) == localRateLimitType {
+		i++
+	}
+	return i
 }
 
 func withRoute(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*routev3.Route)) {
@@ -107,7 +119,7 @@ func ruleCases(t *testing.T) []struct {
 	rule   string
 	mutate func(*bootstrapv3.Bootstrap)
 } {
-	return []struct {
+	return append([]struct {
 		name   string
 		rule   string
 		mutate func(*bootstrapv3.Bootstrap)
@@ -128,19 +140,20 @@ func ruleCases(t *testing.T) []struct {
 		}},
 		{"ext_proc before ext_authz", RuleFilterOrder, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
-				h.HttpFilters[0], h.HttpFilters[1] = h.HttpFilters[1], h.HttpFilters[0]
+				i := securityChainStart(h)
+				h.HttpFilters[i], h.HttpFilters[i+1] = h.HttpFilters[i+1], h.HttpFilters[i]
 			})
 		}},
 		{"upgrade-specific filter chain", RuleFilterOrder, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
-				h.UpgradeConfigs[1].Filters = []*hcmv3.HttpFilter{h.HttpFilters[3]}
+				h.UpgradeConfigs[1].Filters = []*hcmv3.HttpFilter{h.HttpFilters[len(h.HttpFilters)-1]}
 			})
 		}},
 		{"optional ext_authz", RuleFilterEnabled, func(b *bootstrapv3.Bootstrap) {
-			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters[0].IsOptional = true })
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters[securityChainStart(h)].IsOptional = true })
 		}},
 		{"disabled ext_proc", RuleFilterEnabled, func(b *bootstrapv3.Bootstrap) {
-			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters[1].Disabled = true })
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters[securityChainStart(h)+1].Disabled = true })
 		}},
 		{"ext_authz disabled on the route", RulePerRouteOverride, func(b *bootstrapv3.Bootstrap) {
 			withRoute(t, b, func(r *routev3.Route) {
@@ -374,7 +387,7 @@ func ruleCases(t *testing.T) []struct {
 		{"admin on every interface", RuleAdminLoopback, func(b *bootstrapv3.Bootstrap) {
 			b.Admin.Address = mustAddr(t, "0.0.0.0:9901").Envoy()
 		}},
-	}
+	}, hardeningCases(t)...)
 }
 
 // TestEachRuleAlone starts from a rendered configuration, breaks one rule, and
