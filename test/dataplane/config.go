@@ -22,6 +22,7 @@ import (
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	localratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
@@ -94,6 +95,8 @@ type listenerConfig struct {
 	alpn  []string
 	minV  uint16
 	maxV  uint16
+	// handshakeTimeout is transport_socket_connect_timeout (0: none).
+	handshakeTimeout time.Duration
 }
 
 type hcmConfig struct {
@@ -109,6 +112,11 @@ type hcmConfig struct {
 	mergeSlashes      bool
 	escapedSlashes    hcmv3.HttpConnectionManager_PathWithEscapedSlashesAction
 	accessLog         bool
+	// accessLogFormat is the parsed format of the stdout logger (hardening.go).
+	accessLogFormat []logToken
+	// Slow and greedy clients (hardening.go).
+	requestHeadersTimeout time.Duration // 0: disabled
+	h2                    http2Limits
 }
 
 type virtualHost struct {
@@ -132,6 +140,7 @@ type filterConfig struct {
 	extAuthz   *extAuthzConfig
 	extProc    *extProcConfig
 	credential *credentialConfig
+	rateLimit  *rateLimitConfig
 	router     bool
 }
 
@@ -330,6 +339,7 @@ func (p *parser) listener(l *listenerv3.Listener, path string) (listenerConfig, 
 	}
 	fc := l.GetFilterChains()[0]
 	fcPath := path + ".filter_chains[0]"
+	p.listenerLimits(l, fc, &lc, path)
 	ts := fc.GetTransportSocket()
 	if ts == nil {
 		p.fail(fcPath+".transport_socket", "a plain-text listener is not emulated (kubegate's listener terminates TLS)")
@@ -448,10 +458,17 @@ func (p *parser) hcm(h *hcmv3.HttpConnectionManager, path string) hcmConfig {
 		p.fail(path+".path_with_escaped_slashes_action", "UNESCAPE_AND_REDIRECT is not emulated")
 	}
 	for i, al := range h.GetAccessLog() {
-		if _, ok := p.unpack(al.GetTypedConfig(), fmt.Sprintf("%s.access_log[%d].typed_config", path, i)).(*streamv3.StdoutAccessLog); !ok {
+		l, ok := p.unpack(al.GetTypedConfig(), fmt.Sprintf("%s.access_log[%d].typed_config", path, i)).(*streamv3.StdoutAccessLog)
+		if !ok {
 			p.fail(fmt.Sprintf("%s.access_log[%d]", path, i), "only the stdout access logger is emulated")
+			continue
 		}
+		if i > 0 {
+			p.fail(fmt.Sprintf("%s.access_log[%d]", path, i), "one access log is emulated")
+		}
+		hc.accessLogFormat = p.accessLogFormat(l, fmt.Sprintf("%s.access_log[%d].typed_config", path, i))
 	}
+	p.hcmLimits(h, &hc, path)
 	for i, u := range h.GetUpgradeConfigs() {
 		if len(u.GetFilters()) > 0 {
 			p.fail(fmt.Sprintf("%s.upgrade_configs[%d].filters", path, i), "upgrade-specific filter chains are not emulated")
@@ -535,6 +552,8 @@ func (p *parser) httpFilter(f *hcmv3.HttpFilter, path string) filterConfig {
 		fc.extProc = p.extProc(m, path+".typed_config")
 	case *credinjectorv3.CredentialInjector:
 		fc.credential = p.credential(m, path+".typed_config")
+	case *localratelimitv3.LocalRateLimit:
+		fc.rateLimit = p.rateLimit(m, path+".typed_config")
 	case *routerv3.Router:
 		fc.router = true
 	case nil:
@@ -715,6 +734,9 @@ func (p *parser) cluster(cl *clusterv3.Cluster, path string) *clusterConfig {
 	if opts, ok := cl.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]; ok {
 		if o, ok := p.unpack(opts, path+".typed_extension_protocol_options").(*upstreamhttpv3.HttpProtocolOptions); ok {
 			c.http2 = o.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil
+			if h2 := o.GetExplicitHttpConfig().GetHttp2ProtocolOptions(); h2 != nil && proto.Size(h2) > 0 {
+				p.fail(path+".typed_extension_protocol_options", "upstream HTTP/2 settings are not emulated")
+			}
 			if o.GetExplicitHttpConfig() == nil {
 				p.fail(path+".typed_extension_protocol_options", "only explicit_http_config is emulated")
 			}

@@ -93,11 +93,11 @@ func TestStartRefuses(t *testing.T) {
 			edit: func(b *bootstrapv3.Bootstrap) {
 				editHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
 					h.ServerName = "kubegate"
-					h.XffNumTrustedHops = 1
+					h.Via = "kubegate"
 					h.GenerateRequestId = wrapperspb.Bool(false)
 				}, nil)
 			},
-			want: []string{".server_name:", ".xff_num_trusted_hops:", ".generate_request_id:", "not emulated"},
+			want: []string{".server_name:", ".via:", ".generate_request_id:", "not emulated"},
 		},
 		{
 			name: "filter fields",
@@ -127,10 +127,10 @@ func TestStartRefuses(t *testing.T) {
 			name: "cluster and listener knobs",
 			edit: func(b *bootstrapv3.Bootstrap) {
 				clusterNamed(b, envoy.APIServerCluster).PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
-				b.GetStaticResources().GetListeners()[0].PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
+				b.GetStaticResources().GetListeners()[0].TcpBacklogSize = wrapperspb.UInt32(128)
 				b.LayeredRuntime = &bootstrapv3.LayeredRuntime{}
 			},
-			want: []string{"clusters[0].per_connection_buffer_limit_bytes", "listeners[0].per_connection_buffer_limit_bytes", "$.layered_runtime"},
+			want: []string{"clusters[0].per_connection_buffer_limit_bytes", "listeners[0].tcp_backlog_size", "$.layered_runtime"},
 		},
 		{
 			name: "client certificates to the API server",

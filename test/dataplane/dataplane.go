@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -245,6 +246,8 @@ func (dp *DataPlane) build(ctx context.Context) error {
 				dp.secrets.run(ctx)
 			}()
 			dp.filters = append(dp.filters, &credentialFilter{cfg: f.credential, secrets: dp.secrets})
+		case f.rateLimit != nil:
+			dp.filters = append(dp.filters, newRateLimitFilter(f.rateLimit))
 		case f.router:
 			// The router is not a filter here: it is what runs after the chain.
 		}
@@ -301,7 +304,7 @@ func (dp *DataPlane) serve() error {
 		Certificates: lc.certs,
 		MinVersion:   lc.minV,
 		MaxVersion:   lc.maxV,
-		NextProtos:   lc.alpn,
+		NextProtos:   slices.Clone(lc.alpn),
 	}
 	// codec_type and ALPN decide the protocols, as in Envoy: AUTO picks HTTP/2 when
 	// ALPN negotiated h2 and HTTP/1.1 otherwise (ConnectionManagerUtility::autoCreateCodec).
@@ -309,11 +312,35 @@ func (dp *DataPlane) serve() error {
 	codec := dp.cfg.hcm.codec
 	protos.SetHTTP1(codec != hcmv3.HttpConnectionManager_HTTP2)
 	protos.SetHTTP2(codec != hcmv3.HttpConnectionManager_HTTP1 && lc.alpnHas("h2"))
+	// Go's TLS server fails a handshake whose ALPN offer has no protocol in common
+	// with NextProtos; offering http/1.1 as ServeTLS does keeps such clients on
+	// HTTP/1.1, which is where Envoy (BoringSSL negotiating nothing, codec AUTO)
+	// puts them too.
+	if protos.HTTP1() && !slices.Contains(tlsConf.NextProtos, "http/1.1") {
+		tlsConf.NextProtos = append(tlsConf.NextProtos, "http/1.1")
+	}
 	hcm := &connectionManager{dp: dp}
+	h2 := dp.cfg.hcm.h2
 	dp.srv = &http.Server{
 		Handler:   hcm,
 		TLSConfig: tlsConf,
 		Protocols: &protos,
+		// request_headers_timeout. Go arms it when it starts reading a request
+		// (for the first request of a connection: once the TLS handshake is done),
+		// Envoy when the first byte of the headers arrives; on expiry Envoy answers
+		// 408 ("request_header_timeout") and closes, Go closes without an answer.
+		// Either way the slow client's connection ends and nothing goes upstream.
+		// (HTTP/2 streams: Envoy's per-stream timer has no Go counterpart; HTTP/2
+		// headers arrive in frames, and max_concurrent_streams bounds them.)
+		ReadHeaderTimeout: dp.cfg.hcm.requestHeadersTimeout,
+		// http2_protocol_options: Go advertises SETTINGS_MAX_CONCURRENT_STREAMS and
+		// SETTINGS_INITIAL_WINDOW_SIZE and the connection window as Envoy's codec
+		// does, and refuses streams beyond the limit with RST_STREAM.
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          h2.maxStreams,
+			MaxReceiveBufferPerStream:     h2.streamWindow,
+			MaxReceiveBufferPerConnection: h2.connWindow,
+		},
 		// Go's own limit sits above Envoy's so that the connection manager, not the
 		// Go server, applies max_request_headers_kb (with Envoy's status codes).
 		MaxHeaderBytes: dp.cfg.hcm.maxHeadersKB*1024 + 64*1024,
@@ -322,7 +349,8 @@ func (dp *DataPlane) serve() error {
 	dp.wg.Add(1)
 	go func() {
 		defer dp.wg.Done()
-		if err := dp.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// The handshake happens in handshakeListener (transport_socket_connect_timeout).
+		if err := dp.srv.Serve(newHandshakeListener(ln, tlsConf, lc.handshakeTimeout)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			dp.log.Error("listener stopped", "error", err)
 		}
 	}()

@@ -459,28 +459,14 @@ func writeResponseHeaders(w http.ResponseWriter, h *headerMap, status int) {
 
 var goManaged = map[string]bool{"content-length": true, "content-type": true, "connection": true, "date": true, "transfer-encoding": true, "trailer": true}
 
-// accessLog writes Envoy's default access log format (access_log docs, "Default
-// format string") when the bootstrap configures the stdout logger.
+// accessLog writes the stdout access log line of the configured format (Envoy's
+// default when none is set; hardening.go emulates the command operators) when
+// the bootstrap configures the stdout logger.
 func (cm *connectionManager) accessLog(s *stream) {
 	if !cm.dp.cfg.hcm.accessLog {
 		return
 	}
-	orDash := func(v string) string {
-		if v == "" {
-			return "-"
-		}
-		return v
-	}
-	path := s.headers.first("x-envoy-original-path")
-	if path == "" {
-		path = s.headers.first(":path")
-	}
-	fmt.Fprintf(cm.dp.opts.AccessLog, "[%s] \"%s %s %s\" %d %s %d %d %d %s \"%s\" \"%s\" \"%s\" \"%s\" \"%s\"\n",
-		s.start.UTC().Format("2006-01-02T15:04:05.000Z"), s.headers.first(":method"), path, s.protocol,
-		s.status(), orDash(s.flags), s.bytesIn.Load(), s.bytesOut.Load(), time.Since(s.start).Milliseconds(),
-		orDash(s.upstreamServiceTime()), orDash(s.headers.first("x-forwarded-for")),
-		orDash(s.headers.first("user-agent")), orDash(s.headers.first("x-request-id")),
-		orDash(s.headers.first(":authority")), orDash(s.upstreamAddr))
+	writeAccessLog(cm.dp.opts.AccessLog, cm.dp.cfg.hcm.accessLogFormat, s)
 }
 
 func (s *stream) status() int                 { return s.respStatus }

@@ -63,6 +63,13 @@ func serveGRPC(t testing.TB, register func(*grpc.Server)) string {
 // realAuthz is kubegate authz on the sandbox configuration.
 func realAuthz(t testing.TB) string {
 	t.Helper()
+	srv := realAuthzServer(t)
+	return serveGRPC(t, func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, srv) })
+}
+
+// realAuthzServer is the service behind realAuthz, for tests that wrap it.
+func realAuthzServer(t testing.TB) authv3.AuthorizationServer {
+	t.Helper()
 	dir, err := directory.Load(sandboxDirectory)
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +86,7 @@ func realAuthz(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return serveGRPC(t, func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, srv) })
+	return srv
 }
 
 // realExtProc is kubegate extproc.

@@ -32,8 +32,8 @@ var emulated = map[protoreflect.FullName][]string{
 	"envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": {"max_active_downstream_connections"},
 
 	// Listener and HTTP connection manager.
-	"envoy.config.listener.v3.Listener":                                      {"name", "address", "filter_chains"},
-	"envoy.config.listener.v3.FilterChain":                                   {"filters", "transport_socket"},
+	"envoy.config.listener.v3.Listener":                                      {"name", "address", "filter_chains", "per_connection_buffer_limit_bytes"},
+	"envoy.config.listener.v3.FilterChain":                                   {"filters", "transport_socket", "transport_socket_connect_timeout"},
 	"envoy.config.listener.v3.Filter":                                        {"name", "typed_config"},
 	"envoy.config.core.v3.TransportSocket":                                   {"name", "typed_config"},
 	"envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":         {"common_tls_context"},
@@ -50,12 +50,14 @@ var emulated = map[protoreflect.FullName][]string{
 		"stream_idle_timeout", "request_timeout", "max_request_headers_kb",
 		"common_http_protocol_options", "normalize_path", "merge_slashes",
 		"path_with_escaped_slashes_action", "use_remote_address", "access_log",
+		"request_headers_timeout", "http2_protocol_options",
 	},
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig": {"upgrade_type", "enabled"},
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter":                          {"name", "typed_config"},
 	"envoy.config.core.v3.HttpProtocolOptions":                                                        {"max_headers_count", "headers_with_underscores_action"},
 	"envoy.config.accesslog.v3.AccessLog":                                                             {"name", "typed_config"},
-	"envoy.extensions.access_loggers.stream.v3.StdoutAccessLog":                                       {},
+	"envoy.extensions.access_loggers.stream.v3.StdoutAccessLog":                                       {"log_format"},
+	"envoy.config.core.v3.SubstitutionFormatString":                                                   {"text_format_source"},
 
 	// Routes.
 	"envoy.config.route.v3.RouteConfiguration":   {"name", "virtual_hosts"},
@@ -89,6 +91,21 @@ var emulated = map[protoreflect.FullName][]string{
 	"envoy.config.core.v3.ApiConfigSource":                                         {"api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"},
 	"envoy.extensions.filters.http.router.v3.Router":                               {},
 
+	// The per-client rate limit (ratelimit.go).
+	"envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": {
+		"stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced",
+		"local_rate_limit_per_downstream_connection", "always_consume_default_token_bucket",
+		"rate_limits", "descriptors", "max_dynamic_descriptors",
+	},
+	"envoy.type.v3.TokenBucket":                                      {"max_tokens", "tokens_per_fill", "fill_interval"},
+	"envoy.config.core.v3.RuntimeFractionalPercent":                  {"default_value"},
+	"envoy.type.v3.FractionalPercent":                                {"numerator", "denominator"},
+	"envoy.config.route.v3.RateLimit":                                {"actions"},
+	"envoy.config.route.v3.RateLimit.Action":                         {"remote_address"},
+	"envoy.config.route.v3.RateLimit.Action.RemoteAddress":           {},
+	"envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor":  {"entries", "token_bucket"},
+	"envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry": {"key", "value"},
+
 	// Clusters.
 	"envoy.config.cluster.v3.Cluster":                                           {"name", "type", "connect_timeout", "load_assignment", "typed_extension_protocol_options", "circuit_breakers", "health_checks", "transport_socket"},
 	"envoy.config.endpoint.v3.ClusterLoadAssignment":                            {"cluster_name", "endpoints"},
@@ -102,7 +119,9 @@ var emulated = map[protoreflect.FullName][]string{
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":                    {"explicit_http_config"},
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": {"http_protocol_options", "http2_protocol_options"},
 	"envoy.config.core.v3.Http1ProtocolOptions":                                 {},
-	"envoy.config.core.v3.Http2ProtocolOptions":                                 {},
+	// Read for the listener (HCM http2_protocol_options); a cluster that sets any
+	// of them is refused in config.go.
+	"envoy.config.core.v3.Http2ProtocolOptions": {"max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"},
 }
 
 // leafTypes are messages whose content is a value, not configuration to walk.
