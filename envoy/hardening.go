@@ -220,3 +220,7 @@ func (o Options) checkPrivate() []error {
 	}
 	return errs
 }
+
+// IsLocal reports whether only this machine can reach the address: a unix socket,
+// localhost, or a loopback IP.
+func (a Addr) IsLocal() bool { return isLocal(a) }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
+	"kubegate.dev/kubegate/envoy"
 	"kubegate.dev/kubegate/extauthz"
 	"kubegate.dev/kubegate/identity/backends"
 	"kubegate.dev/kubegate/identity/directory"
@@ -76,6 +77,9 @@ never a credential). SIGTERM stops it gracefully.`,
 	return cmd
 }
 
+// authzPrivate says why kubegate authz must be reachable by Envoy alone.
+const authzPrivate = "kubegate authz sees every user's credential and would answer token guesses without Envoy's per-client rate limit"
+
 func (o *authzOptions) validate() error {
 	var errs []error
 	if o.agentID <= 0 {
@@ -92,6 +96,12 @@ func (o *authzOptions) validate() error {
 	}
 	if err := o.identity.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	// Refuse an exposed --listen before anything is loaded.
+	if a, err := envoy.ParseAddr(o.service.listen); err == nil {
+		if err := checkPrivateListen(a, o.service.allowNonLoopback, authzPrivate); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -182,6 +192,7 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 		name: "authz", flags: &o.service, log: log, registry: reg,
 		register:     func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, srv) },
 		serviceNames: []string{authv3.Authorization_ServiceDesc.ServiceName},
+		private:      authzPrivate,
 	}).run(ctx)
 	stop()
 	if rerr := <-reloadErr; err == nil && rerr != nil {

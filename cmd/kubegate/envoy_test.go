@@ -54,7 +54,7 @@ func TestEnvoyRenderErrors(t *testing.T) {
 	if err := os.WriteFile(garbage, []byte("not a certificate\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	base := []string{"envoy", "render", "--apiserver", "https://k8s:6443", "--authz", "a:1", "--extproc", "b:2", "--xds", "c:3"}
+	base := []string{"envoy", "render", "--apiserver", "https://k8s:6443", "--authz", "127.0.0.1:1", "--extproc", "127.0.0.1:2", "--xds", "unix:///run/kubegate/xds.sock"}
 	tests := []struct {
 		name    string
 		args    []string
@@ -111,14 +111,14 @@ func TestEnvoyValidateBadInput(t *testing.T) {
 		{"missing file", filepath.Join(dir, "absent.yaml"), []string{"reading the configuration", "no such file"}},
 		{"malformed YAML", variant("malformed.yaml", "static_resources:", "static_resources: ["), []string{"$: not valid YAML or JSON", "[syntax]"}},
 		{"typo in a field name", variant("typo.yaml", "encode_raw_headers: true", "encode_raw_headrs: true"),
-			[]string{filters + `[0].typed_config.encode_raw_headrs: unknown field "encode_raw_headrs"`, `did you mean "encode_raw_headers"`, "[schema]"}},
+			[]string{filters + `[1].typed_config.encode_raw_headrs: unknown field "encode_raw_headrs"`, `did you mean "encode_raw_headers"`, "[schema]"}},
 		{"missing cluster", variant("nocluster.yaml", "cluster_name: kubegate_xds\n                        set_node", "cluster_name: kubegate_sds\n                        set_node"),
 			[]string{`cluster "kubegate_sds" is not defined`, "[cluster-refs]"}},
 		{"ext_authz fails open", variant("failopen.yaml", "failure_mode_allow: false\n              grpc_service:\n                envoy_grpc:\n                  cluster_name: kubegate_authz",
 			"failure_mode_allow: true\n              grpc_service:\n                envoy_grpc:\n                  cluster_name: kubegate_authz"),
-			[]string{filters + "[0].typed_config.failure_mode_allow", "[ext-authz-fail-closed]"}},
+			[]string{filters + "[1].typed_config.failure_mode_allow", "[ext-authz-fail-closed]"}},
 		{"ext_proc with a body mode", variant("body.yaml", "request_body_mode: NONE", "request_body_mode: BUFFERED"),
-			[]string{filters + "[1].typed_config.processing_mode.request_body_mode", "[ext-proc-body-mode]"}},
+			[]string{filters + "[2].typed_config.processing_mode.request_body_mode", "[ext-proc-body-mode]"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -45,6 +45,7 @@ with --metrics-listen, Prometheus metrics. SIGTERM stops it gracefully.`,
 				name: "extproc", flags: sf, log: log, registry: reg,
 				register:     func(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, srv) },
 				serviceNames: []string{extprocv3.ExternalProcessor_ServiceDesc.ServiceName},
+				private:      "kubegate extproc decides whom the API server sees the request as",
 			}).run(ctx)
 		},
 	}

@@ -31,6 +31,8 @@ type serviceFlags struct {
 	logLevel      string
 	configFile    string
 	shutdownGrace time.Duration
+	// allowNonLoopback permits a --listen address other clients could reach.
+	allowNonLoopback bool
 }
 
 func (s *serviceFlags) add(f *pflag.FlagSet, defaultListen string) {
@@ -39,6 +41,7 @@ func (s *serviceFlags) add(f *pflag.FlagSet, defaultListen string) {
 	f.StringVar(&s.logLevel, "log-level", "info", "log level: debug, info, warn or error (logs are JSON on stderr)")
 	f.StringVar(&s.configFile, "config", "", "YAML file of flag values (keys are flag names without --); flags given on the command line win")
 	f.DurationVar(&s.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
+	f.BoolVar(&s.allowNonLoopback, "allow-non-loopback", false, allowNonLoopbackUsage)
 }
 
 func (s *serviceFlags) logger(w *os.File, service string) (*slog.Logger, error) {
@@ -105,6 +108,8 @@ type grpcService struct {
 	register func(*grpc.Server)
 	// serviceNames are reported SERVING by the health service (plus "").
 	serviceNames []string
+	// private says why --listen must be reachable by Envoy alone.
+	private string
 }
 
 func newRegistry() *prometheus.Registry {
@@ -117,6 +122,9 @@ func (s *grpcService) run(ctx context.Context) error {
 	addr, err := envoy.ParseAddr(s.flags.listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
+	}
+	if err := checkPrivateListen(addr, s.flags.allowNonLoopback, s.private); err != nil {
+		return err
 	}
 	lis, err := listenAddr(addr)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 func newXDSCommand() *cobra.Command {
 	var listen, tokenFile, secretName string
 	var poll time.Duration
+	var allowNonLoopback bool
 	cmd := &cobra.Command{
 		Use:   "xds",
 		Short: "Serve the agent's service-account token to Envoy over SDS, following rotations",
@@ -31,15 +32,18 @@ new version whenever the file changes — including a Kubernetes projected token
 symlink swap — without restarting Envoy. An empty or unreadable file is logged
 and skipped: the last good token stays. Also serves grpc.health.v1.
 
-Anyone who can reach --listen can read the token: listen on loopback, a unix
-socket, or a network only Envoy shares (a unix socket is created with the
-process umask; Envoy must be able to write to it).`,
+Anyone who can reach --listen can read the token: listen on loopback or a unix
+socket (created with the process umask; Envoy must be able to write to it). Any
+other address is refused unless --allow-non-loopback says only Envoy can reach it.`,
 		Example: `  kubegate xds --listen 127.0.0.1:9003 --token-file /var/run/secrets/tokens/kubegate-agent`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			addr, err := envoy.ParseAddr(listen)
 			if err != nil {
 				return fmt.Errorf("--listen: %w", err)
+			}
+			if err := checkPrivateListen(addr, allowNonLoopback, "kubegate xds serves the agent token, which can impersonate anyone"); err != nil {
+				return err
 			}
 			if tokenFile == "" {
 				return errors.New("--token-file is required")
@@ -54,6 +58,7 @@ process umask; Envoy must be able to write to it).`,
 	f.StringVar(&listen, "listen", "127.0.0.1:9003", "ADDR to serve SDS on: host:port or unix:///path")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the agent's service-account token")
 	f.StringVar(&secretName, "secret-name", envoy.TokenSecretName, "name of the SDS secret (what `kubegate envoy render` references)")
+	f.BoolVar(&allowNonLoopback, "allow-non-loopback", false, allowNonLoopbackUsage)
 	f.DurationVar(&poll, "poll-interval", 30*time.Second, "also re-read the file this often, for filesystems without change events; 0 turns it off")
 	return cmd
 }

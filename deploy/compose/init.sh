@@ -4,7 +4,8 @@
 #   /shared/token/token     the agent's service-account token (kubegate xds)
 #   /shared/cluster/ca.crt  the cluster CA Envoy verifies the API server with
 # and hands the shared volumes to uid 65532, which the kubegate image and the
-# Envoy service run as.
+# Envoy service run as (/shared/sockets: the services' unix sockets; mode 0700,
+# so only that uid can connect).
 set -eu
 
 log() { echo "init: $*"; }
@@ -26,11 +27,12 @@ until [ -n "$token" ]; do
   [ -n "$token" ] || { log "waiting for the token controller"; sleep 1; }
 done
 
-mkdir -p /shared/token /shared/cluster /shared/certs
+mkdir -p /shared/token /shared/cluster /shared/certs /shared/sockets
 # Write then rename, so kubegate xds never reads half a token.
 printf '%s' "$token" > /shared/token/.token.tmp
 mv /shared/token/.token.tmp /shared/token/token
 kubectl -n kubegate get secret kubegate-agent-token -o go-template='{{index .data "ca.crt" | base64decode}}' > /shared/cluster/ca.crt
-chown -R 65532:65532 /shared/token /shared/cluster /shared/certs
+chown -R 65532:65532 /shared/token /shared/cluster /shared/certs /shared/sockets
+chmod 0700 /shared/sockets
 chmod 0600 /shared/token/token
 log "agent token and cluster CA written"
