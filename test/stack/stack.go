@@ -50,6 +50,9 @@ type Options struct {
 	// Observe, if set, sees every request the data plane sends upstream (test data
 	// plane only).
 	Observe func(UpstreamRequest)
+	// RenderArgs are extra `kubegate envoy render` flags (say a higher
+	// --client-rate-limit for a load test from one address).
+	RenderArgs []string
 }
 
 // Stack is a running local gateway in front of a real API server.
@@ -173,6 +176,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		"--tls-cert", filepath.Join(certDir, devcert.CertFile), "--tls-key", filepath.Join(certDir, devcert.KeyFile),
 		"--apiserver", s.Cluster.URL, "--apiserver-ca", s.Cluster.CAFile,
 		"--authz", authzAddr, "--extproc", extprocAddr, "--xds", xdsAddr)
+	render.Args = append(render.Args, opts.RenderArgs...)
 	if out, err := render.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("kubegate envoy render: %v\n%s", err, out)
 	}
