@@ -332,6 +332,9 @@ var explicitDefaults = map[string]map[string]any{
 	"type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector": {
 		"allow_request_without_credential": false,
 	},
+	"type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": {
+		"local_rate_limit_per_downstream_connection": false,
+	},
 }
 
 // writeExplicitDefaults adds explicitDefaults to every matching typed_config in a

@@ -35,12 +35,15 @@ func newEnvoyRenderCommand() *cobra.Command {
 		Use:   "render",
 		Short: "Print the Envoy v3 bootstrap (YAML) for kubegate",
 		Long: `Print an Envoy v3 bootstrap, built with go-control-plane types: a TLS listener
-whose HTTP filters are ext_authz, ext_proc, credential_injector and router, an
+whose HTTP filters are a per-client local rate limit, ext_authz, ext_proc,
+credential_injector and router, with timeouts and HTTP/2 limits against slow and
+greedy clients and an access log without query strings, an
 HTTP/1.1 TLS cluster for the API server (kubectl exec needs HTTP/1.1 upstream) and
 HTTP/2 clusters for the three kubegate services, health-checked over gRPC.
 
 The output always passes "kubegate envoy validate". ADDR is host:port or
-unix:///path. The first lines are a comment with the flags that produced it.`,
+unix:///path; --authz, --extproc and --xds must be loopback or unix sockets unless
+--allow-non-loopback. The first lines are a comment with the flags that produced it.`,
 		Example: `  kubegate envoy render --tls-cert tls.crt --tls-key tls.key \
     --apiserver https://kubernetes.default.svc --apiserver-ca /var/run/secrets/kubernetes.io/serviceaccount/ca.crt \
     --authz 127.0.0.1:9001 --extproc 127.0.0.1:9002 --xds 127.0.0.1:9003 > envoy.yaml`,
