@@ -31,7 +31,21 @@
 //     headers dropped, x-forwarded-for/-proto, x-envoy-external-address, a fresh
 //     x-request-id, internal x-envoy-* headers removed; 403 for an upgrade type
 //     not in upgrade_configs; "server: envoy"; local replies as
-//     Utility::prepareLocalReply builds them; the default access log format.
+//     Utility::prepareLocalReply builds them; the stdout access log in its
+//     configured format (the command operators a kubegate format uses; others
+//     refused) or Envoy's default; request_headers_timeout; HTTP/2
+//     max_concurrent_streams and initial stream and connection windows, advertised
+//     and enforced by Go's HTTP/2 server (hardening.go).
+//   - Listener: transport_socket_connect_timeout bounds the TLS handshake, and a
+//     connection reaches the HTTP server only once it is done (hardening.go);
+//     per_connection_buffer_limit_bytes is accepted and not acted on (a flow
+//     control watermark; no kubegate filter buffers a body).
+//   - local_ratelimit (filters/http/local_ratelimit/local_ratelimit.cc,
+//     common/local_ratelimit/local_ratelimit_impl.cc): remote_address descriptors
+//     from the filter's rate_limits, a bucket per value for a wildcard descriptor
+//     in an LRU of max_dynamic_descriptors, buckets full at creation and refilled
+//     by whole fill intervals, 429 "local_rate_limited" with response flag RL
+//     (ratelimit.go).
 //   - ext_authz (filters/http/ext_authz/ext_authz.cc, common/ext_authz/
 //     check_request_utils.cc and ext_authz_grpc_impl.cc): skipped without a
 //     route; CheckRequest with the stream id, method, path, host, scheme,
@@ -80,5 +94,9 @@
 // x-forwarded-for gets the listener's IP rather than the host's primary address;
 // clusters have exactly one endpoint and active health checks are not run (with
 // one endpoint Envoy's panic threshold sends traffic to it anyway); only a route
-// timeout of 0 is emulated (Validate requires it).
+// timeout of 0 is emulated (Validate requires it); request_headers_timeout runs
+// from the start of a connection's first request rather than its first byte, and
+// on expiry the connection is closed without Envoy's 408, and it does not apply
+// to HTTP/2 streams; a stream over max_concurrent_streams is reset with Go's
+// error code (PROTOCOL_ERROR once the settings are acknowledged).
 package dataplane
