@@ -49,6 +49,11 @@ const (
 	// MaxWindowSize is the largest HTTP/2 window Validate accepts (16 MiB): what a
 	// client may make Envoy buffer per stream and per connection.
 	MaxWindowSize = 16 * 1024 * 1024
+	// MaxConnectionBufferBytes is the largest per_connection_buffer_limit_bytes
+	// Validate accepts (Envoy's default, 1 MiB).
+	MaxConnectionBufferBytes = 1 << 20
+	// MaxConnectTimeout is the longest cluster connect_timeout Validate accepts.
+	MaxConnectTimeout = 10 * time.Second
 
 	// DefaultClientRateLimit and DefaultClientRateBurst bound the requests one
 	// client address may make: a token bucket of DefaultClientRateBurst tokens,
@@ -181,8 +186,11 @@ func (o Options) checkHardening() []error {
 	}
 	window(o.InitialStreamWindowSize, "--http2-stream-window")
 	window(o.InitialConnectionWindowSize, "--http2-connection-window")
-	if o.ConnectionBufferBytes == 0 {
-		errs = append(errs, fmt.Errorf("--connection-buffer-bytes must be positive"))
+	if o.ConnectionBufferBytes == 0 || o.ConnectionBufferBytes > MaxConnectionBufferBytes {
+		errs = append(errs, fmt.Errorf("--connection-buffer-bytes must be from 1 to %d, got %d", MaxConnectionBufferBytes, o.ConnectionBufferBytes))
+	}
+	if o.ConnectTimeout > MaxConnectTimeout {
+		errs = append(errs, fmt.Errorf("--connect-timeout %v is more than %v: each request would wait that long for an unreachable service", o.ConnectTimeout, MaxConnectTimeout))
 	}
 	if o.ClientRateLimit == 0 || o.ClientRateBurst == 0 {
 		errs = append(errs, fmt.Errorf("--client-rate-limit and --client-rate-burst must be positive, got %d and %d: without them one client can make every request a GitLab call", o.ClientRateLimit, o.ClientRateBurst))

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -155,7 +154,7 @@ func (c *checker) clientRateLimit(h *hcmv3.HttpConnectionManager, p string) {
 
 // listenerHardening checks a listener's connection-level limits.
 func (c *checker) listenerHardening(l *listenerv3.Listener, lp string) {
-	if v := l.GetPerConnectionBufferLimitBytes(); v == nil || v.GetValue() > 1<<20 {
+	if v := l.GetPerConnectionBufferLimitBytes(); v == nil || v.GetValue() > MaxConnectionBufferBytes {
 		c.fs.add(lp+".per_connection_buffer_limit_bytes", RuleConnectionBuffer, "set it to at most 1 MiB (kubegate renders %d): what one connection can make Envoy buffer", DefaultConnectionBufferBytes)
 	}
 }
@@ -177,8 +176,8 @@ func (c *checker) connectTimeouts() {
 		switch d := cl.GetConnectTimeout(); {
 		case d == nil:
 			c.fs.add(p, RuleConnectTimeout, "cluster %q: set connect_timeout explicitly (kubegate renders %v)", cl.GetName(), DefaultConnectTimeout)
-		case d.AsDuration() > 10*time.Second:
-			c.fs.add(p, RuleConnectTimeout, "cluster %q: %v holds each request that long when the upstream is unreachable; at most 10s", cl.GetName(), d.AsDuration())
+		case d.AsDuration() > MaxConnectTimeout:
+			c.fs.add(p, RuleConnectTimeout, "cluster %q: %v holds each request that long when the upstream is unreachable; at most %v", cl.GetName(), d.AsDuration(), MaxConnectTimeout)
 		}
 	}
 }

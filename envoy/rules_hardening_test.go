@@ -279,3 +279,48 @@ func TestPrivateServiceAddresses(t *testing.T) {
 		})
 	}
 }
+
+// TestHardeningFlagBounds: every value the options accept renders (Render fails
+// on its own validation otherwise), and the first value past each bound is a
+// flag error naming the flag.
+func TestHardeningFlagBounds(t *testing.T) {
+	tests := []struct {
+		name    string
+		edit    func(*Options)
+		wantErr string // "" renders
+	}{
+		{"longest timeouts", func(o *Options) {
+			o.RequestHeadersTimeout, o.TLSHandshakeTimeout, o.ConnectTimeout = MaxSlowClientTimeout, MaxSlowClientTimeout, MaxConnectTimeout
+		}, ""},
+		{"largest HTTP/2 and buffer limits", func(o *Options) {
+			o.MaxConcurrentStreams, o.InitialStreamWindowSize, o.InitialConnectionWindowSize = MaxConcurrentStreamsLimit, MaxWindowSize, MaxWindowSize
+			o.ConnectionBufferBytes = MaxConnectionBufferBytes
+		}, ""},
+		{"smallest limits", func(o *Options) {
+			o.MaxConcurrentStreams, o.InitialStreamWindowSize, o.InitialConnectionWindowSize, o.ConnectionBufferBytes = 1, 65535, 65535, 1
+			o.ClientRateLimit, o.ClientRateBurst, o.MaxConnections = 1, 1, 1
+		}, ""},
+		{"headers timeout off", func(o *Options) { o.RequestHeadersTimeout = 0 }, "--request-headers-timeout"},
+		{"handshake timeout too long", func(o *Options) { o.TLSHandshakeTimeout = MaxSlowClientTimeout + 1 }, "--tls-handshake-timeout"},
+		{"connect timeout too long", func(o *Options) { o.ConnectTimeout = MaxConnectTimeout + 1 }, "--connect-timeout"},
+		{"too many streams", func(o *Options) { o.MaxConcurrentStreams = MaxConcurrentStreamsLimit + 1 }, "--max-concurrent-streams"},
+		{"window below HTTP/2's minimum", func(o *Options) { o.InitialStreamWindowSize = 65534 }, "--http2-stream-window"},
+		{"connection window too large", func(o *Options) { o.InitialConnectionWindowSize = MaxWindowSize + 1 }, "--http2-connection-window"},
+		{"buffer too large", func(o *Options) { o.ConnectionBufferBytes = MaxConnectionBufferBytes + 1 }, "--connection-buffer-bytes"},
+		{"no rate limit", func(o *Options) { o.ClientRateLimit = 0 }, "--client-rate-limit"},
+		{"burst below the rate", func(o *Options) { o.ClientRateLimit, o.ClientRateBurst = 10, 5 }, "--client-rate-burst"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := testOptions(t)
+			tt.edit(&o)
+			_, err := Render(o)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatal(err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("error %v, want one naming %s", err, tt.wantErr)
+			}
+		})
+	}
+}
