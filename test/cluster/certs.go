@@ -24,6 +24,12 @@ type pki struct {
 	caFile                  string
 	servingCert, servingKey string
 	saPublic, saPrivate     string
+	// kubeletCert is the serving certificate of the simulated kubelet (KWOK) on
+	// 127.0.0.1, which the API server verifies with --kubelet-certificate-authority;
+	// kubeletClientCert is the API server's client certificate towards it
+	// (--kubelet-client-certificate).
+	kubeletCert, kubeletKey             string
+	kubeletClientCert, kubeletClientKey string
 }
 
 // writePKI creates a fresh CA and keys in dir. The CA key stays in memory and is
@@ -78,6 +84,22 @@ func writePKI(dir string) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
+	kubeletDER, kubeletKey, err := issue(caCert, caKey, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: "kwok-kubelet"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the kubelet's serving certificate: %w", err)
+	}
+	clientDER, clientKey, err := issue(caCert, caKey, &x509.Certificate{
+		// The name kubeadm gives the API server's kubelet client identity.
+		Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the API server's kubelet client certificate: %w", err)
+	}
 
 	p := &pki{
 		caPEM:       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
@@ -86,6 +108,11 @@ func writePKI(dir string) (*pki, error) {
 		servingKey:  filepath.Join(dir, "apiserver.key"),
 		saPublic:    filepath.Join(dir, "sa.pub"),
 		saPrivate:   filepath.Join(dir, "sa.key"),
+
+		kubeletCert:       filepath.Join(dir, "kubelet.crt"),
+		kubeletKey:        filepath.Join(dir, "kubelet.key"),
+		kubeletClientCert: filepath.Join(dir, "apiserver-kubelet-client.crt"),
+		kubeletClientKey:  filepath.Join(dir, "apiserver-kubelet-client.key"),
 	}
 	if err := os.WriteFile(p.caFile, p.caPEM, 0o644); err != nil {
 		return nil, err
@@ -102,7 +129,34 @@ func writePKI(dir string) (*pki, error) {
 	if err := writePublicKey(p.saPublic, saKey.Public()); err != nil {
 		return nil, err
 	}
+	for _, c := range []struct {
+		certFile, keyFile string
+		der               []byte
+		key               *ecdsa.PrivateKey
+	}{{p.kubeletCert, p.kubeletKey, kubeletDER, kubeletKey}, {p.kubeletClientCert, p.kubeletClientKey, clientDER, clientKey}} {
+		if err := os.WriteFile(c.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.der}), 0o644); err != nil {
+			return nil, err
+		}
+		if err := writePrivateKey(c.keyFile, c.key); err != nil {
+			return nil, err
+		}
+	}
 	return p, nil
+}
+
+// issue signs a leaf certificate from tmpl (subject, usages, addresses) with a new key.
+func issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, tmpl *x509.Certificate) ([]byte, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl.SerialNumber = serial()
+	tmpl.NotBefore = now.Add(-time.Hour)
+	tmpl.NotAfter = now.Add(30 * 24 * time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+	return der, key, err
 }
 
 func serial() *big.Int {

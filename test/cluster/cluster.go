@@ -44,15 +44,22 @@ type Options struct {
 	// view, edit and admin ClusterRoles stay empty (they are aggregated) and deleted
 	// namespaces stay Terminating.
 	ControllerManager bool
+	// Kubelet runs KWOK's kwok controller (test/tools/build.sh builds it) as the
+	// kubelet of one simulated node, KubeletNode, which is Ready. A pod whose
+	// spec.nodeName is KubeletNode becomes Running, and exec, logs, attach and
+	// port-forward reach kwok's kubelet API through the API server; what they do is set
+	// per pod with SimulatePod. Off by default: it adds kwok's start (about a second).
+	Kubelet bool
 	// AuditLog makes the API server record every request at Metadata level, one JSON
 	// event per line, in Cluster.AuditLogPath (read it with AuditEvents).
 	AuditLog bool
 	// APIServerFlags are appended to kube-apiserver's command line; a flag given here
 	// overrides the same flag set by Start.
 	APIServerFlags []string
-	// BinDir holds the etcd, kube-apiserver and kube-controller-manager binaries.
-	// Default: the directory `test/tools/build.sh --print-dir` names (which honours
-	// KUBEGATE_TOOLS_DIR).
+	// BinDir holds the etcd, kube-apiserver and kube-controller-manager binaries (and
+	// kwok, if it is there). Default: the directory `test/tools/build.sh --print-dir`
+	// names (which honours KUBEGATE_TOOLS_DIR); kwok's default is
+	// `build.sh --print-kwok-dir`.
 	BinDir string
 	// ModuleRoot is the kubegate repository root (for build.sh and the shipped RBAC
 	// manifest). Default: found by walking up from the current directory.
@@ -123,7 +130,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			opts.ModuleRoot = findModuleRoot(wd)
 		}
 	}
-	bins, err := findBinaries(opts.BinDir, opts.ModuleRoot, opts.ControllerManager)
+	bins, err := findBinaries(opts.BinDir, opts.ModuleRoot, opts.ControllerManager, opts.Kubelet)
 	if err != nil {
 		return nil, err
 	}
@@ -208,6 +215,9 @@ func (c *Cluster) start(ctx context.Context, opts Options, bins binaries, manife
 		"--endpoint-reconciler-type=none",
 	}
 	apiArgs = append(apiArgs, auditArgs...)
+	if opts.Kubelet {
+		apiArgs = append(apiArgs, kubeletAPIServerFlags(pki)...)
+	}
 	if err := c.startAPIServer(ctx, opts, bins.apiServer, apiArgs); err != nil {
 		return err
 	}
@@ -229,6 +239,14 @@ func (c *Cluster) start(ctx context.Context, opts Options, bins binaries, manife
 			return err
 		}
 		logf("kube-controller-manager ready (view/edit/admin aggregated) in %s", time.Since(t).Round(time.Millisecond))
+	}
+
+	if opts.Kubelet {
+		t = time.Now()
+		if err := c.startKubelet(ctx, opts, bins.kwok, pki); err != nil {
+			return err
+		}
+		logf("kwok ready (node %s Ready, kubelet API on TLS) in %s", KubeletNode, time.Since(t).Round(time.Millisecond))
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 const (
 	KubeVersion = "v1.37.2"
 	EtcdVersion = "v3.7.3"
+	KWOKVersion = "v0.8.0"
 )
 
 // ToolsDirEnv overrides where build.sh caches the binaries (same meaning as in build.sh).
@@ -28,20 +29,28 @@ const (
 	etcdBinary              = "etcd"
 	apiServerBinary         = "kube-apiserver"
 	controllerManagerBinary = "kube-controller-manager"
+	kwokBinary              = "kwok"
 )
 
 // binaries holds absolute paths of the control-plane programs.
 type binaries struct {
-	etcd, apiServer, controllerManager string
+	etcd, apiServer, controllerManager, kwok string
 }
 
 // findBinaries locates the binaries in binDir (if set) or in build.sh's cache
 // directory, and fails with instructions when one is missing: tests must not build
 // them (a first build takes ~8 minutes and 2.7 GiB).
-func findBinaries(binDir, moduleRoot string, needControllerManager bool) (binaries, error) {
+func findBinaries(binDir, moduleRoot string, needControllerManager, needKWOK bool) (binaries, error) {
+	kwokDir := binDir // a given BinDir may hold kwok too
 	if binDir == "" {
 		var err error
-		if binDir, err = toolsBinDir(moduleRoot); err != nil {
+		if binDir, err = toolsBinDir(moduleRoot, "--print-dir"); err != nil {
+			return binaries{}, err
+		}
+	}
+	if needKWOK && (kwokDir == "" || isExecutable(filepath.Join(kwokDir, kwokBinary)) != nil) {
+		var err error
+		if kwokDir, err = toolsBinDir(moduleRoot, "--print-kwok-dir"); err != nil {
 			return binaries{}, err
 		}
 	}
@@ -49,17 +58,21 @@ func findBinaries(binDir, moduleRoot string, needControllerManager bool) (binari
 		etcd:              filepath.Join(binDir, etcdBinary),
 		apiServer:         filepath.Join(binDir, apiServerBinary),
 		controllerManager: filepath.Join(binDir, controllerManagerBinary),
+		kwok:              filepath.Join(kwokDir, kwokBinary),
 	}
 	need := []string{b.etcd, b.apiServer}
 	if needControllerManager {
 		need = append(need, b.controllerManager)
 	}
+	if needKWOK {
+		need = append(need, b.kwok)
+	}
 	for _, p := range need {
 		if err := isExecutable(p); err != nil {
 			return binaries{}, fmt.Errorf("test bed binary %s is missing (%v): run `make tools` in the repository "+
-				"to build etcd %s, kube-apiserver and kube-controller-manager %s (the first build takes several "+
-				"minutes, later runs reuse the cache; set %s to use another cache directory)",
-				filepath.Base(p), err, EtcdVersion, KubeVersion, ToolsDirEnv)
+				"to build etcd %s, kube-apiserver and kube-controller-manager %s and kwok %s (the first build takes "+
+				"several minutes, later runs reuse the cache; set %s to use another cache directory)",
+				filepath.Base(p), err, EtcdVersion, KubeVersion, KWOKVersion, ToolsDirEnv)
 		}
 	}
 	return b, nil
@@ -76,15 +89,15 @@ func isExecutable(path string) error {
 	return nil
 }
 
-// toolsBinDir asks test/tools/build.sh where its cache is, so the versions live in one
-// place. Outside the repository it falls back to the same layout under
-// $KUBEGATE_TOOLS_DIR.
-func toolsBinDir(moduleRoot string) (string, error) {
+// toolsBinDir asks test/tools/build.sh where its cache is (flag --print-dir for the
+// control plane, --print-kwok-dir for kwok), so the versions live in one place.
+// Outside the repository it falls back to the same layout under $KUBEGATE_TOOLS_DIR.
+func toolsBinDir(moduleRoot, flag string) (string, error) {
 	if moduleRoot != "" {
 		script := filepath.Join(moduleRoot, "test", "tools", "build.sh")
 		if _, err := os.Stat(script); err == nil {
 			var stderr bytes.Buffer
-			cmd := exec.Command(script, "--print-dir")
+			cmd := exec.Command(script, flag)
 			cmd.Stderr = &stderr
 			out, err := cmd.Output()
 			if err != nil {
@@ -94,6 +107,9 @@ func toolsBinDir(moduleRoot string) (string, error) {
 		}
 	}
 	if dir := os.Getenv(ToolsDirEnv); dir != "" {
+		if flag == "--print-kwok-dir" {
+			return defaultKWOKDir(dir), nil
+		}
 		return defaultBinDir(dir), nil
 	}
 	return "", errors.New("cannot find the test bed binaries: run from inside the kubegate repository " +
@@ -103,6 +119,11 @@ func toolsBinDir(moduleRoot string) (string, error) {
 // defaultBinDir mirrors build.sh: $dir/bin-kube-<version>-etcd-<version>.
 func defaultBinDir(toolsDir string) string {
 	return filepath.Join(toolsDir, "bin-kube-"+KubeVersion+"-etcd-"+EtcdVersion)
+}
+
+// defaultKWOKDir mirrors build.sh: $dir/kwok-<version>.
+func defaultKWOKDir(toolsDir string) string {
+	return filepath.Join(toolsDir, "kwok-"+KWOKVersion)
 }
 
 // findModuleRoot walks up from dir to the go.mod that declares kubegate's module.

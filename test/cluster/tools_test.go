@@ -20,14 +20,24 @@ func TestDefaultBinDirMatchesBuildScript(t *testing.T) {
 		t.Fatalf("no %s go.mod above %s", modulePath, wd)
 	}
 	toolsDir := t.TempDir()
-	cmd := exec.Command(filepath.Join(root, "test", "tools", "build.sh"), "--print-dir")
-	cmd.Env = append(os.Environ(), ToolsDirEnv+"="+toolsDir)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("build.sh --print-dir: %v", err)
-	}
-	if got, want := defaultBinDir(toolsDir), strings.TrimSpace(string(out)); got != want {
-		t.Errorf("defaultBinDir = %s, build.sh --print-dir = %s", got, want)
+	for _, tc := range []struct {
+		flag string
+		dir  func(string) string
+	}{
+		{"--print-dir", defaultBinDir},
+		{"--print-kwok-dir", defaultKWOKDir},
+	} {
+		t.Run(tc.flag, func(t *testing.T) {
+			cmd := exec.Command(filepath.Join(root, "test", "tools", "build.sh"), tc.flag)
+			cmd.Env = append(os.Environ(), ToolsDirEnv+"="+toolsDir)
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("build.sh %s: %v", tc.flag, err)
+			}
+			if got, want := tc.dir(toolsDir), strings.TrimSpace(string(out)); got != want {
+				t.Errorf("Go fallback = %s, build.sh %s = %s", got, tc.flag, want)
+			}
+		})
 	}
 }
 

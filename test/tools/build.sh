@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
 # Builds the real control-plane binaries the test bed runs (kube-apiserver,
-# kube-controller-manager, etcd) from the Go module proxy, and caches them by
-# version under $KUBEGATE_TOOLS_DIR (default: <repo>/.cache/tools/<name>-<version>).
-# A cached binary is reused; the first build takes several minutes and prints
-# progress so nobody mistakes it for a hang. Prints nothing else on stdout except
-# the cache directory when called with --print-dir.
+# kube-controller-manager, etcd) and KWOK's `kwok` controller (a simulated node and
+# kubelet API) from the Go module proxy, and caches them by version under
+# $KUBEGATE_TOOLS_DIR (default: <repo>/.cache/tools). A cached binary is reused; the
+# first build takes several minutes and prints progress so nobody mistakes it for a
+# hang. Prints nothing else on stdout except a cache directory when called with
+# --print-dir (kube-apiserver, kube-controller-manager, etcd) or --print-kwok-dir.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 KUBE_VERSION=v1.37.2
 ETCD_VERSION=v3.7.3
+# sigs.k8s.io/kwok: the newest version the module proxy serves
+# (`go list -m -versions sigs.k8s.io/kwok`).
+KWOK_VERSION=v0.8.0
 dir=${KUBEGATE_TOOLS_DIR:-$repo/.cache/tools}
 bindir="$dir/bin-kube-${KUBE_VERSION}-etcd-${ETCD_VERSION}"
+# KWOK has its own versioned directory, so bumping it never invalidates the
+# kube-apiserver cache (the expensive one).
+kwokdir="$dir/kwok-${KWOK_VERSION}"
 
 if [ "${1:-}" = "--print-dir" ]; then echo "$bindir"; exit 0; fi
-mkdir -p "$bindir"
+if [ "${1:-}" = "--print-kwok-dir" ]; then echo "$kwokdir"; exit 0; fi
+mkdir -p "$bindir" "$kwokdir"
 
 log() { printf '[testbed-tools] %s\n' "$*" >&2; }
 
-# build NAME MODULE_DIR PACKAGE LDFLAGS
+# build NAME MODULE_DIR PACKAGE LDFLAGS [OUT_DIR]
 build() {
-  local name=$1 moddir=$2 pkg=$3 ldflags=$4 out="$bindir/$1"
+  local name=$1 moddir=$2 pkg=$3 ldflags=$4 out="${5:-$bindir}/$1"
   if [ -x "$out" ]; then log "$name: cached at $out"; return; fi
   log "$name: building $pkg (first build takes minutes; later runs reuse the cache)"
   local start=$SECONDS tmp="$out.tmp.$$"
@@ -46,4 +54,7 @@ kv="-s -w -X k8s.io/component-base/version.gitVersion=${KUBE_VERSION} -X k8s.io/
 build etcd "$here/etcd" go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver "$kv"
 build kube-controller-manager "$here/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$kv"
+# The released module already carries its version (sigs.k8s.io/kwok/pkg/consts).
+build kwok "$here/kwok" sigs.k8s.io/kwok/cmd/kwok "-s -w" "$kwokdir"
+log "kwok ready: $kwokdir"
 log "ready: $bindir"
