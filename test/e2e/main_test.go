@@ -87,6 +87,7 @@ func run(m *testing.M) int {
 		AgentConfig: cfgFile,
 		PolicyDir:   filepath.Join(stack.ModuleRoot(), "policy", "testdata", "operator"),
 		Observe:     upstream.add,
+		Kubelet:     true, // pods_test.go: exec, logs, attach, cp, port-forward
 		Logf:        func(f string, a ...any) { fmt.Fprintf(os.Stderr, "[e2e] "+f+"\n", a...) },
 		// Every test and the benchmarks call from 127.0.0.1: one client address to
 		// the per-client rate limit, whose default (50/s, burst 300) a benchmark

@@ -1,5 +1,6 @@
 // Command sandbox is `make sandbox`: a real local kubegate stack with a demo
-// directory. It starts etcd, kube-apiserver and kube-controller-manager, the
+// directory. It starts etcd, kube-apiserver, kube-controller-manager and KWOK (the
+// simulated kubelet of one node, so the demo pods run), the
 // kubegate authz, extproc and xds services, and a data plane running the bootstrap
 // `kubegate envoy render` produced (Envoy if an `envoy` binary is on PATH, otherwise
 // kubegate's test data plane), seeds demo RBAC, writes sandbox.kubeconfig and prints
@@ -10,6 +11,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -55,7 +57,7 @@ func run(addr, workDir, binary, kubeconfig, policy string) error {
 	started := time.Now()
 	logf := func(format string, args ...any) { fmt.Printf("[sandbox] "+format+"\n", args...) }
 	s, err := stack.Start(ctx, stack.Options{
-		WorkDir: workDir, Binary: binary, GatewayAddr: addr, PolicyDir: policy, UseEnvoy: true, Logf: logf,
+		WorkDir: workDir, Binary: binary, GatewayAddr: addr, PolicyDir: policy, UseEnvoy: true, Kubelet: true, Logf: logf,
 	})
 	if err != nil {
 		return err
@@ -73,6 +75,17 @@ func run(addr, workDir, binary, kubeconfig, policy string) error {
 	if err := stack.SeedDemo(ctx, cs); err != nil {
 		return err
 	}
+	// kubectl exec runs a real shell on this machine: only offer it when the gateway
+	// is reachable from this machine alone (the demo tokens are public).
+	execOK := isLoopback(addr)
+	if !execOK {
+		logf("the gateway listens on %s, beyond loopback: kubectl exec and cp into the demo pods are off (they would run a shell on this machine)", addr)
+	}
+	pods, err := stack.StartDemoPods(ctx, s.Cluster, filepath.Join(workDir, "pods"), execOK)
+	if err != nil {
+		return err
+	}
+	defer pods.Close()
 	users := []stack.KubeconfigUser{}
 	for _, u := range []string{"alice", "bob", "carol", "dave", "grace", "heidi", "erin"} {
 		users = append(users, stack.KubeconfigUser{Name: u, Token: "kg-sandbox-" + u + "-token"})
@@ -84,6 +97,18 @@ func run(addr, workDir, binary, kubeconfig, policy string) error {
 	<-ctx.Done()
 	fmt.Println()
 	return nil
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func banner(s *stack.Stack, kubeconfig, workDir string, took time.Duration) {
@@ -115,6 +140,11 @@ func banner(s *stack.Stack, kubeconfig, workDir string, took time.Duration) {
     kubectl --context dave get pods       # only in a subgroup of a listed group: 403
     kubectl --context erin get pods       # revoked token: 401
     kubectl --context alice --as=admin get pods   # client impersonation: 403
+
+    kubectl logs -f web                   # a Running pod (KWOK's node) whose log grows
+    kubectl exec -it web -- sh            # a shell in the pod's directory (on this machine)
+    kubectl port-forward web 8080:8080    # then: curl http://127.0.0.1:8080/
+    kubectl --context heidi exec web -- ls  # heidi may only view: the API server's Forbidden
 
   Press Ctrl-C to stop everything.
 %s

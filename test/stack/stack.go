@@ -45,6 +45,10 @@ type Options struct {
 	ExtraHosts []string
 	// UseEnvoy runs a real Envoy when one is on PATH.
 	UseEnvoy bool
+	// Kubelet runs KWOK as the kubelet of one simulated node (cluster.Options.Kubelet),
+	// so pods bound to cluster.KubeletNode run and exec, logs, attach, cp and
+	// port-forward work end to end.
+	Kubelet bool
 	// Logf receives progress messages.
 	Logf func(format string, args ...any)
 	// Observe, if set, sees every request the data plane sends upstream (test data
@@ -124,9 +128,13 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if s.Binary, err = binary(ctx, opts, s.WorkDir); err != nil {
 		return nil, err
 	}
-	opts.Logf("starting etcd, kube-apiserver and kube-controller-manager")
+	if opts.Kubelet {
+		opts.Logf("starting etcd, kube-apiserver, kube-controller-manager and kwok")
+	} else {
+		opts.Logf("starting etcd, kube-apiserver and kube-controller-manager")
+	}
 	s.Cluster, err = cluster.Start(ctx, cluster.Options{
-		WorkDir: filepath.Join(s.WorkDir, "cluster"), ControllerManager: true, AuditLog: true, Logf: opts.Logf,
+		WorkDir: filepath.Join(s.WorkDir, "cluster"), ControllerManager: true, AuditLog: true, Kubelet: opts.Kubelet, Logf: opts.Logf,
 	})
 	if err != nil {
 		return nil, err

@@ -58,3 +58,35 @@ func NoGoroutinesLeft(tb testing.TB, pkg string) {
 	}
 	tb.Errorf("goroutines of %s left behind:\n%s", pkg, dump.String())
 }
+
+// Goroutines counts the goroutines running code of pkg, other than tests' own (the
+// same matching as NoGoroutinesLeft), and returns the dump it counted in.
+func Goroutines(pkg string) (int, string) {
+	marker := pkg + "."
+	var dump bytes.Buffer
+	_ = pprof.Lookup("goroutine").WriteTo(&dump, 2)
+	n := 0
+	for _, g := range strings.Split(dump.String(), "\n\n") {
+		if strings.Contains(g, marker) && !strings.Contains(g, "testing.tRunner") {
+			n++
+		}
+	}
+	return n, dump.String()
+}
+
+// GoroutinesBackTo fails when more than n goroutines of pkg still run, for code that
+// keeps some for its lifetime (a server's accept loops) and must release the rest
+// (n is a count taken with Goroutines before the calls). It polls for a while before
+// failing, like NoGoroutinesLeft.
+func GoroutinesBackTo(tb testing.TB, pkg string, n int) {
+	tb.Helper()
+	var got int
+	var dump string
+	for range 200 {
+		if got, dump = Goroutines(pkg); got <= n {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tb.Errorf("%d goroutines of %s run, %d before: left behind:\n%s", got, pkg, n, dump)
+}
