@@ -56,8 +56,10 @@ var kwokKinds = []struct {
 // defaults from kustomize/stage/{node,pod}/fast into its config; without any, kwok
 // exits with "no stages found", pkg/kwok/cmd/root.go), so these are the test bed's:
 // the managed node becomes Ready and reports the kubelet endpoint the API server
-// dials; a pod bound to it goes Pending → Running with every container running; a
-// deleted pod is removed at once. Template functions (Now, Quote, NodeIP, NodePort)
+// dials; a pod bound to it goes Pending → Running with every container running; an
+// ephemeral container added by `kubectl debug` is reported running (KWOK's own
+// stages do not, so kubectl debug would wait forever); a deleted pod is removed at
+// once. Template functions (Now, Quote, NodeIP, NodePort)
 // are KWOK's (site/content/en/docs/user/go-template.md, stages-configuration.md).
 const kwokStages = `apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -139,6 +141,38 @@ spec:
       hostIP: {{ NodeIP | Quote }}
       phase: Running
       startTime: {{ $now | Quote }}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: kubegate-pod-ephemeral-running
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: DoesNotExist
+    - key: '.status.phase'
+      operator: In
+      values: ['Running']
+    - key: '((.spec.ephemeralContainers // []) | length) > ((.status.ephemeralContainerStatuses // []) | length)'
+      operator: In
+      values: ['true']
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      ephemeralContainerStatuses:
+      {{ range .spec.ephemeralContainers }}
+      - name: {{ .name | Quote }}
+        image: {{ .image | Quote }}
+        ready: false
+        restartCount: 0
+        state:
+          running:
+            startedAt: {{ $now | Quote }}
+      {{ end }}
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -328,7 +362,9 @@ func crdEstablished(obj *unstructured.Unstructured) bool {
 type PodSimulation struct {
 	// ExecWorkDir, if set, makes `kubectl exec` run the command as a local process of
 	// kwok in this directory, with the stream's stdin, stdout, stderr (or a pty with
-	// -t). There is no container filesystem: absolute paths are this machine's.
+	// -t). There is no container filesystem: absolute paths are this machine's. The
+	// end of stdin is not passed on without -t (KWOK v0.8.0, pkg/utils/exec/exec.go,
+	// leaves the command's stdin pipe open), so `cat` never ends; `head -n 1` does.
 	ExecWorkDir string
 	// LogsFile is what `kubectl logs` (and -f, which follows appended lines) streams;
 	// it must be in the CRI log format (AppendContainerLog writes it).

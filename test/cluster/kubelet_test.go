@@ -73,7 +73,7 @@ func TestKubeletRunsPods(t *testing.T) {
 	})
 	t.Run("exec", func(t *testing.T) {
 		// kubectl: the real client for the exec stream, straight to the API server.
-		cmd := exec.CommandContext(ctx, "kubectl", "--kubeconfig", c.AdminKubeconfig, "exec", "-i", "-n", ns, pod, "--", "sh", "-c", "pwd; cat; echo err >&2")
+		cmd := exec.CommandContext(ctx, "kubectl", "--kubeconfig", c.AdminKubeconfig, "exec", "-i", "-n", ns, pod, "--", "sh", "-c", "pwd; head -n 1; echo err >&2")
 		var stdout, stderr bytes.Buffer
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader("from stdin\n"), &stdout, &stderr
 		err := cmd.Run()
