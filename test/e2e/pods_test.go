@@ -500,7 +500,7 @@ func TestPodStreamsRBAC(t *testing.T) {
 			t.Run("a pod the user may not see: the API server's 403", func(t *testing.T) {
 				mark := marker(t)
 				_, errOut, err := runCmd(kubectlCmd(t, proto.env, "alice", "exec", "-n", private.ns, private.name, "--", "touch", filepath.Join(private.dir, mark)), "")
-				if err == nil || !strings.Contains(errOut, "Forbidden") || !strings.Contains(errOut, `in the namespace "`+privateNS+`"`) {
+				if err == nil || !strings.Contains(strings.ToLower(errOut), "forbidden") || !strings.Contains(errOut, `in the namespace "`+privateNS+`"`) {
 					t.Fatalf("alice's exec into %s: %v\n%s", privateNS, err, errOut)
 				}
 				if e := waitAudit(t, mark); e.ResponseStatus == nil || e.ResponseStatus.Code != 403 {
