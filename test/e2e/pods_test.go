@@ -346,7 +346,12 @@ func TestPodCopy(t *testing.T) {
 	p := runPod(t, podsNS, nil)
 	for _, proto := range streamProtocols {
 		t.Run(proto.name, func(t *testing.T) {
-			payload := []byte(rand.Text() + "\n" + strings.Repeat("x", 64<<10))
+			// 17 blocks of 512: kubectl's archive (a header, the data, two zero blocks) is
+			// then exactly one 10240-byte tar record. GNU tar reads full records from a
+			// pipe (-B is its default there) and KWOK never passes on the end of stdin
+			// (see TestPodExec), so a shorter last record would leave tar waiting.
+			payload := make([]byte, 17*512)
+			_, _ = rand.Read(payload)
 			local := filepath.Join(t.TempDir(), "up.txt")
 			if err := os.WriteFile(local, payload, 0o644); err != nil {
 				t.Fatal(err)
