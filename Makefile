@@ -15,7 +15,7 @@ all: build
 build: ## Build bin/kubegate
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/kubegate
 
-tools: ## Build (or reuse from .cache/tools) kube-apiserver, kube-controller-manager and etcd for the test bed
+tools: ## Build (or reuse from .cache/tools) kube-apiserver, kube-controller-manager, etcd and kwok for the test bed
 	./test/tools/build.sh
 
 vet:

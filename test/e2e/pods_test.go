@@ -23,7 +23,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -395,12 +394,8 @@ func TestPodCopy(t *testing.T) {
 	}
 }
 
-// echoServer is a local TCP target for port-forward that echoes and counts the
-// connections it has open.
-type echoServer struct {
-	addr string
-	open atomic.Int64
-}
+// echoServer is a local TCP target for port-forward that echoes what it reads.
+type echoServer struct{ addr string }
 
 func startEcho(t *testing.T) *echoServer {
 	t.Helper()
@@ -416,9 +411,7 @@ func startEcho(t *testing.T) *echoServer {
 			if err != nil {
 				return
 			}
-			e.open.Add(1)
 			go func() {
-				defer e.open.Add(-1)
 				defer c.Close()
 				_, _ = io.Copy(c, c)
 			}()
