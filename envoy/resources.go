@@ -136,9 +136,9 @@ func ExtProcProcessingMode() *extprocv3.ProcessingMode {
 //   - mutation_rules: only impersonate-* header names; anything else fails the
 //     request (disallow_is_error), so even a compromised processor cannot touch
 //     Authorization, :path or Host. (Group lines are added with the legacy
-//     HeaderValueOption.append=true by kubegate extproc: Envoy only honours
-//     append_action when it is non-zero, and APPEND_IF_EXISTS_OR_ADD is zero — see
-//     MutationUtils::applyHeaderMutations and base.proto's HeaderValueOption.)
+//     HeaderValueOption.append=true by kubegate extproc: Envoy 1.40's ext_proc
+//     reads only `append` and ignores append_action — MutationUtils::
+//     applyHeaderMutations in ext_proc/mutation_utils.cc.)
 //   - status_on_error 503 instead of the default 500.
 //
 // kubegate extproc's denials (ImmediateResponse with content-type and

@@ -27,13 +27,13 @@ const (
 // impersonate-group and then adding our own lines is safe.
 //
 // Setting, user mode only: Impersonate-User overwrites; each Impersonate-Group and
-// Impersonate-Extra-* value is its own header line. Envoy honours append_action only
-// when it is non-zero, and APPEND_IF_EXISTS_OR_ADD is the zero value, so an explicit
-// APPEND_IF_EXISTS_OR_ADD is indistinguishable from "unset" and falls back to the
-// legacy `append` BoolValue, whose default for ext_proc is false (overwrite): the
-// last group would win. Hence the deprecated `append: true` on every repeated line
-// (HeaderValueOption.append proto comment; mutation_utils.cc). The API server never
-// splits Impersonate-Group on commas (kubernetes#94683), so one line per group it is.
+// Impersonate-Extra-* value is its own header line. Envoy 1.40's ext_proc reads only
+// the deprecated `append` BoolValue of each HeaderValueOption and ignores
+// append_action entirely (MutationUtils::applyHeaderMutations, mutation_utils.cc:
+// PROTOBUF_GET_WRAPPED_OR_DEFAULT(sh, append, false)): true adds a new line
+// (addCopy), false or unset overwrites (setCopy), so without `append: true` the
+// last group would win. The API server never splits Impersonate-Group on commas
+// (kubernetes#94683), so one line per group it is.
 //
 // Values travel in raw_value: with Envoy's send_header_raw_value (default on),
 // ext_proc reads set_headers values from raw_value only (mutation_utils.cc).

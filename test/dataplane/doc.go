@@ -64,8 +64,8 @@
 //     without a route; one stream per request carrying request_headers (raw_value,
 //     end_of_stream), metadata_context with the forwarding namespaces and
 //     protocol_config; message_timeout; HeaderMutation with remove_headers before
-//     set_headers, append_action honoured only when non-zero, the legacy append
-//     otherwise (default false: overwrite; true: a new line), raw_value as the
+//     set_headers, only the legacy append read (default false: overwrite; true:
+//     a new line) and append_action ignored, as in Envoy 1.40, raw_value as the
 //     value, Checker::check on every change, and the header-count/size check of
 //     the result; immediate_response (status default 200, its headers through the
 //     same rules, a refused one dropped); errors answered with status_on_error,

@@ -216,12 +216,15 @@ func fromCheckResponse(resp *authv3.CheckResponse) *authzResponse {
 	return r
 }
 
-// requestHeaderMutations reads OkHttpResponse.headers. external_auth.proto: "the
-// append field in HeaderValueOption defaults to false when used in this message ...
-// By setting the append field to true, the filter will append the correspondent
-// header value to the matched request header. By leaving append as false, the
-// filter will either add a new header, or override an existing one." Without the
-// legacy field, a non-default append_action is honoured (ext_authz_grpc_impl.cc).
+// requestHeaderMutations reads OkHttpResponse.headers the way
+// ext_authz_grpc_impl.cc does (toHeaderMutationAction / getAppendAction, Envoy
+// 1.40): the legacy append, when present, decides — true appends to an existing
+// value with "," (appendCopy, and only if the header exists: Filter::onComplete),
+// false sets; without it, append_action decides, and its zero value
+// APPEND_IF_EXISTS_OR_ADD adds a new header line (addCopy). So a header with
+// neither field is added next to any existing line, not set: external_auth.proto's
+// "By leaving append as false, the filter will either add a new header, or
+// override an existing one" describes the deprecated field only.
 func requestHeaderMutations(opts []*corev3.HeaderValueOption, invalid *bool) []headerMutation {
 	var out []headerMutation
 	for _, o := range opts {
@@ -233,7 +236,7 @@ func requestHeaderMutations(opts []*corev3.HeaderValueOption, invalid *bool) []h
 		case legacy != nil:
 			m.action = actionSet
 		default:
-			m.action = appendAction(o.GetAppendAction(), actionSet, invalid)
+			m.action = appendAction(o.GetAppendAction(), actionAdd, invalid)
 		}
 		out = append(out, m)
 	}

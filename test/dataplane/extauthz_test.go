@@ -290,7 +290,7 @@ func TestExtAuthzFailsClosed(t *testing.T) {
 		// Checker::isAllowed never lets :-headers or host be removed; with rules and
 		// disallow_is_error that fails the request instead of being ignored.
 		{name: "removing :path under the rules", wantStatus: 500, answer: okWith(&authv3.OkHttpResponse{HeadersToRemove: []string{":path"}})},
-		{name: "header set outside the mutation rules", wantStatus: 500, answer: okWith(&authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "impersonate-user", Value: "root"}}}})},
+		{name: "header set outside the mutation rules", wantStatus: 500, answer: okWith(&authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "impersonate-group", Value: "system:masters"}}}})},
 		{name: "invalid header value with validate_mutations", wantStatus: 500, answer: okWith(&authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "cookie", Value: "a\r\nb"}}}})},
 		{name: "deprecated append on a response header list entry is fine, an unknown append_action is not", wantStatus: 500, answer: okWith(&authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "cookie", Value: "x"}, AppendAction: 99}}})},
 	}
@@ -340,5 +340,54 @@ func TestLegacyAppendOnOKHeaders(t *testing.T) {
 		if got := u.Values(k); !slices.Equal(got, want) {
 			t.Errorf("%s = %q, want %q", k, got, want)
 		}
+	}
+}
+
+// TestOKHeaderAppendActions pins how Envoy 1.40 applies OkHttpResponse.headers
+// without the legacy append (ext_authz_grpc_impl.cc getAppendAction; ext_authz.cc
+// Filter::onComplete): append_action decides, and its zero value
+// APPEND_IF_EXISTS_OR_ADD adds a new line beside the client's — an entry with
+// neither field is added, not set.
+func TestOKHeaderAppendActions(t *testing.T) {
+	c := newCerts(t)
+	rec := newRecorder(t, nil)
+	var headers []*corev3.HeaderValueOption
+	authz := &authzDouble{answer: func(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{Headers: headers}}}, nil
+	}}
+	_, xds := realXDS(t, agentToken)
+	var obs observed
+	dp := start(t, render(t, c, setup{authz: authz.serve(t), extproc: (&processorDouble{}).serve(t), xds: xds, apiserver: rec.url(), caFile: rec.caFile}), Options{OnUpstreamRequest: obs.record})
+	opt := func(v string, a corev3.HeaderValueOption_HeaderAppendAction) *corev3.HeaderValueOption {
+		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "cookie", Value: v}, AppendAction: a}
+	}
+	tests := []struct {
+		name   string
+		client []string
+		opts   []*corev3.HeaderValueOption
+		want   []string
+	}{
+		{name: "neither field: a new line beside the client's", client: []string{"c=1"}, opts: []*corev3.HeaderValueOption{opt("ours", 0)}, want: []string{"c=1", "ours"}},
+		{name: "neither field, header absent: added", opts: []*corev3.HeaderValueOption{opt("ours", 0)}, want: []string{"ours"}},
+		{name: "neither field twice: two lines", opts: []*corev3.HeaderValueOption{opt("a", 0), opt("b", 0)}, want: []string{"a", "b"}},
+		{name: "OVERWRITE_IF_EXISTS_OR_ADD replaces the client's", client: []string{"c=1", "c=2"}, opts: []*corev3.HeaderValueOption{opt("ours", corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD)}, want: []string{"ours"}},
+		{name: "ADD_IF_ABSENT keeps the client's", client: []string{"c=1"}, opts: []*corev3.HeaderValueOption{opt("ours", corev3.HeaderValueOption_ADD_IF_ABSENT)}, want: []string{"c=1"}},
+		{name: "OVERWRITE_IF_EXISTS on an absent header does nothing", opts: []*corev3.HeaderValueOption{opt("ours", corev3.HeaderValueOption_OVERWRITE_IF_EXISTS)}, want: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			headers = tt.opts
+			h := http.Header{}
+			for _, v := range tt.client {
+				h.Add("Cookie", v)
+			}
+			status, _, body := do(t, client(t, c, false), "GET", dp.URL()+"/k8s-proxy/api", h)
+			if status != http.StatusOK {
+				t.Fatalf("status %d: %s", status, body)
+			}
+			if got := obs.last(t).Values("cookie"); !slices.Equal(got, tt.want) {
+				t.Errorf("cookie = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

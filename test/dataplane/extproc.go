@@ -256,20 +256,15 @@ func applyHeaderMutations(m *extprocv3.HeaderMutation, h *headerMap, replacing b
 	return nil
 }
 
-// setAction decides what a set_headers entry does. append_action is honoured only
-// when it is not zero: APPEND_IF_EXISTS_OR_ADD is the zero value and cannot be told
-// apart from "unset". Otherwise the legacy append BoolValue decides, defaulting to
-// false for ext_proc: true adds a new header line (HeaderMap::addCopy), false
-// overwrites (setCopy). (base.proto HeaderValueOption; mutation_utils.cc.)
+// setAction decides what a set_headers entry does: only the legacy append
+// BoolValue, defaulting to false. MutationUtils::applyHeaderMutations
+// (source/extensions/filters/http/ext_proc/mutation_utils.cc, Envoy 1.40) reads
+// `PROTOBUF_GET_WRAPPED_OR_DEFAULT(sh, append, false)` and never looks at
+// append_action: true adds a new header line (HeaderMap::addCopy, checked as
+// APPEND when the header exists, SET otherwise), false or unset overwrites every
+// line (setCopy). An append_action of any value, ADD_IF_ABSENT and
+// OVERWRITE_IF_EXISTS included, changes nothing.
 func setAction(o *corev3.HeaderValueOption) mutationAction {
-	switch o.GetAppendAction() {
-	case corev3.HeaderValueOption_ADD_IF_ABSENT:
-		return actionAddIfAbsent
-	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
-		return actionOverwriteIfExists
-	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
-		return actionSet
-	}
 	if legacyAppend(o).GetValue() {
 		return actionAdd
 	}

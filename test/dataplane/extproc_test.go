@@ -85,8 +85,9 @@ var yes, no = func() *bool { b := true; return &b }(), func() *bool { b := false
 
 // TestHeaderMutationSemantics pins MutationUtils::applyHeaderMutations under
 // kubegate's mutation_rules (only impersonate-.+, disallow_is_error): removals
-// before sets; append_action honoured only when non-zero; otherwise the legacy
-// append decides and defaults to overwrite; raw_value is the value.
+// before sets; only the legacy append decides (default: overwrite) and
+// append_action is ignored, whatever its value (mutation_utils.cc reads
+// PROTOBUF_GET_WRAPPED_OR_DEFAULT(sh, append, false) only); raw_value is the value.
 func TestHeaderMutationSemantics(t *testing.T) {
 	c := newCerts(t)
 	rec := newRecorder(t, nil)
@@ -129,20 +130,31 @@ func TestHeaderMutationSemantics(t *testing.T) {
 			header: "impersonate-group", want: []string{"b"},
 		},
 		{
-			name:   "APPEND_IF_EXISTS_OR_ADD is zero, so it reads as unset: overwrite",
+			name:   "APPEND_IF_EXISTS_OR_ADD is ignored: overwrite, the last value wins",
 			m:      &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{set("impersonate-group", "a", nil, corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD), set("impersonate-group", "b", nil, corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD)}},
 			header: "impersonate-group", want: []string{"b"},
 		},
 		{
-			name:   "a non-zero append_action wins over append",
+			name:   "ADD_IF_ABSENT is ignored: append true adds a line next to the client's",
 			client: http.Header{"Impersonate-Uid": {"client"}},
 			m:      &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{set("impersonate-uid", "ours", yes, corev3.HeaderValueOption_ADD_IF_ABSENT)}},
-			header: "impersonate-uid", want: []string{"client"},
+			header: "impersonate-uid", want: []string{"client", "ours"},
 		},
 		{
-			name:   "OVERWRITE_IF_EXISTS on an absent header does nothing",
+			name:   "ADD_IF_ABSENT is ignored: append unset overwrites the client's",
+			client: http.Header{"Impersonate-Uid": {"client"}},
+			m:      &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{set("impersonate-uid", "ours", nil, corev3.HeaderValueOption_ADD_IF_ABSENT)}},
+			header: "impersonate-uid", want: []string{"ours"},
+		},
+		{
+			name:   "OVERWRITE_IF_EXISTS is ignored: an absent header is set",
 			m:      &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{set("impersonate-uid", "x", nil, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS)}},
-			header: "impersonate-uid", want: nil,
+			header: "impersonate-uid", want: []string{"x"},
+		},
+		{
+			name:   "OVERWRITE_IF_EXISTS_OR_ADD is ignored: append true still adds a line",
+			m:      &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{set("impersonate-group", "a", yes, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD), set("impersonate-group", "b", yes, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD)}},
+			header: "impersonate-group", want: []string{"a", "b"},
 		},
 		{
 			name: "value without raw_value sets an empty header",
