@@ -1,6 +1,9 @@
 package envoy
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Names of the resources kubegate renders. The test data plane and the SDS server
 // find things by these names, so they are part of kubegate's contract.
@@ -67,6 +70,17 @@ var UpgradeTypes = []string{"websocket", "spdy/3.1"}
 // Header names ext_authz removes before the request goes upstream (access.md §4).
 // They are the only request headers ext_authz's mutation rules allow it to touch.
 var CredentialHeaders = []string{"authorization", "cookie", "gitlab-agent-id", "x-csrf-token"}
+
+// ExtAuthzSetHeaders are the request headers kubegate authz sets itself: in user
+// mode, Impersonate-User (one line), so that a request ext_proc never acts on still
+// reaches the API server as the user and never as the agent.
+var ExtAuthzSetHeaders = []string{"impersonate-user"}
+
+// ExtAuthzMutationExpression is ext_authz's decoder_header_mutation_rules
+// allow_expression: the credential headers it removes and the headers it sets.
+func ExtAuthzMutationExpression() string {
+	return "^(" + strings.Join(append(append([]string(nil), CredentialHeaders...), ExtAuthzSetHeaders...), "|") + ")$"
+}
 
 // ImpersonationHeaderExpression is the only header-name pattern ext_proc may
 // mutate (RE2, matched against the lower-cased name as a whole, like Envoy's

@@ -2,7 +2,6 @@ package envoy
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -76,7 +75,8 @@ func EnvoyGRPC(cluster string, timeout time.Duration) *corev3.GrpcService {
 //     server, you should set this to true" (ext_authz.proto); kubegate treats every
 //     service as one that may be compromised.
 //   - decoder_header_mutation_rules: kubegate authz only removes the credential
-//     headers; any other header change is an error (HTTP 500, rejectResponse).
+//     headers and, in user mode, sets Impersonate-User; any other header change is
+//     an error (HTTP 500, rejectResponse).
 //   - enable_dynamic_metadata_ingestion true: the decision travels to ext_proc as
 //     dynamic metadata; false would make every request fail at ext_proc.
 func ExtAuthz(cluster string, timeout time.Duration) *extauthzv3.ExtAuthz {
@@ -87,7 +87,7 @@ func ExtAuthz(cluster string, timeout time.Duration) *extauthzv3.ExtAuthz {
 		StatusOnError:                  &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
 		EncodeRawHeaders:               true,
 		ValidateMutations:              true,
-		DecoderHeaderMutationRules:     onlyHeaders("^(" + strings.Join(CredentialHeaders, "|") + ")$"),
+		DecoderHeaderMutationRules:     onlyHeaders(ExtAuthzMutationExpression()),
 		EnableDynamicMetadataIngestion: wrapperspb.Bool(true),
 	}
 }
@@ -141,9 +141,11 @@ func ExtProcProcessingMode() *extprocv3.ProcessingMode {
 //     applyHeaderMutations in ext_proc/mutation_utils.cc.)
 //   - status_on_error 503 instead of the default 500.
 //
-// kubegate extproc's denials (ImmediateResponse with content-type and
-// X-Kubegate-Error) are not subject to mutation_rules: Envoy checks immediate
-// responses with its own ImmediateMutationChecker (ext_proc config.h).
+// Envoy 1.40 checks ImmediateResponse headers against these mutation_rules too
+// (ext_proc.cc Filter::sendImmediateResponse, runtime guard
+// immediate_response_use_filter_mutation_rule, on by default), so kubegate
+// extproc's denials carry no headers and a plain-text message, which Envoy labels
+// text/plain and kubectl prints as the error (extproc.denial).
 func ExtProc(cluster string, messageTimeout time.Duration) *extprocv3.ExternalProcessor {
 	return &extprocv3.ExternalProcessor{
 		GrpcService:              EnvoyGRPC(cluster, 0),

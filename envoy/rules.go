@@ -91,7 +91,7 @@ var RuleDocs = []RuleDoc{
 	{RuleExtAuthzRawHeaders, "ext_authz: encode_raw_headers true (duplicate headers reach the service as separate lines)"},
 	{RuleExtAuthzMetadata, "ext_authz: dynamic metadata ingestion not disabled (the decision travels to ext_proc in it)"},
 	{RuleExtAuthzAllHeaders, "ext_authz: allowed_headers and disallowed_headers unset, so kubegate authz sees every request header (Impersonate-*, X-Remote-*, the credentials) and can refuse them"},
-	{RuleExtAuthzRemoval, "ext_authz: decoder_header_mutation_rules, when set, allow removing authorization, cookie, gitlab-agent-id and x-csrf-token"},
+	{RuleExtAuthzRemoval, "ext_authz: decoder_header_mutation_rules, when set, allow removing authorization, cookie, gitlab-agent-id and x-csrf-token, and setting impersonate-user"},
 	{RuleExtProcFailClosed, "ext_proc: failure_mode_allow, observability_mode and disable_immediate_response all false"},
 	{RuleExtProcProcessingMode, "ext_proc: request headers SEND, response headers SKIP, trailers SKIP, allow_mode_override false"},
 	{RuleExtProcBodyMode, "ext_proc: request and response body modes NONE (body modes break upgrades)"},
@@ -507,6 +507,19 @@ func (c *checker) credentialRemoval(r *mutationrulesv3.HeaderMutationRules, p st
 			refused = append(refused, h)
 		}
 	}
+	var notSet []string
+	for _, h := range ExtAuthzSetHeaders {
+		if ok, _ := mutationAllowed(r, h, prefix); !ok {
+			notSet = append(notSet, h)
+		}
+	}
+	if len(notSet) > 0 {
+		// Refused, kubegate extproc denies every user-mode request (it checks the
+		// header against the decision); with disallow_is_error Envoy fails them
+		// first. Closed either way, but nothing works.
+		c.fs.add(p, RuleExtAuthzRemoval, "refuses setting %s, which kubegate authz sets on every user-mode request so that one ext_proc skips never runs as the agent: every user-mode request would fail; allow it (kubegate renders allow_expression %q with disallow_all)",
+			strings.Join(notSet, ", "), ExtAuthzMutationExpression())
+	}
 	if len(refused) == 0 {
 		return
 	}
@@ -515,7 +528,7 @@ func (c *checker) credentialRemoval(r *mutationrulesv3.HeaderMutationRules, p st
 		outcome = "with disallow_is_error, Envoy fails every request (kubegate authz asks for their removal on every request it allows)"
 	}
 	c.fs.add(p, RuleExtAuthzRemoval, "refuses removing %s, which kubegate authz strips through headers_to_remove: %s; allow them (kubegate renders allow_expression %q with disallow_all)",
-		strings.Join(refused, ", "), outcome, "^("+strings.Join(CredentialHeaders, "|")+")$")
+		strings.Join(refused, ", "), outcome, ExtAuthzMutationExpression())
 }
 
 func (c *checker) grpcService(g *corev3.GrpcService, isHTTP bool, p, rule, what string) {

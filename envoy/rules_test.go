@@ -202,6 +202,11 @@ func ruleCases(t *testing.T) []struct {
 				a.DecoderHeaderMutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "^(authorization|cookie|gitlab-agent-id)$"}
 			})
 		}},
+		{"ext_authz may not set impersonate-user", RuleExtAuthzRemoval, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) {
+				a.DecoderHeaderMutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "^(authorization|cookie|gitlab-agent-id|x-csrf-token)$"}
+			})
+		}},
 		{"ext_authz silently keeps every credential", RuleExtAuthzRemoval, func(b *bootstrapv3.Bootstrap) {
 			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) {
 				a.DecoderHeaderMutationRules = &mutationrulesv3.HeaderMutationRules{DisallowAll: wrapperspb.Bool(true)}

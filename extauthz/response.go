@@ -34,18 +34,25 @@ var (
 
 // allowResponse is Envoy's OK answer: scrub the credential, and hand the decision to
 // ext_proc in dynamic metadata. ident is the decision's encoded identity (nil in
-// agent mode).
+// agent mode); in user mode the answer also sets Impersonate-User itself, so a
+// request ext_proc never touches still goes upstream as the user, without groups,
+// and never as the agent (see package handoff). Envoy applies OkHttpResponse.headers
+// before headers_to_remove (ext_authz.cc Filter::onComplete).
 func allowResponse(o outcome, decisionID string, ident *handoff.Identity) (*authv3.CheckResponse, error) {
 	md, err := handoff.Encode(decisionID, string(o.decision.AccessAs), ident)
 	if err != nil {
 		return nil, err
 	}
+	ok := &authv3.OkHttpResponse{
+		HeadersToRemove:         credentialHeaders,
+		QueryParametersToRemove: credentialQuery,
+	}
+	if ident != nil {
+		ok.Headers = []*corev3.HeaderValueOption{ident.UserHeader()}
+	}
 	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(codes.OK)},
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-			HeadersToRemove:         credentialHeaders,
-			QueryParametersToRemove: credentialQuery,
-		}},
+		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
+		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
 		DynamicMetadata: md,
 	}, nil
 }

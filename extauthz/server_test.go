@@ -294,8 +294,11 @@ func TestRequestsAndResponses(t *testing.T) {
 			fmt.Sprint(ok.GetQueryParametersToRemove()) != "[gitlab-agent-id gitlab-csrf-token]" {
 			t.Fatalf("credential scrubbing: %v %v", ok.GetHeadersToRemove(), ok.GetQueryParametersToRemove())
 		}
-		if len(ok.GetHeaders()) != 0 {
-			t.Fatalf("ext_authz must not set headers (ext_proc does): %v", ok.GetHeaders())
+		// Only Impersonate-User, set (not appended) in one line: a request ext_proc
+		// skips goes upstream as the user, never as the agent.
+		if h := ok.GetHeaders(); len(h) != 1 || h[0].GetHeader().GetKey() != "impersonate-user" || h[0].GetHeader().GetValue() != "gitlab:user:alice" ||
+			len(h[0].GetHeader().GetRawValue()) != 0 || h[0].GetAppend() != nil || h[0].GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+			t.Fatalf("user-mode OK headers: want only impersonate-user: gitlab:user:alice with OVERWRITE_IF_EXISTS_OR_ADD, got %v", h)
 		}
 		d, err := handoff.FromMetadata(&corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: resp.GetDynamicMetadata()}})
 		if err != nil {
@@ -321,6 +324,9 @@ func TestAgentMode(t *testing.T) {
 	}
 	if resp.GetOkResponse() == nil || len(resp.GetOkResponse().GetHeadersToRemove()) != 4 {
 		t.Fatalf("want OK with credential scrubbing, got %v", resp)
+	}
+	if h := resp.GetOkResponse().GetHeaders(); len(h) != 0 {
+		t.Fatalf("agent mode sets no request header, got %v", h)
 	}
 	if d := denied(t, f.check(t, checkRequest("GET", podsPath, pat(token("bob"))))); d.code != 403 {
 		t.Fatalf("reporter in agent mode: %+v", d)

@@ -13,7 +13,7 @@ import (
 // The impersonation headers the API server reads (k8s.io/apiserver
 // endpoints/filters/impersonation.go; client-go transport/round_trippers.go).
 const (
-	HeaderImpersonateUser        = "impersonate-user"
+	HeaderImpersonateUser        = handoff.HeaderImpersonateUser
 	HeaderImpersonateGroup       = "impersonate-group"
 	HeaderImpersonateExtraPrefix = "impersonate-extra-"
 	impersonatePrefix            = "impersonate-"

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -21,7 +22,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"kubegate.dev/kubegate/extauthz"
 	"kubegate.dev/kubegate/extauthz/handoff"
 )
 
@@ -97,6 +97,11 @@ func (s *Server) requestHeaders(ctx context.Context, md *corev3.Metadata, header
 		s.log.ErrorContext(ctx, "request without a valid ext_authz decision: denied", "error", err.Error())
 		return denial(http.StatusForbidden, "no_decision", "the request carries no authorization decision from the gateway; tell the gateway's operator (is ext_authz before ext_proc, with metadata forwarding?)")
 	}
+	if msg := checkUserHeader(headers, d); msg != "" {
+		s.metrics.requests.WithLabelValues("denied", "identity_mismatch").Inc()
+		s.log.ErrorContext(ctx, "Impersonate-User does not match the ext_authz decision: denied", "decision_id", d.ID, "access_as", d.AccessAs, "problem", msg)
+		return denial(http.StatusForbidden, "identity_mismatch", "the identity the gateway's authorization service set does not match its decision ("+msg+"); tell the gateway's operator (are kubegate authz and extproc the same version?)")
+	}
 	m := mutation(headers, d)
 	s.metrics.requests.WithLabelValues("continued", d.AccessAs).Inc()
 	s.metrics.duration.Observe(time.Since(start).Seconds())
@@ -106,15 +111,59 @@ func (s *Server) requestHeaders(ctx context.Context, md *corev3.Metadata, header
 	}}}
 }
 
-// denial answers the request directly with a Kubernetes Status, marked as the gateway's.
+// denial answers the request directly. Envoy 1.40 checks an immediate response's
+// headers against the filter's mutation_rules (ext_proc.cc
+// Filter::sendImmediateResponse, runtime guard
+// immediate_response_use_filter_mutation_rule, on by default), and kubegate's rules
+// allow only impersonate-* names: a content-type or X-Kubegate-Error header would
+// be refused (with disallow_is_error, the first refusal drops it and every later
+// one, and logs "Immediate response mutations failed"). Envoy then labels the body
+// text/plain (Utility::prepareLocalReply). So the answer carries no headers and a
+// plain-text body: client-go turns a text/* error body into the message of the
+// error it returns (rest/request.go newUnstructuredResponseError), so kubectl
+// prints "Error from server (Forbidden): kubegate: <message>". A Status JSON body
+// labelled text/plain would be printed as raw JSON instead. Allowing those two
+// names in mutation_rules would let the processor set them on the request too.
 func denial(code int, reason, message string) *extprocv3.ProcessingResponse {
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocv3.ImmediateResponse{
-		Status: &typev3.HttpStatus{Code: typev3.StatusCode(code)},
-		Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
-			{Header: &corev3.HeaderValue{Key: "content-type", RawValue: []byte("application/json")}},
-			{Header: &corev3.HeaderValue{Key: extauthz.HeaderError, RawValue: []byte(reason)}},
-		}},
-		Body:    extauthz.StatusBody(code, message),
+		Status:  &typev3.HttpStatus{Code: typev3.StatusCode(code)},
+		Body:    []byte("kubegate: " + message + "\n"),
 		Details: "kubegate_" + reason,
 	}}}
+}
+
+// checkUserHeader compares the Impersonate-User lines Envoy sent with the decision.
+// In user mode kubegate authz sets exactly one, the decision's user (see package
+// handoff); in agent mode none. Anything else means the two services disagree on
+// who the request is, or something other than kubegate authz set the header, and
+// the request is refused rather than guessed at. It returns what is wrong, or "".
+func checkUserHeader(h *corev3.HeaderMap, d handoff.Decision) string {
+	var got []string
+	for _, e := range h.GetHeaders() {
+		if strings.EqualFold(e.GetKey(), handoff.HeaderImpersonateUser) {
+			got = append(got, headerValue(e))
+		}
+	}
+	switch {
+	case d.AccessAs != handoff.AccessAsUser && len(got) > 0:
+		return "Impersonate-User is set on an agent-mode request"
+	case d.AccessAs != handoff.AccessAsUser:
+		return ""
+	case len(got) == 0:
+		return "Impersonate-User is missing on a user-mode request"
+	case len(got) > 1:
+		return fmt.Sprintf("%d Impersonate-User lines", len(got))
+	case got[0] != d.User:
+		return "Impersonate-User names another user than the decision"
+	}
+	return ""
+}
+
+// headerValue is a header's value: raw_value, which Envoy fills with
+// send_header_raw_value (on by default; mutation_utils.cc headersToProto), else value.
+func headerValue(e *corev3.HeaderValue) string {
+	if len(e.GetRawValue()) > 0 {
+		return string(e.GetRawValue())
+	}
+	return e.GetValue()
 }

@@ -2,7 +2,6 @@ package extproc
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -99,7 +98,7 @@ func lines(m *extprocv3.HeaderMutation) []string {
 func TestUserModeMutation(t *testing.T) {
 	s := stream(t)
 	resp := roundTrip(t, s, headersRequest(metadata(t, userDecision),
-		":path", "/api/v1/pods", "impersonate-group", "system:masters", "Impersonate-User", "admin", "impersonate-group", "x", "impersonate-extra-scopes", "all", "accept", "application/json"))
+		":path", "/api/v1/pods", "impersonate-group", "system:masters", "Impersonate-User", "gitlab:user:alice", "impersonate-group", "x", "impersonate-extra-scopes", "all", "accept", "application/json"))
 	hr := resp.GetRequestHeaders()
 	if hr == nil || hr.GetResponse().GetStatus() != extprocv3.CommonResponse_CONTINUE {
 		t.Fatalf("want CONTINUE on request headers, got %v", resp)
@@ -128,10 +127,49 @@ func TestUserModeMutation(t *testing.T) {
 
 func TestAgentModeAddsNothing(t *testing.T) {
 	s := stream(t)
-	resp := roundTrip(t, s, headersRequest(metadata(t, handoff.Decision{ID: "r", AccessAs: "agent"}), "impersonate-user", "admin", "accept", "*/*"))
+	resp := roundTrip(t, s, headersRequest(metadata(t, handoff.Decision{ID: "r", AccessAs: "agent"}), "impersonate-group", "admin", "accept", "*/*"))
 	m := resp.GetRequestHeaders().GetResponse().GetHeaderMutation()
-	if len(m.GetSetHeaders()) != 0 || strings.Join(m.GetRemoveHeaders(), ",") != "impersonate-user" {
+	if len(m.GetSetHeaders()) != 0 || strings.Join(m.GetRemoveHeaders(), ",") != "impersonate-group" {
 		t.Fatalf("agent mode mutation %v", m)
+	}
+}
+
+// TestImpersonateUserMustMatch: kubegate authz sets Impersonate-User itself in user
+// mode (so a request ext_proc never acts on cannot run as the agent); the processor
+// refuses a request whose Impersonate-User lines are not exactly the decision's
+// user, and an agent-mode request that has one at all.
+func TestImpersonateUserMustMatch(t *testing.T) {
+	agent := handoff.Decision{ID: "r", AccessAs: "agent"}
+	tests := []struct {
+		name    string
+		d       handoff.Decision
+		headers []string
+		allowed bool
+	}{
+		{name: "user mode, the decision's user", d: userDecision, headers: []string{"impersonate-user", "gitlab:user:alice"}, allowed: true},
+		{name: "user mode, header name in another case", d: userDecision, headers: []string{"Impersonate-User", "gitlab:user:alice"}, allowed: true},
+		{name: "user mode, missing", d: userDecision},
+		{name: "user mode, another user", d: userDecision, headers: []string{"impersonate-user", "gitlab:user:bob"}},
+		{name: "user mode, two lines", d: userDecision, headers: []string{"impersonate-user", "gitlab:user:alice", "impersonate-user", "system:admin"}},
+		{name: "user mode, empty", d: userDecision, headers: []string{"impersonate-user", ""}},
+		{name: "agent mode, none", d: agent, allowed: true},
+		{name: "agent mode, set", d: agent, headers: []string{"impersonate-user", "gitlab:user:alice"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := roundTrip(t, stream(t), headersRequest(metadata(t, tt.d), append([]string{":path", "/api"}, tt.headers...)...))
+			ir := resp.GetImmediateResponse()
+			if tt.allowed {
+				if ir != nil || resp.GetRequestHeaders().GetResponse().GetStatus() != extprocv3.CommonResponse_CONTINUE {
+					t.Fatalf("want CONTINUE, got %v", resp)
+				}
+				return
+			}
+			if ir == nil || ir.GetStatus().GetCode() != http.StatusForbidden || ir.GetDetails() != "kubegate_identity_mismatch" ||
+				!strings.HasPrefix(string(ir.GetBody()), "kubegate: the identity the gateway's authorization service set does not match") {
+				t.Fatalf("want a 403 identity_mismatch denial, got %v", resp)
+			}
+		})
 	}
 }
 
@@ -184,13 +222,11 @@ func TestFailClosed(t *testing.T) {
 			if ir == nil || resp.GetRequestHeaders() != nil {
 				t.Fatalf("want an immediate response, got %v", resp)
 			}
-			var st struct {
-				Kind    string
-				Code    int
-				Message string
-			}
-			if err := json.Unmarshal(ir.GetBody(), &st); err != nil || st.Kind != "Status" || st.Code != http.StatusForbidden || int(ir.GetStatus().GetCode()) != http.StatusForbidden {
-				t.Fatalf("immediate response %v is not a 403 Status (%v)", ir, err)
+			// A plain-text body and no headers: Envoy checks immediate-response
+			// headers against mutation_rules, which allow only impersonate-*, and
+			// labels the body text/plain (see denial).
+			if int(ir.GetStatus().GetCode()) != http.StatusForbidden || !strings.HasPrefix(string(ir.GetBody()), "kubegate: the request carries no authorization decision") || ir.GetHeaders() != nil {
+				t.Fatalf("immediate response %v is not a plain-text 403 without headers", ir)
 			}
 		})
 	}

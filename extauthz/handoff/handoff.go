@@ -18,6 +18,14 @@
 //	  user: "gitlab:user:alice"                          # user mode only
 //	  groups: ["gitlab:user", "gitlab:project_role:1:developer", …]   # user mode only
 //	  extra: {"agent.gitlab.com/id": ["1"], …}           # user mode only
+//
+// In user mode ext_authz also sets the request header Impersonate-User itself (one
+// line, OkHttpResponse.headers with OVERWRITE_IF_EXISTS_OR_ADD), so that a request
+// on which ext_proc never acts still reaches the API server as the user and never
+// as the agent: Envoy continues a request unmodified when the processor closes its
+// stream with gRPC OK before answering, whatever failure_mode_allow says
+// (ext_proc/client_impl.cc onRemoteClose → ext_proc.cc Filter::onGrpcClose).
+// ext_proc checks that the header it is sent is exactly the decision's user.
 package handoff
 
 import (
@@ -44,6 +52,10 @@ const (
 	AccessAsAgent = "agent"
 	AccessAsUser  = "user"
 )
+
+// HeaderImpersonateUser is the request header ext_authz sets in user mode and
+// ext_proc checks (k8s.io/apiserver endpoints/filters/impersonation.go reads it).
+const HeaderImpersonateUser = "impersonate-user"
 
 // Decision is what ext_proc needs to shape the upstream request.
 type Decision struct {
@@ -72,7 +84,15 @@ func (d Decision) Struct() (*structpb.Struct, error) {
 // read afterwards, so one Identity may be used by concurrent requests.
 type Identity struct {
 	user, groups, extra *structpb.Value
+	userHeader          *corev3.HeaderValueOption
 }
+
+// UserHeader is the Impersonate-User header ext_authz sets in user mode: one
+// line, replacing any other (append_action OVERWRITE_IF_EXISTS_OR_ADD, which
+// Envoy 1.40's ext_authz maps to setCopy: ext_authz_grpc_impl.cc getAppendAction,
+// ext_authz.cc Filter::onComplete). The value travels in HeaderValue.value, the
+// field ext_authz reads. Read-only: shared by concurrent responses.
+func (id *Identity) UserHeader() *corev3.HeaderValueOption { return id.userHeader }
 
 // NewIdentity encodes a user-mode identity.
 func NewIdentity(user string, groups []string, extra map[string][]string) *Identity {
@@ -92,6 +112,10 @@ func NewIdentity(user string, groups []string, extra map[string][]string) *Ident
 		user:   structpb.NewStringValue(user),
 		groups: structpb.NewListValue(&structpb.ListValue{Values: gv}),
 		extra:  structpb.NewStructValue(&structpb.Struct{Fields: ev}),
+		userHeader: &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: HeaderImpersonateUser, Value: user},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		},
 	}
 }
 

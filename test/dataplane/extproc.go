@@ -272,8 +272,13 @@ func setAction(o *corev3.HeaderValueOption) mutationAction {
 }
 
 // immediateResponse is Filter::sendImmediateResponse: status (default 200, and
-// any code below 200 becomes 200), headers applied through the mutation rules
-// (a refused mutation is logged, not fatal), body, details.
+// any code below 200 becomes 200), headers applied through the filter's own
+// mutation_rules (config().mutationChecker() under the runtime guard
+// envoy.reloadable_features.immediate_response_use_filter_mutation_rule, on by
+// default in 1.40; the permissive ImmediateMutationChecker only when it is off),
+// where a refusal stops the remaining header mutations and is logged, not fatal;
+// then body and details. prepareLocalReply adds text/plain to a body without a
+// content-type.
 func (f *extProcFilter) immediateResponse(ir *extprocv3.ImmediateResponse) *localReply {
 	code := 200
 	if ir.GetStatus() != nil {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -18,8 +20,13 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"kubegate.dev/kubegate/envoy"
+	"kubegate.dev/kubegate/envoy/devcert"
 	"kubegate.dev/kubegate/extauthz/handoff"
 )
 
@@ -319,17 +326,15 @@ func TestImmediateResponse(t *testing.T) {
 // TestProcessorClosingCleanlyLetsTheRequestThrough pins an Envoy behaviour that
 // matters for kubegate: a processor that ends the stream with OK before answering
 // is onGrpcClose, and the request continues unchanged whatever failure_mode_allow
-// says. kubegate extproc must therefore always answer (it does: denials are
-// immediate responses).
+// says (ext_proc/client_impl.cc onRemoteClose → ext_proc.cc Filter::onGrpcClose).
+// With an ext_authz that sets nothing, the request reaches the upstream with no
+// Impersonate-* header at all: as the agent.
 func TestProcessorClosingCleanlyLetsTheRequestThrough(t *testing.T) {
 	c := newCerts(t)
 	rec := newRecorder(t, nil)
-	proc := &processorDouble{answer: func(context.Context, *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
-		return nil, nil
-	}}
 	_, xds := realXDS(t, agentToken)
 	var obs observed
-	dp := start(t, render(t, c, setup{authz: (&authzDouble{}).serve(t), extproc: proc.serve(t), xds: xds, apiserver: rec.url(), caFile: rec.caFile}), Options{OnUpstreamRequest: obs.record})
+	dp := start(t, render(t, c, setup{authz: (&authzDouble{}).serve(t), extproc: closingProcessor().serve(t), xds: xds, apiserver: rec.url(), caFile: rec.caFile}), Options{OnUpstreamRequest: obs.record})
 	status, _, body := do(t, client(t, c, true), "GET", dp.URL()+"/k8s-proxy/api", nil)
 	if status != http.StatusOK {
 		t.Fatalf("status %d: %s", status, body)
@@ -339,10 +344,47 @@ func TestProcessorClosingCleanlyLetsTheRequestThrough(t *testing.T) {
 	}
 }
 
+// closingProcessor ends every stream with gRPC OK before answering.
+func closingProcessor() *processorDouble {
+	return &processorDouble{answer: func(context.Context, *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
+		return nil, nil
+	}}
+}
+
+// TestSkippedExtProcNeverActsAsTheAgent: with the real kubegate authz in user mode
+// and a processor that closes its stream cleanly (so Envoy continues without its
+// mutation), the request still carries the Impersonate-User kubegate authz set —
+// the user, without groups or extras — and never goes upstream as the agent.
+func TestSkippedExtProcNeverActsAsTheAgent(t *testing.T) {
+	c := newCerts(t)
+	rec := newRecorder(t, nil)
+	_, xds := realXDS(t, agentToken)
+	var obs observed
+	dp := start(t, render(t, c, setup{authz: realAuthz(t), extproc: closingProcessor().serve(t), xds: xds, apiserver: rec.url(), caFile: rec.caFile}), Options{OnUpstreamRequest: obs.record})
+	status, _, body := do(t, client(t, c, true), "GET", dp.URL()+"/k8s-proxy/api/v1/namespaces", http.Header{"Authorization": {alicePAT()}})
+	if status != http.StatusOK {
+		t.Fatalf("status %d: %s", status, body)
+	}
+	u := obs.last(t)
+	if got := u.Values("impersonate-user"); !slices.Equal(got, []string{"gitlab:user:alice"}) {
+		t.Errorf("impersonate-user %q, want exactly the user kubegate authz set", got)
+	}
+	for _, h := range u.Header {
+		if strings.HasPrefix(h.Name, "impersonate-") && h.Name != "impersonate-user" {
+			t.Errorf("%s: %q reached the upstream although ext_proc never answered", h.Name, h.Value)
+		}
+	}
+	if got := u.Values("authorization"); !slices.Equal(got, []string{"Bearer " + agentToken}) {
+		t.Errorf("authorization %q, want the agent token", got)
+	}
+}
+
 // TestKubegateExtprocDenialThroughEnvoy runs kubegate extproc's own denial (a
-// request without an ext_authz decision) through the stand-in: Envoy keeps the
-// status and the Kubernetes Status body, but drops the denial's content-type and
-// x-kubegate-error headers, which kubegate's mutation_rules do not allow.
+// request without an ext_authz decision) through the stand-in: Envoy checks the
+// immediate response's headers against mutation_rules (ext_proc.cc
+// sendImmediateResponse, immediate_response_use_filter_mutation_rule) and labels
+// the body text/plain, so kubegate extproc sends a plain-text message and no
+// headers — and client-go, as kubectl, shows that message as the error.
 func TestKubegateExtprocDenialThroughEnvoy(t *testing.T) {
 	c := newCerts(t)
 	rec := newRecorder(t, nil)
@@ -350,10 +392,27 @@ func TestKubegateExtprocDenialThroughEnvoy(t *testing.T) {
 	// An ext_authz that allows without a decision, as a misconfigured one would.
 	dp := start(t, render(t, c, setup{authz: (&authzDouble{}).serve(t), extproc: realExtProc(t), xds: xds, apiserver: rec.url(), caFile: rec.caFile}), Options{})
 	status, hdr, body := do(t, client(t, c, true), "GET", dp.URL()+"/k8s-proxy/api", nil)
-	if status != http.StatusForbidden || !strings.Contains(body, `"kind":"Status"`) {
-		t.Fatalf("got %d %q, want kubegate extproc's 403 Status", status, body)
+	if status != http.StatusForbidden || !strings.HasPrefix(body, "kubegate: the request carries no authorization decision") {
+		t.Fatalf("got %d %q, want kubegate extproc's plain-text 403", status, body)
 	}
-	if hdr.Get("Content-Type") != "text/plain" || hdr.Get("X-Kubegate-Error") != "" {
-		t.Errorf("content-type %q, x-kubegate-error %q: Envoy's mutation rules drop the denial's headers", hdr.Get("Content-Type"), hdr.Get("X-Kubegate-Error"))
+	if hdr.Get("Content-Type") != "text/plain" {
+		t.Errorf("content-type %q, want Envoy's text/plain", hdr.Get("Content-Type"))
+	}
+
+	ca, err := os.ReadFile(filepath.Join(c.dir, devcert.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: dp.URL() + "/k8s-proxy", BearerToken: "pat:1:x", TLSClientConfig: rest.TLSClientConfig{CAData: ca}, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cs.CoreV1().Namespaces().List(t.Context(), metav1.ListOptions{})
+	// kubectl prints such an error as "Error from server (Forbidden): <message>".
+	if !apierrors.IsForbidden(err) || !strings.HasPrefix(string(apierrors.ReasonForError(err))+": "+err.Error(), "Forbidden: kubegate: the request carries no authorization decision from the gateway") {
+		t.Errorf("client-go error %v, want Forbidden with kubegate's message", err)
+	}
+	if n := len(rec.requests()); n != 0 {
+		t.Errorf("%d denied requests reached the upstream", n)
 	}
 }
