@@ -87,6 +87,19 @@ func ExtAuthzMutationExpression() string {
 // HeaderMutationRules allow_expression).
 const ImpersonationHeaderExpression = "impersonate-.+"
 
+// SDSInitialFetchTimeout bounds how long Envoy's listener waits for the agent
+// token before it serves at all. The wait ends on the first secret, on this
+// timeout, or on the first rejected update (SdsApi::onConfigUpdate /
+// onConfigUpdateFailed, source/common/secret/sds_api.cc; the subscription's
+// init-fetch timer reports FetchTimedout the same way); Envoy's default is 15 s
+// (config_source.proto). kubegate xds serves a local file and answers in
+// milliseconds, so 10 s covers a sidecar started a few seconds late. After it, a
+// gateway without a token serves, and every request it allowed gets the
+// credential injector's 401, which LocalReplyConfig turns into a 503 Status
+// naming the missing agent token, rather than refusing connections with no
+// explanation (0, waiting forever, would also keep Envoy's /ready failing).
+const SDSInitialFetchTimeout = 10 * time.Second
+
 // Defaults for Options; each is a flag of `kubegate envoy render`.
 const (
 	DefaultListen            = "0.0.0.0:8443"

@@ -165,10 +165,12 @@ func ExtProc(cluster string, messageTimeout time.Duration) *extprocv3.ExternalPr
 	}
 }
 
-// SDSConfigSource fetches secrets over gRPC SDS from the given static cluster.
+// SDSConfigSource fetches secrets over gRPC SDS from the given static cluster,
+// with an explicit initial_fetch_timeout (SDSInitialFetchTimeout says why).
 func SDSConfigSource(cluster string) *corev3.ConfigSource {
 	return &corev3.ConfigSource{
-		ResourceApiVersion: corev3.ApiVersion_V3,
+		ResourceApiVersion:  corev3.ApiVersion_V3,
+		InitialFetchTimeout: durationpb.New(SDSInitialFetchTimeout),
 		ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
 			ApiType:                   corev3.ApiConfigSource_GRPC,
 			TransportApiVersion:       corev3.ApiVersion_V3,
@@ -278,6 +280,10 @@ func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 	if err != nil {
 		return nil, err
 	}
+	localReply, err := LocalReplyConfig()
+	if err != nil {
+		return nil, err
+	}
 	var upgrades []*hcmv3.HttpConnectionManager_UpgradeConfig
 	for _, u := range UpgradeTypes {
 		upgrades = append(upgrades, &hcmv3.HttpConnectionManager_UpgradeConfig{UpgradeType: u, Enabled: wrapperspb.Bool(true)})
@@ -313,6 +319,8 @@ func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 		// Slow and greedy clients (hardening.go).
 		RequestHeadersTimeout: durationpb.New(o.RequestHeadersTimeout),
 		Http2ProtocolOptions:  HTTP2Options(o),
+		// A gateway without the agent token answers a 503 Status, not a bare 401.
+		LocalReplyConfig: localReply,
 	}, nil
 }
 

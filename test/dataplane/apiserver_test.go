@@ -142,6 +142,51 @@ func TestAgainstKubeAPIServer(t *testing.T) {
 		}
 	})
 
+	// Envoy continues a request unmodified when the processor closes its stream
+	// with gRPC OK before answering (ext_proc client_impl.cc onRemoteClose). Such a
+	// request still carries the Impersonate-User kubegate authz set, so the API
+	// server sees the user without groups; and the agent's own identity has no
+	// rights beyond impersonation, so nothing is readable as the agent either.
+	t.Run("a request ext_proc skips cannot act as the agent", func(t *testing.T) {
+		var skipped observed
+		dp2 := start(t, render(t, c, setup{authz: realAuthz(t), extproc: closingProcessor().serve(t), xds: xds, apiserver: kc.URL, caFile: kc.CAFile}), Options{OnUpstreamRequest: skipped.record})
+		cfg := through("pat:1:kg-sandbox-alice-token")
+		cfg.Host = dp2.URL() + "/k8s-proxy"
+		aliceSkipped := clientsetFor(t, cfg)
+		r, err := aliceSkipped.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ui := r.Status.UserInfo; ui.Username != "gitlab:user:alice" || !slices.Equal(ui.Groups, []string{"system:authenticated"}) || len(ui.Extra) != 0 {
+			t.Errorf("the API server saw %+v, want gitlab:user:alice with no groups of the gateway's and no extras", ui)
+		}
+		_, err = aliceSkipped.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), `User "gitlab:user:alice" cannot list resource "namespaces"`) {
+			t.Errorf("listing namespaces without the groups: %v, want the API server's Forbidden for gitlab:user:alice", err)
+		}
+		for _, u := range skipped.all() {
+			if got := u.Values("impersonate-user"); !slices.Equal(got, []string{"gitlab:user:alice"}) {
+				t.Errorf("%s %s went upstream with impersonate-user %q", u.Method, u.Target, got)
+			}
+		}
+
+		agent := clientsetFor(t, kc.AgentConfig())
+		reads := map[string]func() error{
+			"list namespaces": func() error { _, err := agent.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); return err },
+			"list pods":       func() error { _, err := agent.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); return err },
+			"list secrets":    func() error { _, err := agent.CoreV1().Secrets("default").List(ctx, metav1.ListOptions{}); return err },
+			"get configmap": func() error {
+				_, err := agent.CoreV1().ConfigMaps("kube-system").Get(ctx, "extension-apiserver-authentication", metav1.GetOptions{})
+				return err
+			},
+		}
+		for name, read := range reads {
+			if err := read(); !apierrors.IsForbidden(err) {
+				t.Errorf("the agent's own identity may %s (%v): in user mode it must hold impersonation rights only", name, err)
+			}
+		}
+	})
+
 	t.Run("only the agent token reaches the API server", func(t *testing.T) {
 		for _, u := range obs.all() {
 			if got := u.Values("authorization"); !slices.Equal(got, []string{"Bearer " + kc.AgentTokens[0]}) {

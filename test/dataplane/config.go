@@ -117,6 +117,7 @@ type hcmConfig struct {
 	// Slow and greedy clients (hardening.go).
 	requestHeadersTimeout time.Duration // 0: disabled
 	h2                    http2Limits
+	localReply            []responseMapper // local_reply_config mappers
 }
 
 type virtualHost struct {
@@ -469,6 +470,7 @@ func (p *parser) hcm(h *hcmv3.HttpConnectionManager, path string) hcmConfig {
 		hc.accessLogFormat = p.accessLogFormat(l, fmt.Sprintf("%s.access_log[%d].typed_config", path, i))
 	}
 	p.hcmLimits(h, &hc, path)
+	hc.localReply = p.localReplyMappers(h.GetLocalReplyConfig(), path+".local_reply_config")
 	for i, u := range h.GetUpgradeConfigs() {
 		if len(u.GetFilters()) > 0 {
 			p.fail(fmt.Sprintf("%s.upgrade_configs[%d].filters", path, i), "upgrade-specific filter chains are not emulated")

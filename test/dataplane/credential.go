@@ -68,8 +68,13 @@ type secretWatcher struct {
 	mu      sync.RWMutex
 	value   string
 	version string
-	ready   chan struct{} // closed when the first secret arrives
-	once    sync.Once
+	// ready is the listener's init target: closed on the first secret or the first
+	// rejected update, whichever comes first (SdsApi::onConfigUpdate and
+	// SdsApi::onConfigUpdateFailed both call init_target_.ready(), source/common/
+	// secret/sds_api.cc: "We need to allow server startup to continue, even if we
+	// have a bad config"). A broken connection does not end the wait.
+	ready chan struct{}
+	once  sync.Once
 }
 
 func newSecretWatcher(cfg *credentialConfig, conn *grpc.ClientConn, node *corev3.Node, log *slog.Logger) *secretWatcher {
@@ -144,6 +149,9 @@ func (w *secretWatcher) stream(ctx context.Context) error {
 			w.log.Warn("SDS update rejected (NACK); keeping the last good secret", "secret", w.cfg.secretName, "version", resp.GetVersionInfo(), "error", err)
 			_, ack.VersionInfo = w.current()
 			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+			// onConfigUpdateFailed: the listener stops waiting, with no secret if none
+			// was accepted before; the injector then fails every request.
+			w.once.Do(func() { close(w.ready) })
 		} else {
 			ack.VersionInfo = resp.GetVersionInfo()
 		}

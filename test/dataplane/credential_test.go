@@ -2,7 +2,10 @@ package dataplane
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -14,7 +17,9 @@ import (
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -23,8 +28,13 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"kubegate.dev/kubegate/envoy"
+	"kubegate.dev/kubegate/envoy/devcert"
 	"kubegate.dev/kubegate/envoy/sds"
 )
 
@@ -193,5 +203,120 @@ func TestSecretOverADS(t *testing.T) {
 	}
 	if got := obs.last(t).Values("authorization"); !slices.Equal(got, []string{"Bearer ads-token"}) {
 		t.Errorf("authorization %q", got)
+	}
+}
+
+// rejectingSDS answers every StreamSecrets request with a response that does not
+// carry the requested secret, which Envoy rejects ("Missing SDS resources for
+// <name> in onConfigUpdate()", SdsApi::validateUpdateSize) with a NACK. It
+// records the NACKs it receives.
+type rejectingSDS struct {
+	secretv3.UnimplementedSecretDiscoveryServiceServer
+	nacks chan string
+}
+
+func (r *rejectingSDS) StreamSecrets(st secretv3.SecretDiscoveryService_StreamSecretsServer) error {
+	other := mustAnyOf(&tlsv3.Secret{Name: "not-" + envoy.TokenSecretName, Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{
+		Secret: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "x"}},
+	}}})
+	for n := 0; ; n++ {
+		req, err := st.Recv()
+		if err != nil {
+			return nil
+		}
+		if msg := req.GetErrorDetail().GetMessage(); msg != "" {
+			select {
+			case r.nacks <- msg:
+			default:
+			}
+			continue // a NACK: wait for the stream to end
+		}
+		if err := st.Send(&discoveryv3.DiscoveryResponse{VersionInfo: "bad", Nonce: fmt.Sprint(n), TypeUrl: resource.SecretType, Resources: []*anypb.Any{other}}); err != nil {
+			return nil
+		}
+	}
+}
+
+func mustAnyOf(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+// TestGatewayWithoutTheAgentToken: the listener stops waiting for the SDS secret
+// on the first rejected update, even with initial_fetch_timeout 0
+// (SdsApi::onConfigUpdateFailed → init_target_.ready()), and on the timeout; then
+// every request kubegate authz allowed fails in the credential injector (401
+// "Failed to inject credential."), which the rendered local_reply_config turns
+// into a 503 Kubernetes Status marked agent_token_missing, so the user does not
+// take it for a rejection of their own credential. kubegate authz's own 401s are
+// left alone, and nothing reaches the API server.
+func TestGatewayWithoutTheAgentToken(t *testing.T) {
+	c := newCerts(t)
+	rec := newRecorder(t, nil)
+	bad := &rejectingSDS{nacks: make(chan string, 1)}
+	badAddr := serveGRPC(t, func(g *grpc.Server) { secretv3.RegisterSecretDiscoveryServiceServer(g, bad) })
+	_, emptyXDS := realXDS(t, "")
+	fetchTimeout := func(d time.Duration) func(*bootstrapv3.Bootstrap) {
+		return func(b *bootstrapv3.Bootstrap) {
+			editGeneric(t, b, func(_ *credinjectorv3.CredentialInjector, g *genericv3.Generic) {
+				g.GetCredential().GetSdsConfig().InitialFetchTimeout = durationpb.New(d)
+			})
+		}
+	}
+	tests := []struct {
+		name  string
+		xds   string
+		edit  func(*bootstrapv3.Bootstrap)
+		nacks bool
+	}{
+		{name: "a rejected update ends the wait even without a timeout", xds: badAddr, edit: fetchTimeout(0), nacks: true},
+		{name: "initial_fetch_timeout ends the wait", xds: emptyXDS, edit: fetchTimeout(100 * time.Millisecond)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a hang guard only
+			defer cancel()
+			dp := start(t, render(t, c, setup{authz: realAuthz(t), extproc: realExtProc(t), xds: tt.xds, apiserver: rec.url(), caFile: rec.caFile, editBootstrap: tt.edit}), Options{})
+			if tt.nacks {
+				select {
+				case msg := <-bad.nacks:
+					if !strings.Contains(msg, "Missing SDS resources for "+envoy.TokenSecretName) {
+						t.Errorf("NACK %q", msg)
+					}
+				case <-ctx.Done():
+					t.Fatal("the rejected update was not NACKed")
+				}
+			}
+			cl := client(t, c, true)
+			status, hdr, body := do(t, cl, "GET", dp.URL()+"/k8s-proxy/api/v1/namespaces", http.Header{"Authorization": {alicePAT()}})
+			if status != http.StatusServiceUnavailable || hdr.Get("Content-Type") != "application/json" || hdr.Get("X-Kubegate-Error") != envoy.ReasonAgentTokenMissing ||
+				!strings.Contains(body, `"kind":"Status"`) || !strings.Contains(body, "no service-account token for the agent") {
+				t.Errorf("allowed request without the agent token: %d %s %q %q, want the 503 agent_token_missing Status", status, hdr.Get("Content-Type"), hdr.Get("X-Kubegate-Error"), body)
+			}
+			// client-go, as kubectl, shows the Status message.
+			ca, err := os.ReadFile(filepath.Join(c.dir, devcert.CAFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs, err := kubernetes.NewForConfig(&rest.Config{Host: dp.URL() + "/k8s-proxy", BearerToken: strings.TrimPrefix(alicePAT(), "Bearer "), TLSClientConfig: rest.TLSClientConfig{CAData: ca}, Timeout: 30 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+			if !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "kubegate: the gateway has no service-account token for the agent") {
+				t.Errorf("client-go error %v, want ServiceUnavailable with kubegate's message", err)
+			}
+			// kubegate authz's own 401 is the client's credential, and stays so.
+			status, hdr, body = do(t, cl, "GET", dp.URL()+"/k8s-proxy/api/v1/namespaces", http.Header{"Authorization": {"Bearer pat:1:wrong"}})
+			if status != http.StatusUnauthorized || hdr.Get("X-Kubegate-Error") == envoy.ReasonAgentTokenMissing || !strings.Contains(body, `"kind":"Status"`) {
+				t.Errorf("bad credential: %d %q %q, want kubegate authz's 401", status, hdr.Get("X-Kubegate-Error"), body)
+			}
+		})
+	}
+	if n := len(rec.requests()); n != 0 {
+		t.Errorf("%d requests reached the upstream without the agent token", n)
 	}
 }

@@ -261,8 +261,8 @@ func (dp *DataPlane) build(ctx context.Context) error {
 }
 
 // warm waits for the listener's init targets (the SDS secret) like Envoy's init
-// manager: until the secret arrives, initial_fetch_timeout passes (0: no limit,
-// config_source.proto), or ctx ends.
+// manager: until the secret arrives, an update is rejected, initial_fetch_timeout
+// passes (0: no limit, config_source.proto), or ctx ends.
 func (dp *DataPlane) warm(ctx context.Context) error {
 	if dp.secrets == nil {
 		return nil
@@ -275,6 +275,9 @@ func (dp *DataPlane) warm(ctx context.Context) error {
 	}
 	select {
 	case <-dp.secrets.ready:
+		if v, _ := dp.secrets.current(); v == "" {
+			dp.log.Warn("SDS update rejected before any secret arrived; serving, and the credential injector answers 401 until a good one arrives", "secret", dp.secrets.cfg.secretName)
+		}
 	case <-timeout:
 		dp.log.Warn("initial_fetch_timeout passed without the SDS secret; serving, and the credential injector answers 401 until it arrives", "secret", dp.secrets.cfg.secretName)
 	case <-ctx.Done():

@@ -397,9 +397,10 @@ func matchVirtualHost(vhosts []virtualHost, host string) *virtualHost {
 	return any
 }
 
-// sendLocalReply writes a reply the way Utility::prepareLocalReply builds it:
-// content-length and a text/plain content type when there is a body, none of either
-// without one; server: envoy (the HCM's server_name); no body for HEAD.
+// sendLocalReply writes a reply the way Utility::prepareLocalReply builds it: the
+// filter's headers, then the local_reply_config rewrite, then content-length and a
+// text/plain content type when there is a body, none of either without one;
+// server: envoy (the HCM's server_name); no body for HEAD.
 func (cm *connectionManager) sendLocalReply(w http.ResponseWriter, req *http.Request, s *stream, r *localReply) {
 	s.details, s.flags, s.respStatus = r.details, r.flags, r.status
 	if r.reset {
@@ -411,14 +412,13 @@ func (cm *connectionManager) sendLocalReply(w http.ResponseWriter, req *http.Req
 	for _, m := range r.headers {
 		m.apply(h)
 	}
-	if r.body != "" {
-		h.set("content-length", strconv.Itoa(len(r.body)))
-		if !h.has("content-type") {
-			h.set("content-type", "text/plain")
-		}
+	// The HCM's local_reply_config rewrite and the content-type rule (localreply.go).
+	status, body := rewriteLocalReply(cm.dp.cfg.hcm.localReply, s, r, h)
+	s.respStatus = status
+	if body != "" {
+		h.set("content-length", strconv.Itoa(len(body)))
 	} else {
 		h.remove("content-length")
-		h.remove("content-type")
 	}
 	for _, m := range s.responseHeaders {
 		m.apply(h)
@@ -427,9 +427,9 @@ func (cm *connectionManager) sendLocalReply(w http.ResponseWriter, req *http.Req
 	if r.closeConn {
 		h.set("connection", "close")
 	}
-	writeResponseHeaders(w, h, r.status)
-	if r.body != "" && req.Method != http.MethodHead {
-		n, _ := io.WriteString(w, r.body)
+	writeResponseHeaders(w, h, status)
+	if body != "" && req.Method != http.MethodHead {
+		n, _ := io.WriteString(w, body)
 		s.bytesOut.Add(int64(n))
 	}
 }
