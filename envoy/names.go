@@ -100,6 +100,20 @@ const ImpersonationHeaderExpression = "impersonate-.+"
 // explanation (0, waiting forever, would also keep Envoy's /ready failing).
 const SDSInitialFetchTimeout = 10 * time.Second
 
+// MinEnvoyVersion is the oldest Envoy whose API has every field the rendered
+// bootstrap sets. Checked by resolving each set field of the rendered bootstrap
+// against the descriptors of go-control-plane's envoy module, which is generated
+// from Envoy's API protos per release: v1.35.0 lacks ext_proc status_on_error,
+// v1.36.0 lacks the generic credential's header_value_prefix, v1.37.0 has all.
+// An older Envoy refuses the bootstrap as an unknown field (or worse, a build
+// without the check would ignore it: status_on_error would fall back to 500,
+// and without header_value_prefix the token would go upstream without "Bearer ").
+const MinEnvoyVersion = "1.37.0"
+
+// ReferenceEnvoyVersion is the Envoy release whose source the test data plane
+// emulates and the image docker-compose.yaml pins (envoyproxy/envoy:v1.40.0).
+const ReferenceEnvoyVersion = "1.40.0"
+
 // Defaults for Options; each is a flag of `kubegate envoy render`.
 const (
 	DefaultListen            = "0.0.0.0:8443"

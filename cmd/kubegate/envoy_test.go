@@ -1,10 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"kubegate.dev/kubegate/envoy"
 )
 
 const composeEnvoyConfig = "../../deploy/compose/envoy.yaml"
@@ -172,4 +175,49 @@ func TestEnvoyValidateListRules(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "ext-proc-body-mode") || !strings.Contains(out, "credential-rotation") {
 		t.Fatalf("--list-rules = %d\n%s", code, out)
 	}
+}
+
+// TestEnvoyVersionIsRecorded: the minimum Envoy the bootstrap needs is in the
+// render header and `kubegate version`, and docker-compose.yaml pins the Envoy
+// release the test data plane emulates (which is at least that minimum).
+func TestEnvoyVersionIsRecorded(t *testing.T) {
+	data, err := os.ReadFile(composeEnvoyConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "# Needs Envoy " + envoy.MinEnvoyVersion + " or newer"; !strings.Contains(string(data), "\n"+want) {
+		t.Errorf("the render header lacks %q", want)
+	}
+	out, _, code := run(t, "", "version")
+	if code != 0 || !strings.Contains(out, "needs envoy >= "+envoy.MinEnvoyVersion) || !strings.Contains(out, "tested as envoy "+envoy.ReferenceEnvoyVersion) {
+		t.Errorf("kubegate version: %q", out)
+	}
+	compose, err := os.ReadFile("../../docker-compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "image: envoyproxy/envoy:v" + envoy.ReferenceEnvoyVersion + "\n"; !strings.Contains(string(compose), want) {
+		t.Errorf("docker-compose.yaml does not pin %q", strings.TrimSpace(want))
+	}
+	if !versionAtLeast(envoy.ReferenceEnvoyVersion, envoy.MinEnvoyVersion) {
+		t.Errorf("the reference Envoy %s is older than the minimum %s", envoy.ReferenceEnvoyVersion, envoy.MinEnvoyVersion)
+	}
+}
+
+// versionAtLeast compares dotted release numbers ("1.40.0" ≥ "1.37.0").
+func versionAtLeast(v, min string) bool {
+	a, b := strings.Split(v, "."), strings.Split(min, ".")
+	for i := range max(len(a), len(b)) {
+		var x, y int
+		if i < len(a) {
+			fmt.Sscan(a[i], &x)
+		}
+		if i < len(b) {
+			fmt.Sscan(b[i], &y)
+		}
+		if x != y {
+			return x > y
+		}
+	}
+	return true
 }

@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
+
+	"kubegate.dev/kubegate/envoy"
 )
 
 // version is set at link time: -ldflags "-X main.version=v0.1.0".
@@ -14,7 +16,7 @@ var version = "dev"
 func newVersionCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print the kubegate version, its Go version and the Envoy API it was built against",
+		Short: "Print the kubegate version, its Go version, the Envoy API it was built against and the Envoy it needs",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			envoyAPI := "unknown"
@@ -25,7 +27,8 @@ func newVersionCommand() *cobra.Command {
 					}
 				}
 			}
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "kubegate %s (%s, envoy api %s)\n", version, runtime.Version(), envoyAPI)
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "kubegate %s (%s, envoy api %s, needs envoy >= %s, tested as envoy %s)\n",
+				version, runtime.Version(), envoyAPI, envoy.MinEnvoyVersion, envoy.ReferenceEnvoyVersion)
 			return err
 		},
 	}
