@@ -31,7 +31,9 @@
 //     headers dropped, x-forwarded-for/-proto, x-envoy-external-address, a fresh
 //     x-request-id, internal x-envoy-* headers removed; 403 for an upgrade type
 //     not in upgrade_configs; "server: envoy"; local replies as
-//     Utility::prepareLocalReply builds them; the stdout access log in its
+//     Utility::prepareLocalReply builds them, through local_reply_config mappers
+//     (local_reply.cc: and/status_code/metadata filters, status, body,
+//     headers_to_add; no body formats); the stdout access log in its
 //     configured format (the command operators a kubegate format uses; others
 //     refused) or Envoy's default; request_headers_timeout; HTTP/2
 //     max_concurrent_streams and initial stream and connection windows, advertised
@@ -74,7 +76,8 @@
 //   - credential_injector with the generic credential (credential_injector_
 //     filter.cc, injected_credentials/generic): the secret over a real SDS
 //     StreamSecrets (or ADS) stream with ACK/NACK; the listener warms until the
-//     first secret or initial_fetch_timeout; overwrite sets one header line;
+//     first secret, the first rejected update (SdsApi::onConfigUpdateFailed) or
+//     initial_fetch_timeout; overwrite sets one header line;
 //     without a secret a 401 "Failed to inject credential.".
 //   - Router (common/router/router.cc, config_impl.cc, http1/codec_impl.cc): prefix
 //     match and prefix_rewrite with x-envoy-original-path; the router's 404 for no
