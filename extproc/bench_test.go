@@ -52,8 +52,13 @@ func oneRequest(c extprocv3.ExternalProcessorClient, req *extprocv3.ProcessingRe
 	if err := s.Send(req); err != nil {
 		return err
 	}
-	if _, err := s.Recv(); err != nil {
+	resp, err := s.Recv()
+	if err != nil {
 		return err
+	}
+	if resp.GetImmediateResponse() != nil {
+		// A denial is not the path being measured.
+		return fmt.Errorf("the processor denied the request: %s", resp.GetImmediateResponse().GetBody())
 	}
 	return s.CloseSend()
 }
@@ -74,7 +79,8 @@ func BenchmarkStreamRoundTrip(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	req := headersRequest(nil, ":path", "/api/v1/pods", "accept", "application/json", "user-agent", "kubectl/v1.32")
+	// Impersonate-User as kubegate authz sets it in user mode (see package handoff).
+	req := headersRequest(nil, ":path", "/api/v1/pods", "accept", "application/json", "user-agent", "kubectl/v1.32", "impersonate-user", d.User)
 	req.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: s}}
 	for _, callers := range []int{1, 8} {
 		var base loadgen.Result
