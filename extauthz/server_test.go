@@ -295,9 +295,13 @@ func TestRequestsAndResponses(t *testing.T) {
 			t.Fatalf("credential scrubbing: %v %v", ok.GetHeadersToRemove(), ok.GetQueryParametersToRemove())
 		}
 		// Only Impersonate-User, set (not appended) in one line: a request ext_proc
-		// skips goes upstream as the user, never as the agent.
-		if h := ok.GetHeaders(); len(h) != 1 || h[0].GetHeader().GetKey() != "impersonate-user" || h[0].GetHeader().GetValue() != "gitlab:user:alice" ||
-			len(h[0].GetHeader().GetRawValue()) != 0 || h[0].GetAppend() != nil || h[0].GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+		// skips goes upstream as the user, never as the agent. The deprecated append
+		// must stay unset: Envoy would read it before append_action.
+		h := ok.GetHeaders()
+		//lint:ignore SA1019 checking that the deprecated field is not set
+		legacy := len(h) > 0 && h[0].GetAppend() != nil
+		if len(h) != 1 || h[0].GetHeader().GetKey() != "impersonate-user" || h[0].GetHeader().GetValue() != "gitlab:user:alice" ||
+			len(h[0].GetHeader().GetRawValue()) != 0 || legacy || h[0].GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
 			t.Fatalf("user-mode OK headers: want only impersonate-user: gitlab:user:alice with OVERWRITE_IF_EXISTS_OR_ADD, got %v", h)
 		}
 		d, err := handoff.FromMetadata(&corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: resp.GetDynamicMetadata()}})
