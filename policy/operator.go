@@ -184,5 +184,9 @@ func requestTerm(r Request) *ast.Term {
 		ast.Item(ast.StringTerm("name"), ast.StringTerm(r.Name)),
 		ast.Item(ast.StringTerm("isResourceRequest"), ast.BooleanTerm(r.IsResourceRequest)),
 		ast.Item(ast.StringTerm("path"), ast.StringTerm(r.Path)),
+		ast.Item(ast.StringTerm("fieldSelector"), ast.StringTerm(r.FieldSelector)),
+		ast.Item(ast.StringTerm("labelSelector"), ast.StringTerm(r.LabelSelector)),
+		ast.Item(ast.StringTerm("dryRun"), ast.BooleanTerm(r.DryRun)),
+		ast.Item(ast.StringTerm("fieldManager"), ast.StringTerm(r.FieldManager)),
 	)
 }
