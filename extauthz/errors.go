@@ -23,6 +23,8 @@ const (
 	ReasonClientImpersonation Reason = "client_impersonation" // the client sent Impersonate-* headers
 	ReasonOutsidePrefix       Reason = "outside_prefix"       // the path is not under /k8s-proxy/
 	ReasonBadRequest          Reason = "bad_request"          // the path or query cannot be parsed
+	ReasonAmbiguousQuery      Reason = "ambiguous_query"      // the query is not in the canonical form (query.go)
+	ReasonForeignCredential   Reason = "foreign_credential"   // a credential the API server would try besides the agent's
 	ReasonMisconfigured       Reason = "gateway_misconfigured"
 )
 
@@ -31,7 +33,7 @@ func statusFor(r Reason) int {
 	switch r {
 	case ReasonAllowed:
 		return http.StatusOK
-	case ReasonOutsidePrefix, ReasonBadRequest:
+	case ReasonOutsidePrefix, ReasonBadRequest, ReasonAmbiguousQuery, ReasonForeignCredential:
 		return http.StatusBadRequest
 	case ReasonClientImpersonation, Reason(policy.ReasonNotMember), Reason(policy.ReasonPolicyDenied):
 		return http.StatusForbidden

@@ -3,6 +3,7 @@ package extauthz
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"kubegate.dev/kubegate/identity"
@@ -46,6 +47,9 @@ func check(ctx context.Context, agent policy.Agent, snap *Snapshot, r *httpReque
 	req, query, o, ok := parseTarget(r)
 	if !ok {
 		return o
+	}
+	if msg := identity.ForeignCredential(r.Header, query); msg != "" {
+		return deny(ReasonForeignCredential, msg)
 	}
 	cred, err := identity.ParseCredential(r.Header, query)
 	if err != nil {
@@ -116,9 +120,11 @@ func clientImpersonation(h identity.Header) (string, bool) {
 }
 
 // parseTarget strips the gateway prefix and parses the request the way the API
-// server will see it.
-func parseTarget(r *httpRequest) (policy.Request, map[string][]string, outcome, bool) {
-	path, query, err := splitTarget(r.Target)
+// server will see it: with the query Envoy will forward (query.go). The query it
+// returns is the client's, credentials included, decoded.
+func parseTarget(r *httpRequest) (policy.Request, url.Values, outcome, bool) {
+	path, rawQuery, _ := strings.Cut(r.Target, "?")
+	query, err := url.ParseQuery(rawQuery)
 	if err != nil {
 		return policy.Request{}, nil, deny(ReasonBadRequest, "the query string is malformed: "+err.Error()), false
 	}
@@ -129,9 +135,13 @@ func parseTarget(r *httpRequest) (policy.Request, map[string][]string, outcome, 
 	if msg := uncleanPath(rest); msg != "" {
 		return policy.Request{}, nil, deny(ReasonBadRequest, msg), false
 	}
+	upstream, msg := upstreamQuery(rawQuery, query)
+	if msg != "" {
+		return policy.Request{}, nil, deny(ReasonAmbiguousQuery, msg), false
+	}
 	apiTarget := "/" + rest
-	if _, rawQuery, found := strings.Cut(r.Target, "?"); found {
-		apiTarget += "?" + rawQuery
+	if upstream != "" {
+		apiTarget += "?" + upstream
 	}
 	req, err := policy.ParseRequest(r.Method, apiTarget)
 	if err != nil {

@@ -2,7 +2,6 @@ package extauthz
 
 import (
 	"errors"
-	"net/url"
 	"strings"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -44,14 +43,4 @@ func requestFromCheck(req *authv3.CheckRequest) (*httpRequest, error) {
 		header[k] = append(header[k], v)
 	}
 	return &httpRequest{ID: h.GetId(), Method: h.GetMethod(), Target: h.GetPath(), Header: header}, nil
-}
-
-// splitTarget separates the request target into path and parsed query.
-func splitTarget(target string) (string, url.Values, error) {
-	p, rawQuery, _ := strings.Cut(target, "?")
-	q, err := url.ParseQuery(rawQuery)
-	if err != nil {
-		return "", nil, err
-	}
-	return p, q, nil
 }

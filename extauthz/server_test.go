@@ -216,6 +216,17 @@ func TestCredentials(t *testing.T) {
 		{name: "session cookie via query", headers: []hdr{{"cookie", "kubegate_session=s"}}, path: podsPath + "?gitlab-agent-id=1&gitlab-csrf-token=c", wantCode: 401, wantReason: "unsupported_credential", backend: true},
 		{name: "session cookie without CSRF", headers: []hdr{{"cookie", "kubegate_session=s"}, {"gitlab-agent-id", "1"}}, wantCode: 401, wantReason: "malformed_credential", wantMessage: "CSRF"},
 		{name: "two CSRF headers", headers: []hdr{{"cookie", "kubegate_session=s"}, {"gitlab-agent-id", "1"}, {"x-csrf-token", "a"}, {"x-csrf-token", "b"}}, wantCode: 401, wantReason: "malformed_credential"},
+		// Credentials the API server would read besides the agent's (identity.ForeignCredential).
+		{name: "WebSocket bearer subprotocol", headers: []hdr{pat(aliceToken), {"upgrade", "websocket"}, {"connection", "Upgrade"}, {"sec-websocket-protocol", "base64url.bearer.authorization.k8s.io.c2VjcmV0, v5.channel.k8s.io"}}, wantCode: 400, wantReason: "foreign_credential", wantMessage: "Sec-WebSocket-Protocol header carries a bearer token"},
+		{name: "WebSocket bearer subprotocol on its own line", headers: []hdr{pat(aliceToken), {"sec-websocket-protocol", "v4.channel.k8s.io"}, {"sec-websocket-protocol", " Base64url.Bearer.Authorization.K8s.Io.c2VjcmV0"}}, wantCode: 400, wantReason: "foreign_credential"},
+		{name: "WebSocket bearer subprotocol as the only credential", headers: []hdr{{"sec-websocket-protocol", "base64url.bearer.authorization.k8s.io.c2VjcmV0,v5.channel.k8s.io"}}, wantCode: 400, wantReason: "foreign_credential"},
+		{name: "access_token query parameter", headers: []hdr{pat(aliceToken)}, path: podsPath + "?access_token=secret", wantCode: 400, wantReason: "foreign_credential", wantMessage: "access_token"},
+		{name: "kubectl exec WebSocket subprotocols pass", headers: []hdr{pat(aliceToken), {"upgrade", "websocket"}, {"connection", "Upgrade"}, {"sec-websocket-protocol", "v5.channel.k8s.io, v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io"}}, path: podsPath + "/web/exec?command=sh&command=-c&command=ls&stdout=true&stderr=true", backend: true},
+		{name: "kubectl port-forward WebSocket subprotocols pass", headers: []hdr{pat(aliceToken), {"upgrade", "websocket"}, {"connection", "Upgrade"}, {"sec-websocket-protocol", "SPDY/3.1+portforward.k8s.io"}, {"sec-websocket-protocol", "portforward.k8s.io"}}, path: podsPath + "/web/portforward?ports=80&ports=443", backend: true},
+		// Credential parameters Envoy would not erase (query.go).
+		{name: "percent-encoded CSRF parameter name", headers: []hdr{{"cookie", "kubegate_session=s"}, {"gitlab-agent-id", "1"}}, path: podsPath + "?gitlab%2Dcsrf%2Dtoken=c", wantCode: 400, wantReason: "ambiguous_query", wantMessage: "percent-encoded"},
+		{name: "CSRF parameter in upper case", headers: []hdr{{"cookie", "kubegate_session=s"}, {"gitlab-agent-id", "1"}}, path: podsPath + "?GITLAB-CSRF-TOKEN=c", wantCode: 400, wantReason: "ambiguous_query", wantMessage: "another spelling"},
+		{name: "agent id parameter with '+'", headers: []hdr{pat(aliceToken)}, path: podsPath + "?gitlab-agent-id+=1", wantCode: 400, wantReason: "ambiguous_query"},
 		{name: "malformed Authorization does not fall through to a cookie", headers: []hdr{{"authorization", "Bearer junk"}, {"cookie", "kubegate_session=s"}, {"gitlab-agent-id", "1"}, {"x-csrf-token", "c"}}, wantCode: 401, wantReason: "malformed_credential"},
 	}
 	for _, tt := range tests {
@@ -270,6 +281,14 @@ func TestRequestsAndResponses(t *testing.T) {
 		{name: "dot segments", path: "/k8s-proxy/api/v1/../../version", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "bad_request"},
 		{name: "encoded slash", path: "/k8s-proxy/api/v1/namespaces/a%2Fb/pods", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "bad_request"},
 		{name: "malformed query", path: podsPath + "?a=%zz", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "bad_request"},
+		// The policy decides on the query the API server will parse (query.go).
+		{name: "policy denies a watch", path: "/k8s-proxy/api/v1/namespaces/demo/configmaps?watch=true", headers: []hdr{pat(aliceToken)}, wantCode: 403, wantReason: "policy_denied", wantMessage: "watching configmaps"},
+		{name: "policy denies a watch spelled watch=", path: "/k8s-proxy/api/v1/namespaces/demo/configmaps?watch", headers: []hdr{pat(aliceToken)}, wantCode: 403, wantReason: "policy_denied", wantMessage: "watching configmaps"},
+		{name: "repeated watch", path: "/k8s-proxy/api/v1/namespaces/demo/configmaps?watch=false&watch=true", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "ambiguous_query", wantMessage: "watch appears 2 times"},
+		{name: "percent-encoded watch", path: "/k8s-proxy/api/v1/namespaces/demo/configmaps?watch=false&%77atch=true", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "ambiguous_query"},
+		{name: "policy denies a field selector", path: podsPath + "?fieldSelector=spec.nodeName%3Dn1", headers: []hdr{pat(aliceToken)}, wantCode: 403, wantReason: "policy_denied", wantMessage: "selecting pods by node"},
+		{name: "field selector behind an encoded name", path: podsPath + "?fieldSelector=metadata.name%3Dweb&%66ieldSelector=spec.nodeName%3Dn1", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "ambiguous_query"},
+		{name: "field selector repeated", path: podsPath + "?fieldSelector=metadata.name%3Dweb&fieldSelector=spec.nodeName%3Dn1", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "ambiguous_query"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -24,6 +24,42 @@ const (
 	SessionCookieName   = "kubegate_session"
 )
 
+// Credential carriers the API server reads that the gateway never accepts. The
+// API server authenticates a WebSocket request by a subprotocol
+// "base64url.bearer.authorization.k8s.io.<base64url token>" (k8s.io/apiserver
+// pkg/authentication/request/websocket/protocol.go, in kube-apiserver's chain next
+// to the Authorization bearer token: pkg/kubeapiserver/authenticator/config.go),
+// and it counts an access_token query parameter as an attempted credential
+// (endpoints/filters/authn_audit.go). Envoy overwrites only Authorization, so
+// either would reach the cluster: a request carrying one is refused.
+const (
+	HeaderWebSocketProtocol = "sec-websocket-protocol"
+	WebSocketBearerPrefix   = "base64url.bearer.authorization.k8s.io."
+	QueryAccessToken        = "access_token"
+)
+
+// ForeignCredential reports a credential in the request that is not the gateway's
+// own but one the API server would read (see above): a message for the client,
+// naming the carrier and never its value, or "" when there is none. kubectl's own
+// subprotocols (v5.channel.k8s.io, v4.channel.k8s.io, SPDY/3.1+portforward.k8s.io,
+// portforward.k8s.io, …) are not credentials and pass.
+func ForeignCredential(h Header, query url.Values) string {
+	for _, line := range h[HeaderWebSocketProtocol] {
+		for _, p := range strings.Split(line, ",") {
+			p = strings.TrimSpace(p)
+			// The API server matches the prefix case-sensitively; refusing any case
+			// costs a real client nothing.
+			if len(p) >= len(WebSocketBearerPrefix) && strings.EqualFold(p[:len(WebSocketBearerPrefix)], WebSocketBearerPrefix) {
+				return "the Sec-WebSocket-Protocol header carries a bearer token (" + WebSocketBearerPrefix + "…), which the API server would try as a credential; the gateway passes on only its own: authenticate with Authorization: Bearer and drop that subprotocol"
+			}
+		}
+	}
+	if _, present := query[QueryAccessToken]; present {
+		return "the access_token query parameter is a credential the API server would see; the gateway passes on only its own: authenticate with Authorization: Bearer and remove access_token"
+	}
+	return ""
+}
+
 // maxCredentialLen bounds any one credential value. GitLab PATs are ~50 bytes and
 // ID tokens a few KiB; anything longer is refused before it is hashed or parsed.
 const maxCredentialLen = 16 << 10

@@ -146,3 +146,41 @@ func TestListedDigest(t *testing.T) {
 		t.Fatal("keys are not lower case")
 	}
 }
+
+// TestForeignCredential: the carriers the API server reads besides Authorization
+// are found in every spelling a client may use; kubectl's own subprotocols pass.
+func TestForeignCredential(t *testing.T) {
+	tests := []struct {
+		name  string
+		h     Header
+		query string
+		want  string // part of the message; "" means none found
+	}{
+		{"nothing", Header{}, "", ""},
+		{"kubectl exec subprotocols", Header{HeaderWebSocketProtocol: {"v5.channel.k8s.io, v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io"}}, "command=sh", ""},
+		{"kubectl port-forward subprotocols", Header{HeaderWebSocketProtocol: {"SPDY/3.1+portforward.k8s.io", "portforward.k8s.io"}}, "ports=80", ""},
+		{"a protocol merely mentioning bearer", Header{HeaderWebSocketProtocol: {"bearer.example"}}, "", ""},
+		{"bearer subprotocol", Header{HeaderWebSocketProtocol: {"base64url.bearer.authorization.k8s.io.c2VjcmV0, v5.channel.k8s.io"}}, "", "Sec-WebSocket-Protocol"},
+		{"bearer subprotocol last in the list", Header{HeaderWebSocketProtocol: {"v5.channel.k8s.io,base64url.bearer.authorization.k8s.io.c2VjcmV0"}}, "", "Sec-WebSocket-Protocol"},
+		{"bearer subprotocol on a second line", Header{HeaderWebSocketProtocol: {"v5.channel.k8s.io", "  base64url.bearer.authorization.k8s.io.c2VjcmV0"}}, "", "Sec-WebSocket-Protocol"},
+		{"bearer subprotocol in another case", Header{HeaderWebSocketProtocol: {"BASE64URL.BEARER.AUTHORIZATION.K8S.IO.c2VjcmV0"}}, "", "Sec-WebSocket-Protocol"},
+		{"bearer subprotocol without a token", Header{HeaderWebSocketProtocol: {"base64url.bearer.authorization.k8s.io."}}, "", "Sec-WebSocket-Protocol"},
+		{"access_token", Header{}, "access_token=secret", "access_token"},
+		{"empty access_token", Header{}, "access_token=", "access_token"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q, err := url.ParseQuery(tt.query)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := ForeignCredential(tt.h, q)
+			if tt.want == "" && got != "" || !strings.Contains(got, tt.want) {
+				t.Fatalf("got %q, want %q", got, tt.want)
+			}
+			if strings.Contains(got, "c2VjcmV0") || strings.Contains(got, "secret") {
+				t.Fatalf("the message repeats the credential: %s", got)
+			}
+		})
+	}
+}
