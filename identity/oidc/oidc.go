@@ -311,6 +311,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, cred identity.Credenti
 	if err := a.checkTimes(claims); err != nil {
 		return nil, false, identity.Rejected(identity.ReasonInvalid, err)
 	}
+	if err := a.checkAuthorizedParty(tok.Audience, claims); err != nil {
+		return nil, false, identity.Rejected(identity.ReasonInvalid, err)
+	}
 	user, err := a.user(ctx, tok.Subject, claims)
 	if err != nil {
 		return nil, false, err
@@ -337,6 +340,30 @@ func (a *Authenticator) checkTimes(claims map[string]json.RawMessage) error {
 			}
 			return fmt.Errorf("the ID token was issued in the future (%s)", t.UTC().Format(time.RFC3339))
 		}
+	}
+	return nil
+}
+
+// checkAuthorizedParty applies OpenID Connect Core 1.0 §3.1.3.7 (ID Token
+// Validation, points 4 and 5), which go-oidc leaves to the caller: a token issued
+// to several audiences must name this client in azp, the party it was issued to;
+// and an azp, when present, must be this client. Without this, a token another
+// client obtained for itself, with kubegate merely among its audiences, would be
+// accepted.
+func (a *Authenticator) checkAuthorizedParty(aud []string, claims map[string]json.RawMessage) error {
+	raw, present := claims["azp"]
+	if !present {
+		if len(aud) > 1 {
+			return fmt.Errorf("the ID token has %d audiences but no azp: a token for several audiences is accepted only when azp names this client", len(aud))
+		}
+		return nil
+	}
+	var azp string
+	if err := json.Unmarshal(raw, &azp); err != nil {
+		return errors.New("the ID token's azp is not a string")
+	}
+	if azp != a.cfg.ClientID {
+		return errors.New("the ID token was issued to another client (azp)")
 	}
 	return nil
 }
