@@ -102,7 +102,7 @@ func gitlabArgs(t testing.TB, gl *gitlabtest.Server, extra ...string) []string {
 	if err := os.WriteFile(tokenFile, []byte(glAdminToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return append([]string{"--identity-source=gitlab", "--gitlab-url=" + gl.URL, "--gitlab-token-file=" + tokenFile,
+	return append([]string{"--identity-source=gitlab", "--gitlab-url=" + gl.URL, "--gitlab-insecure-http-for-tests", "--gitlab-token-file=" + tokenFile,
 		"--gitlab-rate-limit=-1"}, extra...)
 }
 

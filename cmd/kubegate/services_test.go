@@ -318,7 +318,7 @@ func TestAuthzProcessWithGitLab(t *testing.T) {
 	}
 	addr := freeAddr(t)
 	p := startProcess(t, "authz", "--listen", addr, "--agent-id", "1", "--config-project-id", "1", "--agent-config", sandboxConfig,
-		"--identity-source", "gitlab", "--gitlab-url", gl.URL, "--gitlab-token-file", tokenFile)
+		"--identity-source", "gitlab", "--gitlab-url", gl.URL, "--gitlab-insecure-http-for-tests", "--gitlab-token-file", tokenFile)
 	conn := dial(t, addr)
 	waitServing(t, conn, "envoy.service.auth.v3.Authorization", p)
 	client := authv3.NewAuthorizationClient(conn)

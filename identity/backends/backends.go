@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -45,9 +46,12 @@ type Options struct {
 
 	GitLabURL       string
 	GitLabTokenFile string
-	GitLabPATCheck  string
-	GitLabTimeout   time.Duration
-	GitLabRateLimit float64
+	// GitLabInsecureHTTPForTests allows an http:// --gitlab-url, which sends the
+	// service token and users' tokens in clear text: for a local test GitLab only.
+	GitLabInsecureHTTPForTests bool
+	GitLabPATCheck             string
+	GitLabTimeout              time.Duration
+	GitLabRateLimit            float64
 	// GitLabTokenRateLimit and GitLabTokenChecksInFlight are the unauthenticated
 	// budget: checks of tokens not known to be GitLab's.
 	GitLabTokenRateLimit      float64
@@ -90,6 +94,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"where users, personal access tokens and memberships come from: directory (the --directory file) or gitlab (GitLab's REST API)")
 	fs.StringVar(&o.GitLabURL, "gitlab-url", o.GitLabURL,
 		"GitLab's base URL, e.g. https://gitlab.example.com (with --identity-source=gitlab)")
+	fs.BoolVar(&o.GitLabInsecureHTTPForTests, "gitlab-insecure-http-for-tests", o.GitLabInsecureHTTPForTests,
+		"INSECURE: allow an http:// --gitlab-url, sending kubegate's service token and users' tokens unencrypted; only for a GitLab stand-in on loopback in tests")
 	fs.StringVar(&o.GitLabTokenFile, "gitlab-token-file", o.GitLabTokenFile,
 		"file holding kubegate's GitLab service token (read_api; an administrator's token with --gitlab-pat-check=admin)")
 	fs.StringVar(&o.GitLabPATCheck, "gitlab-pat-check", o.GitLabPATCheck,
@@ -131,6 +137,8 @@ func (o *Options) Validate() error {
 	case SourceGitLab:
 		if o.GitLabURL == "" {
 			errs = append(errs, errors.New("--identity-source=gitlab needs --gitlab-url, e.g. https://gitlab.example.com"))
+		} else if u, err := url.Parse(o.GitLabURL); err == nil && strings.EqualFold(u.Scheme, "http") && !o.GitLabInsecureHTTPForTests {
+			errs = append(errs, fmt.Errorf("--gitlab-url %q is plain http: kubegate would send its GitLab service token and every user's token unencrypted; use https:// (only a test GitLab may be reached over http, with --gitlab-insecure-http-for-tests)", o.GitLabURL))
 		}
 		if o.GitLabTokenFile == "" {
 			errs = append(errs, errors.New("--identity-source=gitlab needs --gitlab-token-file: a file holding kubegate's GitLab service token"))
@@ -216,6 +224,9 @@ func Build(ctx context.Context, o Options, reg prometheus.Registerer, log *slog.
 			return nil, err
 		}
 		remote = append(remote, gl)
+		if o.GitLabInsecureHTTPForTests && strings.HasPrefix(strings.ToLower(o.GitLabURL), "http:") {
+			log.Warn("INSECURE: --gitlab-insecure-http-for-tests: the GitLab service token and users' tokens travel unencrypted to " + o.GitLabURL + "; never use this outside a test")
+		}
 		log.Info("identity source: GitLab", "url", o.GitLabURL, "pat_check", o.GitLabPATCheck,
 			"timeout", o.GitLabTimeout.String(), "rate_limit", o.GitLabRateLimit,
 			"token_rate_limit", o.GitLabTokenRateLimit, "token_checks_in_flight", o.GitLabTokenChecksInFlight)

@@ -75,6 +75,14 @@ func TestFlags(t *testing.T) {
 				t.Errorf("TTLs %v %v, want both 0 (caching off)", o.CacheTTL, o.CacheFailureTTL)
 			}
 		}},
+		{name: "gitlab over plain http", args: []string{"--identity-source=gitlab", "--gitlab-url=http://gitlab.example.com", "--gitlab-token-file=/run/t"}, wantErr: "plain http"},
+		{name: "gitlab over plain HTTP in capitals", args: []string{"--identity-source=gitlab", "--gitlab-url=HTTP://gitlab.example.com", "--gitlab-token-file=/run/t"}, wantErr: "--gitlab-insecure-http-for-tests"},
+		{name: "gitlab over http allowed for tests", args: []string{"--identity-source=gitlab", "--gitlab-url=http://127.0.0.1:8080", "--gitlab-token-file=/run/t", "--gitlab-insecure-http-for-tests"},
+			check: func(t *testing.T, o Options) {
+				if !o.GitLabInsecureHTTPForTests {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
 		{name: "gitlab without URL and token", args: []string{"--identity-source=gitlab"}, wantErr: "needs --gitlab-url"},
 		{name: "gitlab without token file", args: []string{"--identity-source=gitlab", "--gitlab-url=https://g"}, wantErr: "needs --gitlab-token-file"},
 		{name: "gitlab flags with the directory", args: []string{"--gitlab-url=https://g"}, wantErr: "need --identity-source=gitlab"},
@@ -205,7 +213,7 @@ func TestGitLab(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte("glpat-admin-0000000000000000\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	o, err := parse(t, "--identity-source=gitlab", "--gitlab-url="+gl.URL, "--gitlab-token-file="+tokenFile)
+	o, err := parse(t, "--identity-source=gitlab", "--gitlab-url="+gl.URL, "--gitlab-insecure-http-for-tests", "--gitlab-token-file="+tokenFile)
 	if err != nil {
 		t.Fatal(err)
 	}
