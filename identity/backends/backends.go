@@ -190,11 +190,12 @@ func (o *Options) Validate() error {
 // Backends holds the long-lived identity parts. Make it once per process with Build;
 // Close it on shutdown.
 type Backends struct {
-	source  string
-	remote  identity.Authenticator      // cached GitLab and/or OIDC authenticators; nil if none
-	members identity.MembershipResolver // cached GitLab memberships; nil for the directory
-	dir     atomic.Pointer[directory.Directory]
-	closers []func()
+	source     string
+	oidcLookup bool                        // OIDC usernames are looked up in the identity source (--oidc-user-id=lookup)
+	remote     identity.Authenticator      // cached GitLab and/or OIDC authenticators; nil if none
+	members    identity.MembershipResolver // cached GitLab memberships; nil for the directory
+	dir        atomic.Pointer[directory.Directory]
+	closers    []func()
 }
 
 // Build validates o and makes the clients and caches. reg receives the caches'
@@ -207,7 +208,7 @@ func Build(ctx context.Context, o Options, reg prometheus.Registerer, log *slog.
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Backends{source: o.Source}
+	b := &Backends{source: o.Source, oidcLookup: oidc.UserIDMode(o.OIDCUserID) == oidc.UserIDFromLookup}
 	copts := cache.Options{TTL: o.CacheTTL, FailureTTL: o.CacheFailureTTL, MaxEntries: o.CacheSize, Registerer: reg}
 
 	var gl *gitlab.Backend
@@ -319,11 +320,41 @@ func (b *Backends) Sources(dir *directory.Directory) (identity.Authenticator, id
 		if b.remote == nil {
 			return dir, dir, nil
 		}
-		// PATs from the directory; anything it does not handle (OIDC) goes on.
-		return identity.Union{dir, b.remote}, dir, nil
+		// PATs from the directory; anything it does not handle (OIDC) goes on, its
+		// cached identities checked against this directory.
+		return identity.Union{dir, inDirectory{inner: b.remote, dir: dir, lookup: b.oidcLookup}}, dir, nil
 	default:
 		return b.remote, b.members, nil
 	}
+}
+
+// inDirectory checks an identity from the cached remote authenticators against the
+// directory of this snapshot. The cache outlives directory reloads, and a reload
+// may renumber users: a cached (id 7, grace) could otherwise fetch the memberships
+// of whoever is id 7 now. The username is what the ID token asserts, so with
+// --oidc-user-id=lookup the user is resolved again by name; with sub the token
+// also asserts the id, and a directory that disagrees is refused.
+type inDirectory struct {
+	inner  identity.Authenticator
+	dir    *directory.Directory
+	lookup bool
+}
+
+func (a inDirectory) Authenticate(ctx context.Context, cred identity.Credential) (*identity.Identity, bool, error) {
+	id, ok, err := a.inner.Authenticate(ctx, cred)
+	if err != nil || !ok || id == nil {
+		return id, ok, err
+	}
+	u, found := a.dir.UserByName(id.User.Username)
+	switch {
+	case !found:
+		return nil, false, identity.Rejected(identity.ReasonInactive, fmt.Errorf("user %s is no longer an active user of the directory", id.User.Username))
+	case u.ID != id.User.ID && !a.lookup:
+		return nil, false, identity.Rejected(identity.ReasonInvalid, fmt.Errorf("the ID token says user %s has id %d; the directory says %d", id.User.Username, id.User.ID, u.ID))
+	}
+	out := *id
+	out.User = u
+	return &out, true, nil
 }
 
 // NeedsDirectory reports whether snapshots need the --directory file.

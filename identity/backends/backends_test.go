@@ -277,3 +277,99 @@ func TestBuildErrors(t *testing.T) {
 		})
 	}
 }
+
+// renumbered is the sandbox directory after a reload that swapped the ids of grace
+// (7, developer of group-2) and heidi (8, developer of group-1), or dropped grace.
+func renumbered(t *testing.T, edit func(string) string) *directory.Directory {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	data, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "deploy", "sandbox", "directory.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := directory.Parse("renumbered.yaml", []byte(edit(string(data))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestDirectoryReloadRenumbersUsers: an OIDC identity cached under one directory
+// is checked against the directory of the snapshot deciding the request, so a
+// reload that renumbers users never pairs grace's name with heidi's memberships.
+func TestDirectoryReloadRenumbersUsers(t *testing.T) {
+	m, err := mockoidc.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown() })
+	now := time.Now()
+	idToken, err := m.Keypair.SignJWT(jwt.MapClaims{"iss": m.Issuer(), "aud": m.ClientID, "sub": "7", "nickname": "grace",
+		"iat": now.Unix(), "exp": now.Add(time.Minute).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grace := identity.Credential{Type: identity.AccessOIDCIDToken, AgentID: 1, Secret: idToken}
+	swapped := func(s string) string {
+		s = strings.Replace(s, "{id: 7, username: grace}", "{id: 8, username: grace}", 1)
+		return strings.Replace(s, "{id: 8, username: heidi}", "{id: 7, username: heidi}", 1)
+	}
+	gone := func(s string) string { return strings.Replace(s, "{id: 7, username: grace}", "{id: 7, username: grace, state: blocked}", 1) }
+	listed := identity.NewListed([]string{"group-1/project-1", "group-2/project-2"}, []string{"group-2"})
+
+	for _, tt := range []struct {
+		name     string
+		mode     string
+		reloaded func(string) string
+		wantUser identity.User // zero: refused with wantReason
+		wantRsn  identity.Reason
+	}{
+		{name: "lookup: grace is found again by name", mode: "lookup", reloaded: swapped, wantUser: identity.User{ID: 8, Username: "grace"}},
+		{name: "sub: the token's id and the directory disagree", mode: "sub", reloaded: swapped, wantRsn: identity.ReasonInvalid},
+		{name: "lookup: grace is blocked after the reload", mode: "lookup", reloaded: gone, wantRsn: identity.ReasonInactive},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parse(t, "--oidc-issuer="+m.Issuer(), "--oidc-client-id="+m.ClientID, "--oidc-user-id="+tt.mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := Build(context.Background(), o, prometheus.NewRegistry(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(b.Close)
+			before, _, err := b.Sources(sandboxDirectory(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id, ok, err := before.Authenticate(context.Background(), grace); !ok || err != nil || id.User != (identity.User{ID: 7, Username: "grace"}) {
+				t.Fatalf("before the reload: %+v %v %v", id, ok, err)
+			}
+			// The reload: the cached identity (7, grace) is still in the OIDC cache.
+			authn, members, err := b.Sources(renumbered(t, tt.reloaded))
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, ok, err := authn.Authenticate(context.Background(), grace)
+			if tt.wantUser == (identity.User{}) {
+				var e *identity.Error
+				if ok || id != nil || !errors.As(err, &e) || e.Reason != tt.wantRsn {
+					t.Fatalf("want %s, got %+v %v %v", tt.wantRsn, id, ok, err)
+				}
+				return
+			}
+			if !ok || err != nil || id.User != tt.wantUser {
+				t.Fatalf("after the reload: %+v %v %v, want %+v", id, ok, err, tt.wantUser)
+			}
+			ms, err := members.Memberships(context.Background(), id.User, listed)
+			if err != nil || len(ms) != 2 || ms[0].Path != "group-2/project-2" || ms[1].Path != "group-2" {
+				t.Fatalf("grace's memberships after the reload: %+v %v", ms, err)
+			}
+			// The stale identity itself is refused by the directory, never answered
+			// with heidi's memberships.
+			if ms, err := members.Memberships(context.Background(), identity.User{ID: 7, Username: "grace"}, listed); err == nil || len(ms) != 0 {
+				t.Fatalf("a stale identity got %+v %v", ms, err)
+			}
+		})
+	}
+}

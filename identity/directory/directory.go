@@ -426,6 +426,12 @@ func (d *Directory) Memberships(_ context.Context, u identity.User, listed ident
 	if du == nil || du.state != "active" {
 		return nil, nil
 	}
+	if du.Username != u.Username {
+		// The identity was resolved from an earlier directory that numbered users
+		// differently (a cached OIDC identity): this id is someone else now. Never
+		// pair one user's name with another's memberships.
+		return nil, identity.Rejected(identity.ReasonInvalid, fmt.Errorf("user id %d is %s in the directory, not %s: the identity comes from an earlier directory", u.ID, du.Username, u.Username))
+	}
 	idx := d.indexFor(&listed)
 	levels := make([]identity.AccessLevel, len(idx.entries))
 	for _, m := range du.directG {
