@@ -24,6 +24,7 @@ type credentialFlags struct {
 	tokenFile       string
 	expiry          time.Duration
 	checkRevoked    bool
+	insecureHTTP    bool
 }
 
 func (c *credentialFlags) add(f *pflag.FlagSet) {
@@ -31,6 +32,7 @@ func (c *credentialFlags) add(f *pflag.FlagSet) {
 	f.StringVar(&c.gitlabTokenFile, "gitlab-token-file", "", "file holding your GitLab personal access token (api scope); default: the "+usertoken.EnvGitLabToken+" environment variable")
 	f.StringVar(&c.tokenFile, "token-file", "", "file holding a token to use as is, instead of creating one in GitLab (the sandbox's demo tokens, or a k8s_proxy token made by hand)")
 	f.DurationVar(&c.expiry, "token-expiry-duration", usertoken.DefaultExpiryDuration, "lifetime of created tokens, at least 24h; GitLab ends them at 00:00 UTC, so the default lasts until the end of the current UTC day")
+	f.BoolVar(&c.insecureHTTP, "gitlab-insecure-http-for-tests", false, "INSECURE: allow an http:// --gitlab-url, sending your GitLab token unencrypted; only for a GitLab stand-in in tests")
 	f.BoolVar(&c.checkRevoked, "check-revoked", false, "ask GitLab whether the cached token was revoked before reusing it (one more GitLab call per kubectl process)")
 }
 
@@ -43,14 +45,18 @@ func (c *credentialFlags) validate(flags *pflag.FlagSet) error {
 	case c.gitlabURL != "" && c.tokenFile != "":
 		return errors.New("--gitlab-url and --token-file exclude each other: use one")
 	case c.tokenFile != "":
-		for _, name := range []string{"gitlab-token-file", "token-expiry-duration", "check-revoked"} {
+		for _, name := range []string{"gitlab-token-file", "token-expiry-duration", "check-revoked", "gitlab-insecure-http-for-tests"} {
 			if flags.Changed(name) {
 				return fmt.Errorf("--%s applies only with --gitlab-url (with --token-file the token is used as is)", name)
 			}
 		}
 		return nil
 	}
-	if _, err := usertoken.NormalizeGitLabURL(c.gitlabURL); err != nil {
+	base, err := usertoken.NormalizeGitLabURL(c.gitlabURL)
+	if err != nil {
+		return err
+	}
+	if err := usertoken.RequireHTTPS(base, c.insecureHTTP); err != nil {
 		return err
 	}
 	if c.expiry < usertoken.MinExpiryDuration {
@@ -87,6 +93,9 @@ func (c *credentialFlags) execArgs() ([]string, error) {
 	if c.checkRevoked {
 		args = append(args, "--check-revoked")
 	}
+	if c.insecureHTTP {
+		args = append(args, "--gitlab-insecure-http-for-tests")
+	}
 	return args, nil
 }
 
@@ -98,11 +107,12 @@ func (c *credentialFlags) gitlab(getenv func(string) string, cache *tokencache.C
 		return nil, err
 	}
 	return usertoken.NewGitLab(usertoken.GitLabConfig{
-		URL:            c.gitlabURL,
-		Token:          token,
-		ExpiryDuration: c.expiry,
-		CheckRevoked:   c.checkRevoked,
-		Cache:          cache,
+		URL:                  c.gitlabURL,
+		InsecureHTTPForTests: c.insecureHTTP,
+		Token:                token,
+		ExpiryDuration:       c.expiry,
+		CheckRevoked:         c.checkRevoked,
+		Cache:                cache,
 		Warnf: func(format string, args ...any) {
 			fmt.Fprintf(stderr, "kubegate get-token: warning: "+format+"\n", args...)
 		},

@@ -78,7 +78,7 @@ func TestGetTokenConcurrentProcesses(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			cmd := exec.Command(bin, "get-token", "--agent", "1", "--gitlab-url", gl.URL)
+			cmd := exec.Command(bin, "get-token", "--agent", "1", "--gitlab-url", gl.URL, "--gitlab-insecure-http-for-tests")
 			cmd.Env = env
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
@@ -176,6 +176,8 @@ func TestGetTokenFlags(t *testing.T) {
 		{"static with expiry", []string{"--agent", "1", "--token-file", tokenFile, "--token-expiry-duration", "48h"}, "--token-expiry-duration applies only"},
 		{"expiry too short", []string{"--agent", "1", "--gitlab-url", "https://gitlab.example.com", "--token-expiry-duration", "12h"}, "at least 24h"},
 		{"bad GitLab URL", []string{"--agent", "1", "--gitlab-url", "gitlab.example.com"}, "must be GitLab's address"},
+		{"GitLab over plain http", []string{"--agent", "1", "--gitlab-url", "http://gitlab.example.com"}, "is plain http"},
+		{"static with the insecure flag", []string{"--agent", "1", "--token-file", tokenFile, "--gitlab-insecure-http-for-tests"}, "applies only with --gitlab-url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -198,7 +200,7 @@ func TestGetTokenFlags(t *testing.T) {
 		closed.Close()
 		t.Setenv("GITLAB_TOKEN", aliceGitLabToken)
 		t.Setenv("XDG_CACHE_HOME", t.TempDir())
-		_, stderr, code := run(t, "", "get-token", "--agent", "1", "--gitlab-url", closed.URL)
+		_, stderr, code := run(t, "", "get-token", "--agent", "1", "--gitlab-url", closed.URL, "--gitlab-insecure-http-for-tests")
 		if code == 0 || !strings.Contains(stderr, "cannot reach GitLab at "+closed.URL) {
 			t.Fatalf("exit %d, stderr %q", code, stderr)
 		}
@@ -211,7 +213,7 @@ func TestUpdateKubeconfigWithGitLab(t *testing.T) {
 	dir := t.TempDir()
 	kc := filepath.Join(dir, "config")
 	args := []string{"update-kubeconfig", "--server", "https://gw.example.com", "--agent", "1", "--kubeconfig", kc,
-		"--gitlab-url", gl.URL + "/", "--project", "group-1/project-1", "--check-revoked", "--token-expiry-duration", "72h"}
+		"--gitlab-url", gl.URL + "/", "--gitlab-insecure-http-for-tests", "--project", "group-1/project-1", "--check-revoked", "--token-expiry-duration", "72h"}
 
 	stdout, stderr, code := run(t, "", args...)
 	if code != 0 {
@@ -228,7 +230,7 @@ func TestUpdateKubeconfigWithGitLab(t *testing.T) {
 	if u == nil || u.Exec == nil {
 		t.Fatalf("no exec user in %v", cfg.AuthInfos)
 	}
-	wantArgs := []string{"get-token", "--agent", "1", "--gitlab-url", gl.URL, "--token-expiry-duration", "72h0m0s", "--check-revoked"}
+	wantArgs := []string{"get-token", "--agent", "1", "--gitlab-url", gl.URL, "--token-expiry-duration", "72h0m0s", "--check-revoked", "--gitlab-insecure-http-for-tests"}
 	if strings.Join(u.Exec.Args, " ") != strings.Join(wantArgs, " ") {
 		t.Fatalf("exec args = %q, want %q", u.Exec.Args, wantArgs)
 	}
@@ -248,7 +250,7 @@ func TestUpdateKubeconfigWithGitLab(t *testing.T) {
 	}
 
 	t.Run("without --project the agent is not checked, and it says so", func(t *testing.T) {
-		_, stderr, code := run(t, "", "update-kubeconfig", "--server", "https://gw.example.com", "--agent", "99", "--kubeconfig", kc, "--gitlab-url", gl.URL)
+		_, stderr, code := run(t, "", "update-kubeconfig", "--server", "https://gw.example.com", "--agent", "99", "--kubeconfig", kc, "--gitlab-url", gl.URL, "--gitlab-insecure-http-for-tests")
 		if code != 0 || !strings.Contains(stderr, "Agent 99 was not checked") || !strings.Contains(stderr, "--project") {
 			t.Fatalf("exit %d, stderr %q", code, stderr)
 		}
@@ -268,7 +270,7 @@ func TestUpdateKubeconfigWithGitLab(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("GITLAB_TOKEN", tt.env)
 			other := filepath.Join(t.TempDir(), "config")
-			a := append([]string{"update-kubeconfig", "--server", "https://gw.example.com", "--kubeconfig", other, "--gitlab-url", gl.URL}, tt.args...)
+			a := append([]string{"update-kubeconfig", "--server", "https://gw.example.com", "--kubeconfig", other, "--gitlab-url", gl.URL, "--gitlab-insecure-http-for-tests"}, tt.args...)
 			_, stderr, code := run(t, "", a...)
 			if code == 0 {
 				t.Fatal("succeeded")
@@ -423,7 +425,7 @@ func TestKubectlThroughGitLabToken(t *testing.T) {
 	kc := filepath.Join(t.TempDir(), "config")
 	env := userEnv(t, "GITLAB_TOKEN="+aliceGitLabToken, "KUBECONFIG="+kc)
 	upd := exec.Command(bin, "update-kubeconfig", "--server", gw.URL, "--ca", ca, "--agent", "1",
-		"--gitlab-url", gl.URL, "--project", "group-1/project-1", "--use-context")
+		"--gitlab-url", gl.URL, "--gitlab-insecure-http-for-tests", "--project", "group-1/project-1", "--use-context")
 	upd.Env = env
 	if out, err := upd.CombinedOutput(); err != nil {
 		t.Fatalf("update-kubeconfig: %v\n%s", err, out)

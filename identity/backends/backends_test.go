@@ -314,7 +314,9 @@ func TestDirectoryReloadRenumbersUsers(t *testing.T) {
 		s = strings.Replace(s, "{id: 7, username: grace}", "{id: 8, username: grace}", 1)
 		return strings.Replace(s, "{id: 8, username: heidi}", "{id: 7, username: heidi}", 1)
 	}
-	gone := func(s string) string { return strings.Replace(s, "{id: 7, username: grace}", "{id: 7, username: grace, state: blocked}", 1) }
+	gone := func(s string) string {
+		return strings.Replace(s, "{id: 7, username: grace}", "{id: 7, username: grace, state: blocked}", 1)
+	}
 	listed := identity.NewListed([]string{"group-1/project-1", "group-2/project-2"}, []string{"group-2"})
 
 	for _, tt := range []struct {

@@ -33,6 +33,9 @@ const (
 type GitLabConfig struct {
 	// URL is GitLab's base URL, e.g. https://gitlab.example.com.
 	URL string
+	// InsecureHTTPForTests allows an http:// URL, which sends the user's own GitLab
+	// token in clear text: for a GitLab stand-in in tests only.
+	InsecureHTTPForTests bool
 	// Token is the user's own GitLab token (api scope), used to create the k8s_proxy
 	// tokens; see ResolveGitLabToken.
 	Token string
@@ -66,6 +69,9 @@ type GitLab struct {
 func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 	base, err := NormalizeGitLabURL(cfg.URL)
 	if err != nil {
+		return nil, err
+	}
+	if err := RequireHTTPS(base, cfg.InsecureHTTPForTests); err != nil {
 		return nil, err
 	}
 	if cfg.Token == "" {
@@ -117,6 +123,16 @@ func NormalizeGitLabURL(raw string) (string, error) {
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawPath = ""
 	return u.String(), nil
+}
+
+// RequireHTTPS refuses a plain-http GitLab URL (normalized) unless insecure, the
+// --gitlab-insecure-http-for-tests flag, allows it: the user's GitLab token (api
+// scope) would travel in clear text.
+func RequireHTTPS(base string, insecure bool) error {
+	if strings.HasPrefix(base, "http:") && !insecure {
+		return fmt.Errorf("--gitlab-url %s is plain http: your GitLab token would be sent unencrypted; use https:// (only a test GitLab may be reached over http, with --gitlab-insecure-http-for-tests)", base)
+	}
+	return nil
 }
 
 // URL is the normalized GitLab base URL.

@@ -51,7 +51,7 @@ func newFixture(t *testing.T) fixture {
 
 func (f fixture) source(t *testing.T, mod func(*GitLabConfig)) *GitLab {
 	t.Helper()
-	cfg := GitLabConfig{URL: f.srv.URL, Token: aliceAPI, Now: func() time.Time { return testNow }}
+	cfg := GitLabConfig{URL: f.srv.URL, InsecureHTTPForTests: true, Token: aliceAPI, Now: func() time.Time { return testNow }}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -211,6 +211,8 @@ func TestNewGitLabRefuses(t *testing.T) {
 		{"no URL", GitLabConfig{Token: "x"}, "must be GitLab's address"},
 		{"not http", GitLabConfig{URL: "ftp://gitlab.example.com", Token: "x"}, "must be GitLab's address"},
 		{"no token", GitLabConfig{URL: "https://gitlab.example.com"}, "no GitLab token configured"},
+		{"plain http", GitLabConfig{URL: "http://gitlab.example.com", Token: "x"}, "is plain http"},
+		{"plain HTTP in capitals", GitLabConfig{URL: "HTTP://gitlab.example.com/", Token: "x"}, "--gitlab-insecure-http-for-tests"},
 		{"too short", GitLabConfig{URL: "https://gitlab.example.com", Token: "x", ExpiryDuration: 12 * time.Hour}, "at least 24h0m0s"},
 	}
 	for _, tt := range tests {
