@@ -38,6 +38,26 @@ import (
 // (Gitlab-Csrf-Token) is refused, because Envoy's erase is case-sensitive and would
 // let it through to the cluster.
 
+// APIRequest parses a request target as the API server will receive it through the
+// gateway (path without /k8s-proxy, the client's query): the query must be
+// canonical, and the request is parsed with the query Envoy will forward. It is the
+// pipeline's own step, for `kubegate explain`.
+func APIRequest(method, target string) (policy.Request, error) {
+	path, rawQuery, _ := strings.Cut(target, "?")
+	query, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return policy.Request{}, fmt.Errorf("the query string is malformed: %v", err)
+	}
+	upstream, msg := upstreamQuery(rawQuery, query)
+	if msg != "" {
+		return policy.Request{}, fmt.Errorf("the gateway refuses this query (%s): %s", ReasonAmbiguousQuery, msg)
+	}
+	if upstream != "" {
+		path += "?" + upstream
+	}
+	return policy.ParseRequest(method, path)
+}
+
 // credentialQuery (response.go) is what the OK response asks Envoy to remove.
 
 // queryParam is one raw name=value pair of a query, nothing decoded.

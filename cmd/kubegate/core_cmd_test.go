@@ -121,6 +121,8 @@ func TestExplain(t *testing.T) {
 		{"blocked user", []string{"--user", "mallory", "GET", "/api"}, `user "mallory" is not an active user`},
 		{"bad path", []string{"--user", "alice", "GET", "api/v1"}, "not a valid origin-form request target"},
 		{"bad access type", []string{"--user", "alice", "--access-type", "password", "GET", "/api"}, `--access-type "password"`},
+		{"ambiguous query, as the gateway refuses it", []string{"--user", "alice", "GET", "/api/v1/pods?watch=false&%77atch=true"}, "the gateway refuses this query (ambiguous_query)"},
+		{"repeated watch", []string{"--user", "alice", "GET", "/api/v1/pods?watch=false&watch=true"}, "watch appears 2 times"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, errOut, code := run(t, "", append(base, tt.args...)...)

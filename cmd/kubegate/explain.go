@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"kubegate.dev/kubegate/extauthz"
 	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/directory"
 	"kubegate.dev/kubegate/policy"
@@ -83,7 +84,7 @@ func (o *explainOptions) run(cmd *cobra.Command, method, path string) error {
 	if !ok {
 		return fmt.Errorf("user %q is not an active user in %s", o.user, o.directory)
 	}
-	req, err := policy.ParseRequest(method, path)
+	req, err := extauthz.APIRequest(method, path)
 	if err != nil {
 		return err
 	}
