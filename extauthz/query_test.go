@@ -4,6 +4,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestUpstreamQuery: the canonical form, and the query Envoy forwards for it
@@ -59,5 +61,41 @@ func TestUpstreamQuery(t *testing.T) {
 				t.Fatalf("the refusal repeats a value: %s", msg)
 			}
 		})
+	}
+}
+
+// TestQueryRefusalsCountedNeverLogged: each refusal is a 400 Status, counted under
+// its reason, and neither the response nor the decision log repeats the credential.
+func TestQueryRefusalsCountedNeverLogged(t *testing.T) {
+	f := start(t, sandboxConfig, "")
+	const secret = "s3cr3t-csrf-value"
+	for _, tt := range []struct {
+		name    string
+		path    string
+		headers []hdr
+		reason  Reason
+	}{
+		{"encoded CSRF name", podsPath + "?gitlab%2Dcsrf%2Dtoken=" + secret, []hdr{{"cookie", "kubegate_session=" + secret}, {"gitlab-agent-id", "1"}}, ReasonAmbiguousQuery},
+		{"upper-case CSRF name", podsPath + "?GITLAB-CSRF-TOKEN=" + secret, []hdr{pat(aliceToken)}, ReasonAmbiguousQuery},
+		{"access_token", podsPath + "?access_token=" + secret, []hdr{pat(aliceToken)}, ReasonForeignCredential},
+		{"WebSocket bearer", podsPath, []hdr{pat(aliceToken), {"sec-websocket-protocol", "base64url.bearer.authorization.k8s.io." + secret + ",v5.channel.k8s.io"}}, ReasonForeignCredential},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := testutil.ToFloat64(f.server.metrics.decisions.WithLabelValues("denied", string(tt.reason)))
+			resp := f.check(t, checkRequest("GET", tt.path, tt.headers...))
+			d := denied(t, resp)
+			if d.code != 400 || d.reason != string(tt.reason) || strings.Contains(resp.String(), secret) {
+				t.Fatalf("got %+v", d)
+			}
+			if got := testutil.ToFloat64(f.server.metrics.decisions.WithLabelValues("denied", string(tt.reason))); got != before+1 {
+				t.Fatalf("kubegate_authz_decisions_total{reason=%q} went from %v to %v", tt.reason, before, got)
+			}
+		})
+	}
+	if strings.Contains(f.logs.String(), secret) {
+		t.Fatalf("a credential reached the log:\n%s", f.logs.String())
+	}
+	if f.backend.auths.Load() != 0 {
+		t.Fatal("a refused request reached the identity backend")
 	}
 }
