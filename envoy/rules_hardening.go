@@ -248,7 +248,9 @@ func (c *checker) accessLog(al *accesslogv3.AccessLog, p string) {
 	uncheckable := ""
 	sfs := func(f *corev3.SubstitutionFormatString, fp string) {
 		switch {
+		//lint:ignore SA1019 Envoy still accepts the deprecated format fields, so a config using them must be checked for credentials too
 		case f.GetTextFormat() != "":
+			//lint:ignore SA1019 Envoy still accepts the deprecated format fields, so a config using them must be checked for credentials too
 			formats = append(formats, f.GetTextFormat())
 		case f.GetJsonFormat() != nil:
 			formats = append(formats, structStrings(f.GetJsonFormat())...)
@@ -283,13 +285,17 @@ func (c *checker) accessLog(al *accesslogv3.AccessLog, p string) {
 	case *filev3.FileAccessLog:
 		switch f := l.GetAccessLogFormat().(type) {
 		case *filev3.FileAccessLog_Format:
+			//lint:ignore SA1019 Envoy still accepts the deprecated format fields, so a config using them must be checked for credentials too
 			if f.Format == "" {
 				dflt = true
 			}
+			//lint:ignore SA1019 Envoy still accepts the deprecated format fields, so a config using them must be checked for credentials too
 			formats = append(formats, f.Format)
 		case *filev3.FileAccessLog_JsonFormat:
+			//lint:ignore SA1019 Envoy still accepts the deprecated format fields, so a config using them must be checked for credentials too
 			formats = append(formats, structStrings(f.JsonFormat)...)
 		case *filev3.FileAccessLog_TypedJsonFormat:
+			//lint:ignore SA1019 Envoy still accepts the deprecated format fields, so a config using them must be checked for credentials too
 			formats = append(formats, structStrings(f.TypedJsonFormat)...)
 		case *filev3.FileAccessLog_LogFormat:
 			sfs(f.LogFormat, tp+".log_format")
