@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -57,12 +59,17 @@ func allowResponse(o outcome, decisionID string, ident *handoff.Identity) (*auth
 	}, nil
 }
 
-// denyResponse is a Kubernetes Status answered by Envoy on kubegate's behalf. Envoy
+// denyResponse is a Kubernetes Status answered by Envoy on kubegate's behalf, or, for
+// a discovery request (see discoveryRequest), the same message as plain text. Envoy
 // reads DeniedHttpResponse headers from HeaderValue.value (ext_authz_grpc_impl.cc).
-func denyResponse(reason Reason, message string) *authv3.CheckResponse {
+func denyResponse(reason Reason, message string, discovery bool) *authv3.CheckResponse {
 	code := statusFor(reason)
+	contentType, body := "application/json", string(StatusBody(code, message))
+	if discovery {
+		contentType, body = "text/plain; charset=utf-8", "kubegate: "+message+"\n"
+	}
 	headers := []*corev3.HeaderValueOption{
-		{Header: &corev3.HeaderValue{Key: "content-type", Value: "application/json"}},
+		{Header: &corev3.HeaderValue{Key: "content-type", Value: contentType}},
 		{Header: &corev3.HeaderValue{Key: HeaderError, Value: publicReason(reason)}},
 	}
 	if code == http.StatusUnauthorized {
@@ -82,9 +89,38 @@ func denyResponse(reason Reason, message string) *authv3.CheckResponse {
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
 			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(code)},
 			Headers: headers,
-			Body:    string(StatusBody(code, message)),
+			Body:    body,
 		}},
 	}
+}
+
+// discoveryRequest reports whether method and target (the client's request target,
+// gateway prefix included) are an API discovery read: GET of /api, /api/<version>,
+// /apis, /apis/<group> or /apis/<group>/<version>. kubectl's discovery client reads
+// those with Result.Raw(), which shows the body of a text/* error and "unknown" for
+// any other (k8s.io/client-go rest/request.go: newUnstructuredResponseError,
+// isTextResponse). Discovery is kubectl's first request, so a refused user with a
+// fresh discovery cache would read only "Error from server (Forbidden): unknown";
+// a plain-text denial there reads "Error from server (Forbidden): kubegate: …".
+func discoveryRequest(method, target string) bool {
+	if method != http.MethodGet && method != http.MethodHead {
+		return false
+	}
+	path, _, _ := strings.Cut(target, "?")
+	rest, ok := strings.CutPrefix(path, PathPrefix)
+	if !ok {
+		return false
+	}
+	parts := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+	switch {
+	case len(parts) == 0 || parts[0] == "" || slices.Contains(parts, ""):
+		return false
+	case parts[0] == "api":
+		return len(parts) <= 2
+	case parts[0] == "apis":
+		return len(parts) <= 3
+	}
+	return false
 }
 
 // StatusBody is a Kubernetes Status object, so kubectl prints the message as it

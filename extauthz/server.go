@@ -99,10 +99,12 @@ func (s *Server) Swap(snap *Snapshot) error {
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, _ error) {
 	start := time.Now()
 	var o outcome
+	attrs := req.GetAttributes().GetRequest().GetHttp()
+	discovery := discoveryRequest(attrs.GetMethod(), attrs.GetPath())
 	defer func() {
 		if p := recover(); p != nil {
 			o = outcome{reason: ReasonMisconfigured, message: "internal error", cause: fmt.Errorf("panic: %v", p)}
-			resp = denyResponse(o.reason, o.message)
+			resp = denyResponse(o.reason, o.message, discovery)
 		}
 		s.observe(ctx, o, req.GetAttributes().GetRequest().GetHttp().GetId(), time.Since(start))
 	}()
@@ -110,16 +112,16 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 	r, err := requestFromCheck(req)
 	if err != nil {
 		o = outcome{reason: ReasonMisconfigured, message: "the gateway is misconfigured; tell its operator", cause: err}
-		return denyResponse(o.reason, o.message), nil
+		return denyResponse(o.reason, o.message, discovery), nil
 	}
 	o = check(ctx, s.agent, s.state.Load(), r)
 	if o.reason != ReasonAllowed {
-		return denyResponse(o.reason, o.message), nil
+		return denyResponse(o.reason, o.message, discovery), nil
 	}
 	resp, err = allowResponse(o, decisionID(r.ID), s.encodedIdentity(o.decision.Impersonate))
 	if err != nil {
 		o = outcome{reason: Reason(policy.ReasonPolicyError), message: "the gateway's decision could not be encoded", cause: err}
-		return denyResponse(o.reason, o.message), nil
+		return denyResponse(o.reason, o.message, discovery), nil
 	}
 	return resp, nil
 }

@@ -81,7 +81,9 @@ func TestKubectlRefusals(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mark := marker(t)
-			args := append(tc.args, "-l", "mark="+mark)
+			// A fresh discovery cache: the refusal must read well on a user's very
+			// first contact, when kubectl's discovery request is the one refused.
+			args := append(tc.args, "-l", "mark="+mark, "--cache-dir", t.TempDir())
 			out, err := kubectl(t, args...)
 			if err == nil || !strings.Contains(out, tc.want) {
 				t.Fatalf("want refusal %q, got %v\n%s", tc.want, err, out)
