@@ -116,6 +116,11 @@ func processingRequest(ok *authv3.CheckResponse) *extprocv3.ProcessingRequest {
 	} {
 		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: kv[0], RawValue: []byte(kv[1])})
 	}
+	// Envoy applies ext_authz's OK headers (Impersonate-User in user mode) before
+	// ext_proc sees the request.
+	for _, h := range ok.GetOkResponse().GetHeaders() {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: h.GetHeader().GetKey(), RawValue: []byte(h.GetHeader().GetValue())})
+	}
 	return &extprocv3.ProcessingRequest{
 		Request:         &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: hm, EndOfStream: true}},
 		MetadataContext: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: ok.GetDynamicMetadata()}},
