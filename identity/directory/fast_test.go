@@ -98,3 +98,32 @@ func compare(t *testing.T, doc string, wantFast bool) {
 		t.Fatal("test documents have lines")
 	}
 }
+
+// FuzzFlowLinesAgreeWithYAML: for any input, when the line reader accepts a file it
+// reads exactly what the YAML decoder reads. The directory is read by two parsers, so
+// any input they read differently is a finding.
+func FuzzFlowLinesAgreeWithYAML(f *testing.F) {
+	for _, seed := range []string{
+		"users:\n  - {id: 1, username: alice}\n",
+		"users:\n  - {id: 1, username: alice, state: blocked}\ngroups:\n  - {id: 5, path: org/team, parent: org}\n",
+		"memberships:\n  - {user: alice, project: org/app, access_level: 30}\n",
+		`tokens:` + "\n" + `  - {user: alice, name: laptop, digest: "sha256:ab", scopes: [k8s_proxy], expires_at: 2027-12-31, revoked: true}` + "\n",
+		"users:\n  - {id: 2, username: \"b\\u006fb\"}\n",
+		"users: # c\n  - {id: 1, username: alice}   # trailing\n\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		fast, ok := parseFlowLines(doc)
+		if !ok {
+			return
+		}
+		slow, err := decodeYAML(doc)
+		if err != nil {
+			t.Fatalf("the line reader accepted what YAML refuses (%v):\n%q", err, doc)
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("line reader and YAML differ on\n%q\nfast %+v\nyaml %+v", doc, fast, slow)
+		}
+	})
+}
