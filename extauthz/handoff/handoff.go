@@ -9,15 +9,26 @@
 // The decoder is strict and fails closed: a missing, unknown-version or malformed
 // decision is an error, and ext_proc answers it with a denial, never a pass-through.
 //
-// Wire form (google.protobuf.Struct):
+// Wire form (google.protobuf.Struct), version 2:
 //
 //	kubegate:
-//	  version: 1
+//	  version: 2
 //	  decision_id: "<Envoy request id or random id>"   # correlates the two services' logs
 //	  access_as: "agent" | "user"
-//	  user: "gitlab:user:alice"                          # user mode only
-//	  groups: ["gitlab:user", "gitlab:project_role:1:developer", …]   # user mode only
-//	  extra: {"agent.gitlab.com/id": ["1"], …}           # user mode only
+//	  identity: "<compact identity>"                     # user mode only
+//
+// The identity (user, groups, extra) is ONE string value, encoded once per identity
+// and config version by ext_authz and cached: at real size a user has a few hundred
+// groups, and one protobuf Value per group (version 1) cost more CPU to build, send
+// and read than the decision itself, and ~22 KB per cached identity. The compact
+// form is a sequence of length-prefixed strings and counts, canonical (one encoding
+// per identity, extra keys sorted), so the decoder can refuse anything else:
+//
+//	identity = str(user) count(groups) str(group)… count(extra keys) (str(key) count(values) str(value)…)…
+//	str      = <decimal byte length> ":" <bytes>
+//	count    = <decimal> ";"
+//
+// Decimals have no sign and no leading zero. Lengths are bytes of UTF-8 text.
 //
 // In user mode ext_authz also sets the request header Impersonate-User itself (one
 // line, OkHttpResponse.headers with OVERWRITE_IF_EXISTS_OR_ADD), so that a request
@@ -31,6 +42,10 @@ package handoff
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -44,8 +59,9 @@ const Namespace = "envoy.filters.http.ext_authz"
 const Key = "kubegate"
 
 // Version of the wire form. Bumped on any incompatible change; a decoder refuses
-// versions it does not know.
-const Version = 1
+// versions it does not know. 2: the identity is one compact string (1: one
+// protobuf Value per group).
+const Version = 2
 
 // Access modes on the wire.
 const (
@@ -56,6 +72,11 @@ const (
 // HeaderImpersonateUser is the request header ext_authz sets in user mode and
 // ext_proc checks (k8s.io/apiserver endpoints/filters/impersonation.go reads it).
 const HeaderImpersonateUser = "impersonate-user"
+
+// MaxIdentityBytes bounds an encoded identity. Envoy's default request headers
+// limit is 60 KiB (max_request_headers_kb), and every group becomes a header line,
+// so an identity beyond it could not reach the API server anyway.
+const MaxIdentityBytes = 1 << 20
 
 // Decision is what ext_proc needs to shape the upstream request.
 type Decision struct {
@@ -83,8 +104,9 @@ func (d Decision) Struct() (*structpb.Struct, error) {
 // group strings per request would cost more than deciding. Encoded values are only
 // read afterwards, so one Identity may be used by concurrent requests.
 type Identity struct {
-	user, groups, extra *structpb.Value
-	userHeader          *corev3.HeaderValueOption
+	encoded    *structpb.Value
+	size       int
+	userHeader *corev3.HeaderValueOption
 }
 
 // UserHeader is the Impersonate-User header ext_authz sets in user mode: one
@@ -94,29 +116,64 @@ type Identity struct {
 // field ext_authz reads. Read-only: shared by concurrent responses.
 func (id *Identity) UserHeader() *corev3.HeaderValueOption { return id.userHeader }
 
+// Bytes is the length of the encoded identity, for weighing a cache of them.
+func (id *Identity) Bytes() int { return id.size }
+
 // NewIdentity encodes a user-mode identity.
 func NewIdentity(user string, groups []string, extra map[string][]string) *Identity {
-	gv := make([]*structpb.Value, len(groups))
-	for i, g := range groups {
-		gv[i] = structpb.NewStringValue(g)
-	}
-	ev := make(map[string]*structpb.Value, len(extra))
-	for k, vs := range extra {
-		vals := make([]*structpb.Value, len(vs))
-		for i, v := range vs {
-			vals[i] = structpb.NewStringValue(v)
-		}
-		ev[k] = structpb.NewListValue(&structpb.ListValue{Values: vals})
-	}
+	enc := EncodeIdentity(user, groups, extra)
 	return &Identity{
-		user:   structpb.NewStringValue(user),
-		groups: structpb.NewListValue(&structpb.ListValue{Values: gv}),
-		extra:  structpb.NewStructValue(&structpb.Struct{Fields: ev}),
+		encoded: structpb.NewStringValue(enc),
+		size:    len(enc),
 		userHeader: &corev3.HeaderValueOption{
 			Header:       &corev3.HeaderValue{Key: HeaderImpersonateUser, Value: user},
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		},
 	}
+}
+
+// EncodeIdentity is the compact form of an identity (see the package doc): extra
+// keys sorted, everything else in order.
+func EncodeIdentity(user string, groups []string, extra map[string][]string) string {
+	n := len(user) + 16 + 8*len(groups)
+	for _, g := range groups {
+		n += len(g)
+	}
+	keys := make([]string, 0, len(extra))
+	for k, vs := range extra {
+		keys = append(keys, k)
+		n += len(k) + 16
+		for _, v := range vs {
+			n += len(v) + 8
+		}
+	}
+	slices.Sort(keys)
+	b := make([]byte, 0, n)
+	b = appendStr(b, user)
+	b = appendCount(b, len(groups))
+	for _, g := range groups {
+		b = appendStr(b, g)
+	}
+	b = appendCount(b, len(keys))
+	for _, k := range keys {
+		b = appendStr(b, k)
+		b = appendCount(b, len(extra[k]))
+		for _, v := range extra[k] {
+			b = appendStr(b, v)
+		}
+	}
+	return string(b)
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = strconv.AppendUint(b, uint64(len(s)), 10)
+	b = append(b, ':')
+	return append(b, s...)
+}
+
+func appendCount(b []byte, n int) []byte {
+	b = strconv.AppendUint(b, uint64(n), 10)
+	return append(b, ';')
 }
 
 // Encode builds the dynamic_metadata value for one request: ident is required in
@@ -130,12 +187,12 @@ func Encode(decisionID, accessAs string, ident *Identity) (*structpb.Struct, err
 	case accessAs != AccessAsUser && accessAs != AccessAsAgent:
 		return nil, fmt.Errorf("handoff: access_as %q is neither agent nor user", accessAs)
 	}
-	fields := make(map[string]*structpb.Value, 6)
+	fields := make(map[string]*structpb.Value, 4)
 	fields["version"] = structpb.NewNumberValue(Version)
 	fields["decision_id"] = structpb.NewStringValue(decisionID)
 	fields["access_as"] = structpb.NewStringValue(accessAs)
 	if ident != nil {
-		fields["user"], fields["groups"], fields["extra"] = ident.user, ident.groups, ident.extra
+		fields["identity"] = ident.encoded
 	}
 	return &structpb.Struct{Fields: map[string]*structpb.Value{
 		Key: structpb.NewStructValue(&structpb.Struct{Fields: fields}),
@@ -181,29 +238,17 @@ func FromMetadata(md *corev3.Metadata) (Decision, error) {
 		case "version":
 			n, ok := val.GetKind().(*structpb.Value_NumberValue)
 			if !ok || n.NumberValue != Version {
-				err = fmt.Errorf("version %v is not %d", val.AsInterface(), Version)
+				err = fmt.Errorf("version %v is not %d (are kubegate authz and extproc the same version?)", val.AsInterface(), Version)
 			}
 			seen++
 		case "decision_id":
 			d.ID, err = str(val)
 		case "access_as":
 			d.AccessAs, err = str(val)
-		case "user":
-			d.User, err = str(val)
-		case "groups":
-			d.Groups, err = strs(val)
-		case "extra":
-			st := val.GetStructValue()
-			if st == nil {
-				err = errors.New("extra is not a struct")
-				break
-			}
-			d.Extra = make(map[string][]string, len(st.GetFields()))
-			for k, vs := range st.GetFields() {
-				if d.Extra[k], err = strs(vs); err != nil {
-					err = fmt.Errorf("extra %q: %w", k, err)
-					break
-				}
+		case "identity":
+			var enc string
+			if enc, err = str(val); err == nil {
+				d.User, d.Groups, d.Extra, err = DecodeIdentity(enc)
 			}
 		default:
 			err = errors.New("unknown field")
@@ -221,26 +266,123 @@ func FromMetadata(md *corev3.Metadata) (Decision, error) {
 	return d, nil
 }
 
+// DecodeIdentity reads the compact form strictly: a non-canonical number, a
+// length past the end, text that is not UTF-8, unsorted or repeated extra keys, a
+// missing part or trailing data are errors. The strings returned share enc's memory.
+func DecodeIdentity(enc string) (user string, groups []string, extra map[string][]string, err error) {
+	if len(enc) > MaxIdentityBytes {
+		return "", nil, nil, fmt.Errorf("identity of %d bytes is over the %d-byte bound", len(enc), MaxIdentityBytes)
+	}
+	r := reader{s: enc}
+	user = r.str("user")
+	n := r.count("groups")
+	if r.err == nil && n > 0 {
+		groups = make([]string, n)
+		for i := range groups {
+			groups[i] = r.str("group")
+		}
+	}
+	nk := r.count("extra keys")
+	if r.err == nil && nk > 0 {
+		extra = make(map[string][]string, nk)
+		prev := ""
+		for i := 0; i < nk && r.err == nil; i++ {
+			k := r.str("extra key")
+			if r.err == nil && i > 0 && k <= prev {
+				r.fail("extra key %q is not after %q (keys are sorted and unique)", k, prev)
+			}
+			prev = k
+			nv := r.count("extra values")
+			vs := make([]string, 0, nv)
+			for j := 0; j < nv && r.err == nil; j++ {
+				vs = append(vs, r.str("extra value"))
+			}
+			extra[k] = vs
+		}
+	}
+	if r.err == nil && r.pos != len(enc) {
+		r.fail("%d bytes of trailing data", len(enc)-r.pos)
+	}
+	if r.err != nil {
+		return "", nil, nil, r.err
+	}
+	return user, groups, extra, nil
+}
+
+// reader walks an encoded identity; the first error sticks and stops it.
+type reader struct {
+	s   string
+	pos int
+	err error
+}
+
+func (r *reader) fail(format string, args ...any) {
+	if r.err == nil {
+		r.err = fmt.Errorf("identity at byte %d: "+format, append([]any{r.pos}, args...)...)
+	}
+}
+
+// number reads a canonical decimal ended by term.
+func (r *reader) number(what string, term byte) int {
+	if r.err != nil {
+		return 0
+	}
+	end := strings.IndexByte(r.s[r.pos:], term)
+	if end < 0 {
+		r.fail("%s: no %q-terminated number", what, term)
+		return 0
+	}
+	digits := r.s[r.pos : r.pos+end]
+	if digits == "" || len(digits) > 7 || (len(digits) > 1 && digits[0] == '0') {
+		r.fail("%s: %q is not a canonical number", what, digits)
+		return 0
+	}
+	n := 0
+	for i := 0; i < len(digits); i++ {
+		c := digits[i]
+		if c < '0' || c > '9' {
+			r.fail("%s: %q is not a canonical number", what, digits)
+			return 0
+		}
+		n = n*10 + int(c-'0')
+	}
+	r.pos += end + 1
+	return n
+}
+
+func (r *reader) str(what string) string {
+	n := r.number(what+" length", ':')
+	if r.err != nil {
+		return ""
+	}
+	if n > len(r.s)-r.pos {
+		r.fail("%s of %d bytes runs past the end", what, n)
+		return ""
+	}
+	s := r.s[r.pos : r.pos+n]
+	if !utf8.ValidString(s) {
+		r.fail("%s is not UTF-8", what)
+		return ""
+	}
+	r.pos += n
+	return s
+}
+
+// count reads a number of items; each takes at least two bytes ("0:"), so a count
+// the rest cannot hold is refused before anything is allocated for it.
+func (r *reader) count(what string) int {
+	n := r.number(what, ';')
+	if r.err == nil && n > (len(r.s)-r.pos)/2 {
+		r.fail("%d %s cannot fit in the %d bytes left", n, what, len(r.s)-r.pos)
+		return 0
+	}
+	return n
+}
+
 func str(v *structpb.Value) (string, error) {
 	s, ok := v.GetKind().(*structpb.Value_StringValue)
 	if !ok {
 		return "", errors.New("not a string")
 	}
 	return s.StringValue, nil
-}
-
-func strs(v *structpb.Value) ([]string, error) {
-	l := v.GetListValue()
-	if l == nil {
-		return nil, errors.New("not a list")
-	}
-	out := make([]string, len(l.GetValues()))
-	for i, e := range l.GetValues() {
-		s, err := str(e)
-		if err != nil {
-			return nil, fmt.Errorf("item %d: %w", i, err)
-		}
-		out[i] = s
-	}
-	return out, nil
 }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"kubegate.dev/kubegate/envoy"
+	"kubegate.dev/kubegate/extauthz/handoff"
 )
 
 // TestCheckRequestIsBuiltLikeEnvoy pins CheckRequestUtils::createHttpCheck with
@@ -125,7 +126,7 @@ func TestCheckRequestIsBuiltLikeEnvoy(t *testing.T) {
 func TestExtAuthzOKResponse(t *testing.T) {
 	c := newCerts(t)
 	rec := newRecorder(t, nil)
-	decision, _ := structpb.NewStruct(map[string]any{"kubegate": map[string]any{"version": 1, "access_as": "agent"}})
+	decision, _ := structpb.NewStruct(map[string]any{"kubegate": map[string]any{"version": handoff.Version, "access_as": "agent"}})
 	authz := &authzDouble{answer: func(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 		return &authv3.CheckResponse{
 			Status: &rpcstatus.Status{Code: int32(codes.OK)},
