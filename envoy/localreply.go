@@ -1,20 +1,20 @@
 package envoy
 
 import (
-	"encoding/json"
-	"fmt"
+	"net/http"
+	"strings"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"kubegate.dev/kubegate/contract"
 )
 
 // HeaderKubegateError marks a response as the gateway's own, naming the reason
 // (the same header kubegate authz sets on its denials).
-const HeaderKubegateError = "x-kubegate-error"
+const HeaderKubegateError = contract.HeaderError
 
 // ReasonAgentTokenMissing is the X-Kubegate-Error of a request the gateway
 // allowed but could not forward because it has no agent token.
@@ -48,16 +48,9 @@ const AgentTokenMissingMessage = "kubegate: the gateway has no service-account t
 // to true (accesslog.proto), so it is set to false: without the decision the
 // mapper must not match.
 func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
-	body, err := json.Marshal(metav1.Status{
-		TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
-		Status:   metav1.StatusFailure,
-		Message:  AgentTokenMissingMessage,
-		Reason:   metav1.StatusReasonServiceUnavailable,
-		Code:     503,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("encoding the agent-token-missing Status: %w", err)
-	}
+	// The same Status kubegate authz answers its denials with (contract.StatusBody
+	// adds the "kubegate: " the message already starts with).
+	body := contract.StatusBody(http.StatusServiceUnavailable, strings.TrimPrefix(AgentTokenMissingMessage, "kubegate: "))
 	header := func(k, v string) *corev3.HeaderValueOption {
 		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
 	}

@@ -3,6 +3,8 @@ package envoy
 import (
 	"strings"
 	"time"
+
+	"kubegate.dev/kubegate/contract"
 )
 
 // Names of the resources kubegate renders. The test data plane and the SDS server
@@ -33,7 +35,7 @@ const (
 	TokenSecretName = "kubegate-agent-token"
 
 	// PathPrefix is the prefix kubectl talks to; it is rewritten to "/".
-	PathPrefix = "/k8s-proxy/"
+	PathPrefix = contract.PathPrefix
 
 	// DefaultNodeID and DefaultNodeCluster identify Envoy to the SDS server.
 	DefaultNodeID      = "kubegate-envoy"
@@ -61,7 +63,7 @@ const (
 // stores CheckResponse.dynamic_metadata ("the filter's name", see the ext_authz
 // filter docs and Filter::onComplete, which calls setDynamicMetadata with
 // "envoy.filters.http.ext_authz"). ext_proc must forward it to kubegate extproc.
-const ExtAuthzMetadataNamespace = "envoy.filters.http.ext_authz"
+const ExtAuthzMetadataNamespace = contract.MetadataNamespace
 
 // Upgrade types kubectl uses: SPDY/3.1 for exec/attach/port-forward/cp with older
 // clients and servers, WebSocket for the newer streaming protocol.
@@ -69,12 +71,12 @@ var UpgradeTypes = []string{"websocket", "spdy/3.1"}
 
 // Header names ext_authz removes before the request goes upstream (access.md §4).
 // They are the only request headers ext_authz's mutation rules allow it to touch.
-var CredentialHeaders = []string{"authorization", "cookie", "gitlab-agent-id", "x-csrf-token"}
+var CredentialHeaders = contract.CredentialHeaders
 
 // ExtAuthzSetHeaders are the request headers kubegate authz sets itself: in user
 // mode, Impersonate-User (one line), so that a request ext_proc never acts on still
 // reaches the API server as the user and never as the agent.
-var ExtAuthzSetHeaders = []string{"impersonate-user"}
+var ExtAuthzSetHeaders = []string{contract.HeaderImpersonateUser}
 
 // ExtAuthzMutationExpression is ext_authz's decoder_header_mutation_rules
 // allow_expression: the credential headers it removes and the headers it sets.
@@ -85,7 +87,7 @@ func ExtAuthzMutationExpression() string {
 // ImpersonationHeaderExpression is the only header-name pattern ext_proc may
 // mutate (RE2, matched against the lower-cased name as a whole, like Envoy's
 // HeaderMutationRules allow_expression).
-const ImpersonationHeaderExpression = "impersonate-.+"
+const ImpersonationHeaderExpression = contract.ImpersonatePrefix + ".+"
 
 // SDSInitialFetchTimeout bounds how long Envoy's listener waits for the agent
 // token before it serves at all. The wait ends on the first secret, on this

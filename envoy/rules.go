@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+	"kubegate.dev/kubegate/contract"
 )
 
 // kubegate's rules, each an ID a finding carries. RuleDocs says what each checks.
@@ -601,9 +602,9 @@ func (c *checker) extProc(e *extprocv3.ExternalProcessor, p string) {
 var (
 	mutationMustAllow = []string{"impersonate-user", "impersonate-uid", "impersonate-group",
 		"impersonate-extra-agent.gitlab.com%2fid", "impersonate-extra-agent.gitlab.com%2faccess_type"}
-	mutationMustRefuse = []string{"authorization", "cookie", "gitlab-agent-id", "x-csrf-token",
+	mutationMustRefuse = append(slices.Clone(contract.CredentialHeaders),
 		"host", ":authority", ":path", ":method", ":scheme", "content-length", "transfer-encoding",
-		"connection", "upgrade", "te", "x-forwarded-for", "x-envoy-original-path", "proxy-authorization"}
+		"connection", "upgrade", "te", "x-forwarded-for", "x-envoy-original-path", "proxy-authorization")
 )
 
 func (c *checker) mutationRules(r *mutationrulesv3.HeaderMutationRules, p string) {
@@ -830,7 +831,7 @@ func sortedAnyKeys(m map[string]*anypb.Any) []string {
 
 func guardedHeader(name string) bool {
 	n := strings.ToLower(name)
-	return n == "authorization" || strings.HasPrefix(n, "impersonate-")
+	return n == contract.HeaderAuthorization || strings.HasPrefix(n, contract.ImpersonatePrefix)
 }
 
 func (c *checker) routeHeaders(add []*corev3.HeaderValueOption, remove []string, p string) {

@@ -3,6 +3,7 @@ package envoy
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"kubegate.dev/kubegate/contract"
 )
 
 // Rules against slow and greedy clients, token leaks and trusted clients
@@ -330,7 +332,7 @@ func sensitiveHeader(h string) bool {
 	case "authorization", "proxy-authorization", "cookie", "set-cookie", "x-csrf-token":
 		return true
 	}
-	return strings.HasPrefix(h, "impersonate-")
+	return strings.HasPrefix(h, contract.ImpersonatePrefix)
 }
 
 func (c *checker) operator(name, args, text, p string) {
@@ -351,7 +353,7 @@ func (c *checker) operator(name, args, text, p string) {
 			c.fs.add(p, RuleAccessLogQuery, "%s prints the query (WQ is the default); use %%PATH(NQ:ORIG_OR_PATH)%%", text)
 		}
 	case "QUERY_PARAM":
-		if k := strings.ToLower(strings.TrimSpace(args)); k == "gitlab-agent-id" || k == "gitlab-csrf-token" {
+		if k := strings.ToLower(strings.TrimSpace(args)); slices.Contains(contract.CredentialQuery, k) {
 			c.fs.add(p, RuleAccessLogQuery, "%s prints a credential query parameter; remove it", text)
 		}
 	}

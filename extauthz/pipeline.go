@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 
+	"kubegate.dev/kubegate/contract"
 	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/policy"
 )
@@ -14,7 +15,7 @@ import (
 // it (prefix_rewrite) before the API server sees the request. ext_authz runs before
 // the router, so it sees the prefixed path and strips it itself to parse the request
 // exactly as the API server will.
-const PathPrefix = "/k8s-proxy/"
+const PathPrefix = contract.PathPrefix
 
 // Snapshot is everything a decision depends on that can change while the service
 // runs. A reload builds a new Snapshot and swaps it in whole, so one request is
@@ -112,7 +113,7 @@ func identityDenial(e *identity.Error) outcome {
 // keeps a misconfiguration from turning them into a way to choose an identity.
 func clientImpersonation(h identity.Header) (string, bool) {
 	for name := range h {
-		if strings.HasPrefix(name, "impersonate-") || strings.HasPrefix(name, "x-remote-") {
+		if strings.HasPrefix(name, contract.ImpersonatePrefix) || strings.HasPrefix(name, "x-remote-") {
 			return name, true
 		}
 	}

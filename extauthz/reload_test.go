@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/contract/handoff"
 )
 
 const (

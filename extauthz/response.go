@@ -1,8 +1,6 @@
 package extauthz
 
 import (
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -12,15 +10,15 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/contract"
+	"kubegate.dev/kubegate/contract/handoff"
 	"kubegate.dev/kubegate/identity"
 )
 
 // HeaderError marks a response as the gateway's own (not the cluster's) and names
 // the reason; it is set on every denial.
-const HeaderError = "x-kubegate-error"
+const HeaderError = contract.HeaderError
 
 // busyRetryAfter is the Retry-After (seconds) of an identity_busy denial.
 const busyRetryAfter = "1"
@@ -30,8 +28,8 @@ const busyRetryAfter = "1"
 // OkHttpResponse.headers_to_remove and query_parameters_to_remove before the request
 // continues (external_auth.proto).
 var (
-	credentialHeaders = []string{identity.HeaderAuthorization, identity.HeaderCookie, identity.HeaderAgentID, identity.HeaderCSRFToken}
-	credentialQuery   = []string{identity.QueryAgentID, identity.QueryCSRFToken}
+	credentialHeaders = contract.CredentialHeaders
+	credentialQuery   = contract.CredentialQuery
 )
 
 // allowResponse is Envoy's OK answer: scrub the credential, and hand the decision to
@@ -124,35 +122,8 @@ func discoveryRequest(method, target string) bool {
 }
 
 // StatusBody is a Kubernetes Status object, so kubectl prints the message as it
-// prints the API server's own errors.
-func StatusBody(code int, message string) []byte {
-	st := metav1.Status{
-		TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
-		Status:   metav1.StatusFailure,
-		Message:  "kubegate: " + message,
-		Reason:   statusReason(code),
-		Code:     int32(code),
-	}
-	b, err := json.Marshal(st)
-	if err != nil { // a struct of strings and ints cannot fail to encode
-		return []byte(fmt.Sprintf(`{"kind":"Status","apiVersion":"v1","status":"Failure","code":%d}`, code))
-	}
-	return b
-}
-
-func statusReason(code int) metav1.StatusReason {
-	switch code {
-	case http.StatusBadRequest:
-		return metav1.StatusReasonBadRequest
-	case http.StatusUnauthorized:
-		return metav1.StatusReasonUnauthorized
-	case http.StatusForbidden:
-		return metav1.StatusReasonForbidden
-	case http.StatusServiceUnavailable:
-		return metav1.StatusReasonServiceUnavailable
-	}
-	return metav1.StatusReasonInternalError
-}
+// prints the API server's own errors (contract.StatusBody).
+func StatusBody(code int, message string) []byte { return contract.StatusBody(code, message) }
 
 func grpcCode(httpCode int) codes.Code {
 	switch httpCode {

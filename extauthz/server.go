@@ -13,7 +13,7 @@ import (
 	"github.com/maypok86/otter/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/contract/handoff"
 	"kubegate.dev/kubegate/policy"
 )
 

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/contract/handoff"
 	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/directory"
 	"kubegate.dev/kubegate/policy"

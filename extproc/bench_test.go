@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/contract/handoff"
 	"kubegate.dev/kubegate/test/loadgen"
 	"kubegate.dev/kubegate/test/testkit"
 )

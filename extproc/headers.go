@@ -7,16 +7,17 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/contract"
+	"kubegate.dev/kubegate/contract/handoff"
 )
 
 // The impersonation headers the API server reads (k8s.io/apiserver
 // endpoints/filters/impersonation.go; client-go transport/round_trippers.go).
 const (
-	HeaderImpersonateUser        = handoff.HeaderImpersonateUser
-	HeaderImpersonateGroup       = "impersonate-group"
-	HeaderImpersonateExtraPrefix = "impersonate-extra-"
-	impersonatePrefix            = "impersonate-"
+	HeaderImpersonateUser        = contract.HeaderImpersonateUser
+	HeaderImpersonateGroup       = contract.HeaderImpersonateGroup
+	HeaderImpersonateExtraPrefix = contract.HeaderImpersonateExtraPrefix
+	impersonatePrefix            = contract.ImpersonatePrefix
 )
 
 // mutation builds the header mutation for one request.

@@ -22,7 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/contract/handoff"
 )
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"k8s.io/client-go/transport"
 
-	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/contract/handoff"
 	"kubegate.dev/kubegate/test/testkit"
 )
 

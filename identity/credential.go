@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"kubegate.dev/kubegate/contract"
 )
 
 // Header is a request's headers as Envoy hands them to ext_authz with
@@ -15,12 +17,12 @@ type Header map[string][]string
 // Names of the request parts credentials are read from (access.md §2). They are also
 // what the gateway removes before the request goes upstream.
 const (
-	HeaderAuthorization = "authorization"
-	HeaderCookie        = "cookie"
-	HeaderAgentID       = "gitlab-agent-id"
-	HeaderCSRFToken     = "x-csrf-token"
-	QueryAgentID        = "gitlab-agent-id"
-	QueryCSRFToken      = "gitlab-csrf-token"
+	HeaderAuthorization = contract.HeaderAuthorization
+	HeaderCookie        = contract.HeaderCookie
+	HeaderAgentID       = contract.HeaderAgentID
+	HeaderCSRFToken     = contract.HeaderCSRFToken
+	QueryAgentID        = contract.QueryAgentID
+	QueryCSRFToken      = contract.QueryCSRFToken
 	SessionCookieName   = "kubegate_session"
 )
 

@@ -17,12 +17,13 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	"kubegate.dev/kubegate/contract"
 )
 
 // ExtAuthzNamespace is where Envoy stores CheckResponse.dynamic_metadata: the
 // filter's canonical name (ext_authz.cc Filter::onComplete,
 // setDynamicMetadata("envoy.filters.http.ext_authz", ...)).
-const ExtAuthzNamespace = "envoy.filters.http.ext_authz"
+const ExtAuthzNamespace = contract.MetadataNamespace
 
 // extAuthzFilter is envoy.filters.http.ext_authz with a gRPC service
 // (source/extensions/filters/http/ext_authz/ext_authz.cc, the request built by

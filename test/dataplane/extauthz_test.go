@@ -19,8 +19,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"kubegate.dev/kubegate/contract/handoff"
 	"kubegate.dev/kubegate/envoy"
-	"kubegate.dev/kubegate/extauthz/handoff"
 )
 
 // TestCheckRequestIsBuiltLikeEnvoy pins CheckRequestUtils::createHttpCheck with

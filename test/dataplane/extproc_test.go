@@ -25,9 +25,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"kubegate.dev/kubegate/contract/handoff"
 	"kubegate.dev/kubegate/envoy"
 	"kubegate.dev/kubegate/envoy/devcert"
-	"kubegate.dev/kubegate/extauthz/handoff"
 )
 
 // TestProcessingRequest: with the real kubegate authz in front, ext_proc receives

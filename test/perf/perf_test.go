@@ -16,7 +16,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"kubegate.dev/kubegate/extauthz/handoff"
+	"kubegate.dev/kubegate/contract/handoff"
 	"kubegate.dev/kubegate/test/loadgen"
 	"kubegate.dev/kubegate/test/realsize"
 	"kubegate.dev/kubegate/test/stack"

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"kubegate.dev/kubegate/contract"
 	"kubegate.dev/kubegate/test/cluster"
 	"kubegate.dev/kubegate/test/dataplane"
 )
@@ -86,7 +87,7 @@ func startEnvoy(ctx context.Context, bin string, s *Stack) (gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr := strings.TrimSuffix(strings.TrimPrefix(s.GatewayURL, "https://"), "/k8s-proxy")
+	addr := strings.TrimSuffix(strings.TrimPrefix(s.GatewayURL, "https://"), contract.ProxyPath)
 	deadline := time.Now().Add(time.Minute)
 	for {
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"kubegate.dev/kubegate/contract"
 	"kubegate.dev/kubegate/envoy/devcert"
 	"kubegate.dev/kubegate/test/cluster"
 )
@@ -177,7 +178,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		}
 		gwAddr = loopback(p[0])
 	}
-	s.GatewayURL = "https://" + gwAddr + "/k8s-proxy"
+	s.GatewayURL = "https://" + gwAddr + contract.ProxyPath
 	s.Bootstrap = filepath.Join(s.WorkDir, "envoy.yaml")
 	render := exec.CommandContext(ctx, s.Binary, "envoy", "render", "-o", s.Bootstrap,
 		"--listen", gwAddr, "--admin", "",

@@ -19,11 +19,12 @@ import (
 	"strings"
 
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"kubegate.dev/kubegate/contract"
 )
 
 // ProxyPath is the path prefix under which the gateway serves the Kubernetes API
 // (access.md §4), as KAS does.
-const ProxyPath = "/k8s-proxy"
+const ProxyPath = contract.ProxyPath
 
 // Names are the three kubeconfig entries kubegate owns for one gateway and agent.
 type Names struct {

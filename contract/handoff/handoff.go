@@ -1,5 +1,6 @@
-// Package handoff is the contract between kubegate's two Envoy services: the
-// decision ext_authz hands to ext_proc through Envoy's dynamic metadata.
+// Package handoff is the wire form of the decision ext_authz hands to ext_proc
+// through Envoy's dynamic metadata; both services import it (part of package
+// contract, owned by neither).
 //
 // ext_authz returns it in CheckResponse.dynamic_metadata as {"kubegate": {...}};
 // Envoy stores that under the filter namespace envoy.filters.http.ext_authz, and
@@ -49,14 +50,16 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"kubegate.dev/kubegate/contract"
 )
 
-// Namespace is where Envoy keeps ext_authz's dynamic metadata (the ext_authz HTTP
-// filter's canonical name; CheckResponse.dynamic_metadata proto comment).
-const Namespace = "envoy.filters.http.ext_authz"
-
-// Key is kubegate's field inside that namespace.
-const Key = "kubegate"
+// Namespace is where Envoy keeps ext_authz's dynamic metadata, and Key kubegate's
+// field inside it (see package contract).
+const (
+	Namespace = contract.MetadataNamespace
+	Key       = contract.MetadataKey
+)
 
 // Version of the wire form. Bumped on any incompatible change; a decoder refuses
 // versions it does not know. 2: the identity is one compact string (1: one
@@ -71,7 +74,7 @@ const (
 
 // HeaderImpersonateUser is the request header ext_authz sets in user mode and
 // ext_proc checks (k8s.io/apiserver endpoints/filters/impersonation.go reads it).
-const HeaderImpersonateUser = "impersonate-user"
+const HeaderImpersonateUser = contract.HeaderImpersonateUser
 
 // MaxIdentityBytes bounds an encoded identity. Envoy's default request headers
 // limit is 60 KiB (max_request_headers_kb), and every group becomes a header line,

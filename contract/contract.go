@@ -1,0 +1,107 @@
+// Package contract is everything kubegate's parts must agree on about a request on
+// the wire: the path prefix kubectl talks to, where the user's credential travels,
+// the dynamic-metadata namespace and key of the ext_authz → ext_proc hand-off, the
+// impersonation headers, and the gateway's own error header and Status body.
+//
+// It is a leaf (it imports no kubegate package and nothing beyond apimachinery's
+// Status type) owned by no single service: envoy renders the configuration from
+// it, extauthz and extproc act on it, the kubeconfig code points kubectl at it.
+// It used to be copied in each of them (and extproc imported extauthz for the
+// hand-off), so a change in one place could silently leave the rendered Envoy
+// configuration and the services disagreeing — for a credential header, that
+// means a credential reaching the cluster. The wire form of the decision itself
+// is the sub-package handoff, which both services import from here.
+package contract
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// PathPrefix is where the gateway serves the Kubernetes API (access.md §4, as GitLab
+// KAS does); Envoy's route matches it and rewrites it to "/". ProxyPath is the same
+// without the trailing slash, the suffix of a kubeconfig cluster's server URL.
+const (
+	PathPrefix = "/k8s-proxy/"
+	ProxyPath  = "/k8s-proxy"
+)
+
+// Names of the request parts a user's credential is read from (access.md §2).
+// Every one is removed before the request goes upstream (ext_authz's
+// headers_to_remove and query_parameters_to_remove), and they are the only
+// request headers, besides HeaderImpersonateUser, that ext_authz may mutate.
+const (
+	HeaderAuthorization = "authorization"
+	HeaderCookie        = "cookie"
+	HeaderAgentID       = "gitlab-agent-id"
+	HeaderCSRFToken     = "x-csrf-token"
+	QueryAgentID        = "gitlab-agent-id"
+	QueryCSRFToken      = "gitlab-csrf-token"
+)
+
+// CredentialHeaders and CredentialQuery list them. Callers must not modify them.
+var (
+	CredentialHeaders = []string{HeaderAuthorization, HeaderCookie, HeaderAgentID, HeaderCSRFToken}
+	CredentialQuery   = []string{QueryAgentID, QueryCSRFToken}
+)
+
+// MetadataNamespace is where Envoy keeps ext_authz's CheckResponse.dynamic_metadata:
+// the ext_authz HTTP filter's canonical name (external_auth.proto; ext_authz.cc
+// Filter::onComplete calls setDynamicMetadata with it). Envoy's ext_proc must
+// forward it (metadata_options.forwarding_namespaces.untyped). MetadataKey is
+// kubegate's field inside it.
+const (
+	MetadataNamespace = "envoy.filters.http.ext_authz"
+	MetadataKey       = "kubegate"
+)
+
+// The impersonation headers the API server reads (k8s.io/apiserver
+// endpoints/filters/impersonation.go; client-go transport/round_trippers.go).
+// ext_authz sets HeaderImpersonateUser in user mode; ext_proc sets the rest and
+// removes any a client sent; Envoy's ext_proc mutation rules allow only the prefix.
+const (
+	ImpersonatePrefix            = "impersonate-"
+	HeaderImpersonateUser        = "impersonate-user"
+	HeaderImpersonateGroup       = "impersonate-group"
+	HeaderImpersonateExtraPrefix = "impersonate-extra-"
+)
+
+// HeaderError marks a response as the gateway's own (not the cluster's) and names
+// the reason; kubegate authz sets it on every denial and Envoy's local reply for a
+// missing agent token sets it too.
+const HeaderError = "x-kubegate-error"
+
+// StatusBody is a Kubernetes Status object with the message "kubegate: <message>",
+// so kubectl prints the gateway's errors as it prints the API server's own.
+func StatusBody(code int, message string) []byte {
+	st := metav1.Status{
+		TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
+		Status:   metav1.StatusFailure,
+		Message:  "kubegate: " + message,
+		Reason:   StatusReason(code),
+		Code:     int32(code),
+	}
+	b, err := json.Marshal(st)
+	if err != nil { // a struct of strings and ints cannot fail to encode
+		return []byte(fmt.Sprintf(`{"kind":"Status","apiVersion":"v1","status":"Failure","code":%d}`, code))
+	}
+	return b
+}
+
+// StatusReason is the Status reason of an HTTP status code the gateway answers.
+func StatusReason(code int) metav1.StatusReason {
+	switch code {
+	case http.StatusBadRequest:
+		return metav1.StatusReasonBadRequest
+	case http.StatusUnauthorized:
+		return metav1.StatusReasonUnauthorized
+	case http.StatusForbidden:
+		return metav1.StatusReasonForbidden
+	case http.StatusServiceUnavailable:
+		return metav1.StatusReasonServiceUnavailable
+	}
+	return metav1.StatusReasonInternalError
+}
