@@ -8,7 +8,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 # Fuzz time per target inside `make test` (kept short); `make fuzz FUZZTIME=5m` for longer.
 FUZZTIME ?= 10s
 
-.PHONY: all build test vet lint unit fuzz bench tools sandbox clean
+.PHONY: all build test vet lint unit fuzz bench bench-realsize tools sandbox clean
 
 all: build
 
@@ -31,6 +31,10 @@ fuzz: ## Run every fuzz target for FUZZTIME each (go test -fuzz takes one target
 	./test/fuzz.sh $(FUZZTIME)
 
 test: tools vet lint unit fuzz ## Everything CI runs: build the test bed, vet, lint, all tests, a short fuzz run
+
+bench-realsize: ## The real-size benchmarks (test/perf): authz and extproc processes against no-op floor processes
+	$(GO) test -run '^$$' -bench '(Check|ExtProc)' -benchtime=3000x ./test/perf/
+	$(GO) test -run '^$$' -bench 'Lifecycle' -benchtime=1x ./test/perf/
 
 bench: ## Benchmarks (figures reported as ratios against a floor measured in the same run)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
