@@ -100,6 +100,8 @@ func StatusReason(code int) metav1.StatusReason {
 		return metav1.StatusReasonUnauthorized
 	case http.StatusForbidden:
 		return metav1.StatusReasonForbidden
+	case http.StatusTooManyRequests:
+		return metav1.StatusReasonTooManyRequests
 	case http.StatusServiceUnavailable:
 		return metav1.StatusReasonServiceUnavailable
 	}

@@ -24,6 +24,17 @@ const ReasonAgentTokenMissing = "agent_token_missing"
 // RuntimeUInt32 requires one; no runtime layer sets it, so default_value applies.
 const agentTokenMissingRuntimeKey = "kubegate.local_reply.agent_token_missing_status"
 
+// ReasonRateLimited is the X-Kubegate-Error of a request the per-client local rate
+// limit refused (the local_ratelimit filter's 429).
+const ReasonRateLimited = "rate_limited"
+
+// rateLimitedRuntimeKey is the runtime key of the rate-limit mapper's status filter.
+const rateLimitedRuntimeKey = "kubegate.local_reply.rate_limited_status"
+
+// RateLimitedMessage is the Status message of a rate-limited request.
+const RateLimitedMessage = "kubegate: too many requests from your address; slow down and retry in a few seconds " +
+	"(the gateway limits each client address: kubegate envoy render --client-rate-limit and --client-rate-burst)"
+
 // AgentTokenMissingMessage is the Status message of that answer.
 const AgentTokenMissingMessage = "kubegate: the gateway has no service-account token for the agent yet (SDS secret " +
 	TokenSecretName + " from kubegate xds), so it cannot forward the request; your own credential was accepted. " +
@@ -54,6 +65,22 @@ func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
 	header := func(k, v string) *corev3.HeaderValueOption {
 		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
 	}
+	// The second mapper: the local rate limit's 429 "local_rate_limited"
+	// (local_ratelimit.cc sendLocalReply) becomes the same kind of Status, with
+	// Retry-After so client-go (kubectl) waits and retries (rest/with_retry.go).
+	// Only local replies pass through mappers, so the API server's own 429s (API
+	// priority and fairness) are untouched.
+	rateLimited := &hcmv3.ResponseMapper{
+		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_StatusCodeFilter{StatusCodeFilter: &accesslogv3.StatusCodeFilter{
+			Comparison: &accesslogv3.ComparisonFilter{Op: accesslogv3.ComparisonFilter_EQ, Value: &corev3.RuntimeUInt32{DefaultValue: http.StatusTooManyRequests, RuntimeKey: rateLimitedRuntimeKey}},
+		}}},
+		Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: string(contract.StatusBody(http.StatusTooManyRequests, strings.TrimPrefix(RateLimitedMessage, "kubegate: ")))}},
+		HeadersToAdd: []*corev3.HeaderValueOption{
+			header("content-type", "application/json"),
+			header(HeaderKubegateError, ReasonRateLimited),
+			header("retry-after", "1"),
+		},
+	}
 	return &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{{
 		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{AndFilter: &accesslogv3.AndFilter{Filters: []*accesslogv3.AccessLogFilter{
 			{FilterSpecifier: &accesslogv3.AccessLogFilter_StatusCodeFilter{StatusCodeFilter: &accesslogv3.StatusCodeFilter{
@@ -74,5 +101,5 @@ func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
 			header("content-type", "application/json"),
 			header(HeaderKubegateError, ReasonAgentTokenMissing),
 		},
-	}}}, nil
+	}, rateLimited}}, nil
 }

@@ -67,8 +67,11 @@ func TestClientRateLimitFromTheAttackersSide(t *testing.T) {
 	for i := range flood {
 		status, h, body := do(t, attacker, "GET", dp.URL()+"/k8s-proxy/api/v1/secrets", http.Header{"Authorization": {"Bearer pat:1:junk-token-" + strconv.Itoa(i)}})
 		counts[status]++
-		if status == http.StatusTooManyRequests && (body != "local_rate_limited" || h.Get("Content-Type") != "text/plain") {
-			t.Errorf("429 answer %q (%s), want Envoy's local_rate_limited text/plain", body, h.Get("Content-Type"))
+		// Envoy's own answer is text/plain "local_rate_limited" (local_ratelimit.cc);
+		// the rendered local_reply_config maps it to a Status the user can act on.
+		if status == http.StatusTooManyRequests && (!strings.Contains(body, `"reason":"TooManyRequests"`) || !strings.Contains(body, "too many requests from your address") ||
+			h.Get("Content-Type") != "application/json" || h.Get("X-Kubegate-Error") != envoy.ReasonRateLimited || h.Get("Retry-After") != "1") {
+			t.Errorf("429 answer %q (%v), want kubegate's rate_limited Status with Retry-After", body, h)
 		}
 	}
 	// The bucket holds burst tokens and gains one a second.
