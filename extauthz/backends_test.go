@@ -28,6 +28,7 @@ import (
 	"kubegate.dev/kubegate/identity/gitlab/gitlabtest"
 	"kubegate.dev/kubegate/policy"
 	"kubegate.dev/kubegate/test/loadgen"
+	"kubegate.dev/kubegate/test/testkit"
 )
 
 const (
@@ -320,7 +321,7 @@ func TestOIDCWithDirectoryOverGRPC(t *testing.T) {
 // loopback), each against the no-op floor measured in the same run.
 func BenchmarkCheckGitLab(b *testing.B) {
 	gl := sandboxGitLab(b)
-	floor := serve(b, noopAuthz{})
+	floor := serve(b, testkit.NoopAuthz{})
 	cached := startWithBackends(b, nil, gitlabArgs(b, gl)...)
 	uncached := startWithBackends(b, nil, gitlabArgs(b, gl, "--cache-ttl=0", "--cache-failure-ttl=0")...)
 	req := checkRequest("GET", podsPath, pat(glAliceToken))

@@ -6,27 +6,17 @@ import (
 	"testing"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 
 	"kubegate.dev/kubegate/test/loadgen"
+	"kubegate.dev/kubegate/test/testkit"
 )
-
-// noopAuthz is the floor: a Check service that allows everything at once, served
-// over the same kind of gRPC connection.
-type noopAuthz struct {
-	authv3.UnimplementedAuthorizationServer
-}
-
-func (noopAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	return &authv3.CheckResponse{Status: &rpcstatus.Status{}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}}, nil
-}
 
 // BenchmarkCheck measures a warm Check (the same user again: identity decision
 // cached, directory lookup) against the no-op floor in the same run, at 1 and 8
 // concurrent callers. The ratios are the figures to report (p99-x-floor).
 func BenchmarkCheck(b *testing.B) {
 	f := start(b, sandboxConfig, "")
-	floor := serve(b, noopAuthz{})
+	floor := serve(b, testkit.NoopAuthz{})
 	allowed := checkRequest("GET", podsPath, pat(aliceToken))
 	denied := checkRequest("GET", podsPath, pat(token("bob")))
 	// Warm up: first decision for alice compiles her identity decision.

@@ -2,9 +2,7 @@ package extproc
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -16,25 +14,6 @@ import (
 	"kubegate.dev/kubegate/test/loadgen"
 	"kubegate.dev/kubegate/test/testkit"
 )
-
-// noopProcessor is the floor: it continues every message without a mutation.
-type noopProcessor struct {
-	extprocv3.UnimplementedExternalProcessorServer
-}
-
-func (noopProcessor) Process(s extprocv3.ExternalProcessor_ProcessServer) error {
-	for {
-		if _, err := s.Recv(); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		if err := s.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}); err != nil {
-			return err
-		}
-	}
-}
 
 func client(b *testing.B, srv extprocv3.ExternalProcessorServer) extprocv3.ExternalProcessorClient {
 	return extprocv3.NewExternalProcessorClient(testkit.ServeGRPC(b, func(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, srv) }))
@@ -70,7 +49,7 @@ func BenchmarkStreamRoundTrip(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	kg, floor := client(b, srv), client(b, noopProcessor{})
+	kg, floor := client(b, srv), client(b, testkit.NoopProcessor{})
 	d := userDecision
 	for i := 0; i < 20; i++ { // a user with ~25 groups
 		d.Groups = append(d.Groups, fmt.Sprintf("gitlab:project_role:%d:developer", 100+i))

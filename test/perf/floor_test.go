@@ -1,10 +1,7 @@
 package perf
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strings"
@@ -12,10 +9,11 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"kubegate.dev/kubegate/test/testkit"
 )
 
 // floorFlag makes the test binary serve a no-op floor instead of running tests:
@@ -46,9 +44,9 @@ func serveFloor(kind, addr string) error {
 	healthpb.RegisterHealthServer(gs, hs)
 	switch kind {
 	case "authz":
-		authv3.RegisterAuthorizationServer(gs, noopAuthz{})
+		authv3.RegisterAuthorizationServer(gs, testkit.NoopAuthz{})
 	case "extproc":
-		extprocv3.RegisterExternalProcessorServer(gs, noopProcessor{})
+		extprocv3.RegisterExternalProcessorServer(gs, testkit.NoopProcessor{})
 	default:
 		return fmt.Errorf("unknown floor %q", kind)
 	}
@@ -60,32 +58,4 @@ func startFloor(tb testing.TB, dir, kind string) *server {
 	tb.Helper()
 	addr := freeAddr(tb)
 	return start(tb, dir, "floor-"+kind, addr, []string{os.Args[0], floorFlag + kind, addr})
-}
-
-// noopAuthz allows everything at once.
-type noopAuthz struct {
-	authv3.UnimplementedAuthorizationServer
-}
-
-func (noopAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	return &authv3.CheckResponse{Status: &rpcstatus.Status{}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}}, nil
-}
-
-// noopProcessor continues every message without a mutation.
-type noopProcessor struct {
-	extprocv3.UnimplementedExternalProcessorServer
-}
-
-func (noopProcessor) Process(s extprocv3.ExternalProcessor_ProcessServer) error {
-	for {
-		if _, err := s.Recv(); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		if err := s.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}); err != nil {
-			return err
-		}
-	}
 }
