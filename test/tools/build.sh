@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the real control-plane binaries the test bed runs (kube-apiserver,
-# kube-controller-manager, etcd) and KWOK's `kwok` controller (a simulated node and
-# kubelet API) from the Go module proxy, and caches them by version under
+# kube-controller-manager, etcd), KWOK's `kwok` controller (a simulated node and
+# kubelet API) and the `helm` CLI (for the chart tests) from the Go module proxy, and caches them by version under
 # $KUBEGATE_TOOLS_DIR (default: <repo>/.cache/tools). A cached binary is reused; the
 # first build takes several minutes and prints progress so nobody mistakes it for a
 # hang. Prints nothing else on stdout except a cache directory when called with
-# --print-dir (kube-apiserver, kube-controller-manager, etcd) or --print-kwok-dir.
+# --print-dir (kube-apiserver, kube-controller-manager, etcd), --print-kwok-dir or
+# --print-helm-dir.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,15 +16,19 @@ ETCD_VERSION=v3.7.3
 # sigs.k8s.io/kwok: the newest version the module proxy serves
 # (`go list -m -versions sigs.k8s.io/kwok`).
 KWOK_VERSION=v0.8.0
+# helm.sh/helm/v3, for the chart tests (helm lint / helm template of deploy/helm).
+HELM_VERSION=v3.22.0
 dir=${KUBEGATE_TOOLS_DIR:-$repo/.cache/tools}
 bindir="$dir/bin-kube-${KUBE_VERSION}-etcd-${ETCD_VERSION}"
 # KWOK has its own versioned directory, so bumping it never invalidates the
 # kube-apiserver cache (the expensive one).
 kwokdir="$dir/kwok-${KWOK_VERSION}"
+helmdir="$dir/helm-${HELM_VERSION}"
 
 if [ "${1:-}" = "--print-dir" ]; then echo "$bindir"; exit 0; fi
 if [ "${1:-}" = "--print-kwok-dir" ]; then echo "$kwokdir"; exit 0; fi
-mkdir -p "$bindir" "$kwokdir"
+if [ "${1:-}" = "--print-helm-dir" ]; then echo "$helmdir"; exit 0; fi
+mkdir -p "$bindir" "$kwokdir" "$helmdir"
 
 log() { printf '[testbed-tools] %s\n' "$*" >&2; }
 
@@ -56,5 +61,9 @@ build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver "$kv"
 build kube-controller-manager "$here/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$kv"
 # The released module already carries its version (sigs.k8s.io/kwok/pkg/consts).
 build kwok "$here/kwok" sigs.k8s.io/kwok/cmd/kwok "-s -w" "$kwokdir"
+# Without the version, `helm version` says v3.22 and charts' kubeVersion checks see a
+# development build.
+build helm "$here/helm" helm.sh/helm/v3/cmd/helm "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" "$helmdir"
 log "kwok ready: $kwokdir"
+log "helm ready: $helmdir"
 log "ready: $bindir"
