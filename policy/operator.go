@@ -134,6 +134,21 @@ func newOperatorPolicy(ctx context.Context, modules []Module) (*operatorPolicy, 
 // deny holds that is not a set of strings still denies (with a generic message): an
 // operator's mistake must not let a request through.
 func (p *operatorPolicy) denials(ctx context.Context, identityPart [][2]*ast.Term, req Request) ([]string, error) {
+	sets, err := p.denialSets(ctx, identityPart, req)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for i, pkg := range p.packages {
+		out = appendDenials(out, pkg, sets[i])
+	}
+	return out, nil
+}
+
+// denialSets evaluates the query and returns each package's deny value, in the
+// order of p.packages (read with appendDenials). `kubegate explain` reports them
+// per package.
+func (p *operatorPolicy) denialSets(ctx context.Context, identityPart [][2]*ast.Term, req Request) ([]any, error) {
 	input := make([][2]*ast.Term, len(identityPart), len(identityPart)+1)
 	copy(input, identityPart)
 	input = append(input, ast.Item(ast.StringTerm("request"), requestTerm(req)))
@@ -148,11 +163,7 @@ func (p *operatorPolicy) denials(ctx context.Context, identityPart [][2]*ast.Ter
 	if len(sets) != len(p.packages) {
 		return nil, errors.New("policy modules: the deny query returned no answer")
 	}
-	var out []string
-	for i, pkg := range p.packages {
-		out = appendDenials(out, pkg, sets[i])
-	}
-	return out, nil
+	return sets, nil
 }
 
 // appendDenials reads one package's deny set. A member that is not a non-empty
