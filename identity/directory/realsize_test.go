@@ -69,6 +69,7 @@ func TestMembershipsMatchReference(t *testing.T) {
 	for name, listed := range listings {
 		t.Run(name, func(t *testing.T) {
 			withAccess := 0
+			relations := map[identity.Relation]int{}
 			for _, u := range d.Users() {
 				got, err := d.Memberships(context.Background(), u, listed)
 				if err != nil {
@@ -78,12 +79,18 @@ func TestMembershipsMatchReference(t *testing.T) {
 				if !reflect.DeepEqual(got, want) {
 					t.Fatalf("%s:\n got %v\nwant %v", u.Username, got, want)
 				}
+				for rel, n := range checkExplained(t, d, u, listed, got) {
+					relations[rel] += n
+				}
 				if len(got) > 0 {
 					withAccess++
 				}
 			}
 			if name != "empty" && withAccess < 100 {
 				t.Fatalf("only %d users have access to anything: the listing does not exercise the index", withAccess)
+			}
+			if name != "empty" && (relations[identity.RelationDirect] == 0 || relations[identity.RelationInherited] == 0 || relations[identity.RelationSubgroupOnly] == 0) {
+				t.Fatalf("grants by relation %v: the data does not exercise every relation", relations)
 			}
 		})
 	}
@@ -125,4 +132,47 @@ func BenchmarkParseRealSize(b *testing.B) {
 	runtime.KeepAlive(d)
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "live-MB")
 	b.ReportMetric(float64(len(data.Directory))/(1<<20), "file-MB")
+}
+
+// checkExplained holds ExplainMemberships to Memberships (TestMembershipsMatchReference
+// runs it for every user and listing): the highest level among the grants that
+// count is the effective level, and each grant's relation matches the paths.
+func checkExplained(t *testing.T, d *directory.Directory, u identity.User, listed identity.Listed, want []identity.Membership) map[identity.Relation]int {
+	t.Helper()
+	xs, err := d.ExplainMemberships(context.Background(), u, listed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(xs) != len(listed.Projects)+len(listed.Groups) {
+		t.Fatalf("%d explained entries for a listing of %d", len(xs), len(listed.Projects)+len(listed.Groups))
+	}
+	var got []identity.Membership
+	relations := map[identity.Relation]int{}
+	for _, x := range xs {
+		level := identity.NoAccess
+		entry := strings.ToLower(x.Path)
+		for _, g := range x.Grants {
+			relations[g.Relation]++
+			p := strings.ToLower(g.Path)
+			var ok bool
+			switch g.Relation {
+			case identity.RelationDirect:
+				ok, level = p == entry && g.Kind == x.Kind, max(level, g.AccessLevel)
+			case identity.RelationInherited:
+				ok, level = g.Kind == identity.KindGroup && strings.HasPrefix(entry, p+"/"), max(level, g.AccessLevel)
+			case identity.RelationSubgroupOnly:
+				ok = x.Kind == identity.KindGroup && strings.HasPrefix(p, entry+"/")
+			}
+			if !ok || !x.Found {
+				t.Fatalf("%s: %s %s: grant %+v does not fit (found %v)", u.Username, x.Kind, x.Path, g, x.Found)
+			}
+		}
+		if level > identity.NoAccess {
+			got = append(got, identity.Membership{Kind: x.Kind, ID: x.ID, Path: x.Path, AccessLevel: level})
+		}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s: explained memberships\n got %v\nwant %v", u.Username, got, want)
+	}
+	return relations
 }

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -369,6 +370,31 @@ func TestMembershipsMatchDirectory(t *testing.T) {
 				if got[i] != want[i] {
 					t.Errorf("[%d] GitLab %+v, directory %+v", i, got[i], want[i])
 				}
+			}
+			// explain: the same paths are found, and each entry's one effective grant
+			// is the membership Memberships reports.
+			gx, err := b.ExplainMemberships(context.Background(), u, listed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dx, err := d.ExplainMemberships(context.Background(), u, listed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var explained []identity.Membership
+			for i, x := range gx {
+				if x.Found != dx[i].Found || x.ID != dx[i].ID || x.Kind != dx[i].Kind || x.Path != dx[i].Path {
+					t.Errorf("explained entry %d: GitLab %+v, directory %+v", i, x, dx[i])
+				}
+				for _, g := range x.Grants {
+					if g.Relation != identity.RelationEffective {
+						t.Errorf("GitLab grant %+v: GitLab reports only the effective level", g)
+					}
+					explained = append(explained, identity.Membership{Kind: x.Kind, ID: x.ID, Path: x.Path, AccessLevel: g.AccessLevel})
+				}
+			}
+			if fmt.Sprint(explained) != fmt.Sprint(got) {
+				t.Errorf("explained %+v, Memberships %+v", explained, got)
 			}
 		})
 	}
