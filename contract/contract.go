@@ -29,6 +29,14 @@ const (
 	ProxyPath  = "/k8s-proxy"
 )
 
+// ExplainPrefix is the gateway's explain endpoint (`kubegate explain --via-gateway`):
+// GET <ExplainPrefix><METHOD>/<API path>[?query] answers, for the caller's own
+// credential only, what the gateway decides for METHOD /<API path> and why. Envoy
+// routes it to a direct_response (never to the API server: `kubegate envoy
+// validate` checks it); kubegate authz answers it itself from Check with a
+// DeniedHttpResponse, so the request never continues.
+const ExplainPrefix = "/kubegate/explain/"
+
 // Names of the request parts a user's credential is read from (access.md §2).
 // Every one is removed before the request goes upstream (ext_authz's
 // headers_to_remove and query_parameters_to_remove), and they are the only

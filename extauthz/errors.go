@@ -31,7 +31,7 @@ const (
 // statusFor maps an outcome reason to the HTTP status of access.md §4.
 func statusFor(r Reason) int {
 	switch r {
-	case ReasonAllowed:
+	case ReasonAllowed, ReasonExplained:
 		return http.StatusOK
 	case ReasonOutsidePrefix, ReasonBadRequest, ReasonAmbiguousQuery, ReasonForeignCredential:
 		return http.StatusBadRequest

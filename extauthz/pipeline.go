@@ -42,47 +42,11 @@ func deny(r Reason, msg string) outcome { return outcome{reason: r, message: msg
 // check runs the pipeline of access.md §2–§4 for one request. Every early return is a
 // denial; only the last line allows.
 func check(ctx context.Context, agent policy.Agent, snap *Snapshot, r *httpRequest) outcome {
-	if name, found := clientImpersonation(r.Header); found {
-		return deny(ReasonClientImpersonation, fmt.Sprintf("impersonation through the gateway is not allowed: remove the %s header (and kubectl's --as/--as-group); the gateway sets the identity the cluster sees", name))
-	}
-	req, query, o, ok := parseTarget(r)
+	o, memberships, ok := identify(ctx, agent, snap, r)
 	if !ok {
 		return o
 	}
-	if msg := identity.ForeignCredential(r.Header, query); msg != "" {
-		return deny(ReasonForeignCredential, msg)
-	}
-	cred, err := identity.ParseCredential(r.Header, query)
-	if err != nil {
-		return identityDenial(identity.AsError(err))
-	}
-	o = outcome{credType: cred.Type, request: req}
-	if cred.AgentID == 0 {
-		cred.AgentID = agent.ID // the bare OIDC form names no agent: the gateway's own applies
-	}
-	if cred.AgentID != agent.ID {
-		o.reason, o.message = Reason(identity.ReasonWrongAgent), fmt.Sprintf("the credential is for agent %d, which this gateway does not serve", cred.AgentID)
-		return o
-	}
-	id, accepted, err := snap.Authenticator.Authenticate(ctx, cred)
-	switch {
-	case err != nil:
-		return o.with(identityDenial(identity.AsError(err)))
-	case !accepted || id == nil:
-		o.reason, o.message = Reason(identity.ReasonUnsupported), fmt.Sprintf("this gateway does not accept %s credentials", cred.Type)
-		return o
-	case id.AgentID != agent.ID:
-		// An authenticator must not hand back another agent's identity; if one
-		// does, refuse rather than trust it.
-		o.reason, o.message = Reason(identity.ReasonWrongAgent), identity.Unauthorized
-		return o
-	}
-	o.identity = id
-	memberships, err := snap.Memberships.Memberships(ctx, id.User, snap.Engine.Listed())
-	if err != nil {
-		return o.with(identityDenial(identity.AsError(err)))
-	}
-	d, err := snap.Engine.Decide(ctx, policy.Input{Identity: *id, Memberships: memberships, Request: req})
+	d, err := snap.Engine.Decide(ctx, policy.Input{Identity: *o.identity, Memberships: memberships, Request: o.request})
 	if err != nil || !d.Allowed {
 		o.reason, o.message, o.cause = Reason(d.Reason), d.Message, err
 		if o.reason == "" || d.Allowed { // defensive: an error never allows
@@ -92,6 +56,54 @@ func check(ctx context.Context, agent policy.Agent, snap *Snapshot, r *httpReque
 	}
 	o.reason, o.decision = ReasonAllowed, &d
 	return o
+}
+
+// identify is the pipeline up to the decision: the request parsed as the API server
+// will see it, the credential read and authenticated for this agent, the caller's
+// memberships resolved. ok is false when it refused the request; o then says why.
+// Check and the explain endpoint (explain.go) share it, so both refuse exactly alike.
+func identify(ctx context.Context, agent policy.Agent, snap *Snapshot, r *httpRequest) (o outcome, memberships []identity.Membership, ok bool) {
+	if name, found := clientImpersonation(r.Header); found {
+		return deny(ReasonClientImpersonation, fmt.Sprintf("impersonation through the gateway is not allowed: remove the %s header (and kubectl's --as/--as-group); the gateway sets the identity the cluster sees", name)), nil, false
+	}
+	req, query, o, ok := parseTarget(r)
+	if !ok {
+		return o, nil, false
+	}
+	if msg := identity.ForeignCredential(r.Header, query); msg != "" {
+		return deny(ReasonForeignCredential, msg), nil, false
+	}
+	cred, err := identity.ParseCredential(r.Header, query)
+	if err != nil {
+		return identityDenial(identity.AsError(err)), nil, false
+	}
+	o = outcome{credType: cred.Type, request: req}
+	if cred.AgentID == 0 {
+		cred.AgentID = agent.ID // the bare OIDC form names no agent: the gateway's own applies
+	}
+	if cred.AgentID != agent.ID {
+		o.reason, o.message = Reason(identity.ReasonWrongAgent), fmt.Sprintf("the credential is for agent %d, which this gateway does not serve", cred.AgentID)
+		return o, nil, false
+	}
+	id, accepted, err := snap.Authenticator.Authenticate(ctx, cred)
+	switch {
+	case err != nil:
+		return o.with(identityDenial(identity.AsError(err))), nil, false
+	case !accepted || id == nil:
+		o.reason, o.message = Reason(identity.ReasonUnsupported), fmt.Sprintf("this gateway does not accept %s credentials", cred.Type)
+		return o, nil, false
+	case id.AgentID != agent.ID:
+		// An authenticator must not hand back another agent's identity; if one
+		// does, refuse rather than trust it.
+		o.reason, o.message = Reason(identity.ReasonWrongAgent), identity.Unauthorized
+		return o, nil, false
+	}
+	o.identity = id
+	memberships, err = snap.Memberships.Memberships(ctx, id.User, snap.Engine.Listed())
+	if err != nil {
+		return o.with(identityDenial(identity.AsError(err))), nil, false
+	}
+	return o, memberships, true
 }
 
 // with copies a denial's reason, message and cause into o, keeping what o knows

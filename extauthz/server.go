@@ -114,6 +114,10 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 		o = outcome{reason: ReasonMisconfigured, message: "the gateway is misconfigured; tell its operator", cause: err}
 		return denyResponse(o.reason, o.message, discovery), nil
 	}
+	if explainRequest(r.Target) {
+		o, resp = explainCheck(ctx, s.agent, s.state.Load(), r)
+		return resp, nil
+	}
 	o = check(ctx, s.agent, s.state.Load(), r)
 	if o.reason != ReasonAllowed {
 		return denyResponse(o.reason, o.message, discovery), nil
@@ -139,8 +143,11 @@ func decisionID(envoyID string) string {
 // never a credential.
 func (s *Server) observe(ctx context.Context, o outcome, id string, took time.Duration) {
 	result := "denied"
-	if o.reason == ReasonAllowed {
+	switch o.reason {
+	case ReasonAllowed:
 		result = "allowed"
+	case ReasonExplained:
+		result = "explained" // answered by the explain endpoint; nothing went upstream
 	}
 	s.metrics.decisions.WithLabelValues(result, string(o.reason)).Inc()
 	s.metrics.duration.WithLabelValues(result).Observe(took.Seconds())
