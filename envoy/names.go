@@ -18,6 +18,9 @@ const (
 	VirtualHostName = "kubegate"
 	// RouteName is the route that strips PathPrefix and forwards to the API server.
 	RouteName = "k8s-proxy"
+	// ExplainRouteName is the route of the explain endpoint (ExplainPrefix): a
+	// direct_response, since kubegate authz answers those requests itself.
+	ExplainRouteName = "kubegate-explain"
 	// NotFoundRouteName is the catch-all route for every other path (404).
 	NotFoundRouteName = "not-k8s-proxy"
 
@@ -36,6 +39,8 @@ const (
 
 	// PathPrefix is the prefix kubectl talks to; it is rewritten to "/".
 	PathPrefix = contract.PathPrefix
+	// ExplainPrefix is the explain endpoint's prefix, answered by kubegate authz.
+	ExplainPrefix = contract.ExplainPrefix
 
 	// DefaultNodeID and DefaultNodeCluster identify Envoy to the SDS server.
 	DefaultNodeID      = "kubegate-envoy"

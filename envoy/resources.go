@@ -254,6 +254,17 @@ func RouteConfig() *routev3.RouteConfiguration {
 					Timeout:          durationpb.New(0),
 				}},
 			}, {
+				// The explain endpoint (contract.ExplainPrefix). kubegate authz answers
+				// it from Check with a local reply and never lets it continue; this
+				// direct response is what remains if it ever did, so the endpoint can
+				// never reach the API server (rule explain-route).
+				Name:  ExplainRouteName,
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: ExplainPrefix}},
+				Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+					Status: 403,
+					Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "kubegate: the explain endpoint is answered by kubegate authz, which did not answer this request\n"}},
+				}},
+			}, {
 				// Every other path gets a route too. Without one, ext_authz skips the
 				// request (no route: nothing to check) while ext_proc still runs and
 				// refuses it for lack of a decision; with it, kubegate authz answers

@@ -58,6 +58,7 @@ const (
 	RuleUpgradeTypes          = "upgrade-types"
 	RuleRoutePrefix           = "route-prefix"
 	RuleRouteTimeout          = "route-timeout"
+	RuleExplainRoute          = "explain-route"
 	RuleStreamTimeouts        = "stream-timeouts"
 	RuleHeaderLimits          = "header-limits"
 	RuleUnderscoreHeaders     = "underscore-headers"
@@ -106,6 +107,7 @@ var RuleDocs = []RuleDoc{
 	{RuleUpgradeTypes, "upgrade_configs enable websocket and spdy/3.1, and no route disables them"},
 	{RuleRoutePrefix, "every forwarding route matches prefix /k8s-proxy/ and rewrites it to /"},
 	{RuleRouteTimeout, "every forwarding route has timeout 0s"},
+	{RuleExplainRoute, "no redirect or other non-forwarding route takes the explain endpoint (" + ExplainPrefix + ", answered by kubegate authz) before a direct_response does"},
 	{RuleStreamTimeouts, "stream_idle_timeout explicit and 0 or at least 1h; no request_timeout, max_stream_duration or max_connection_duration"},
 	{RuleHeaderLimits, "max_request_headers_kb and max_headers_count set explicitly"},
 	{RuleUnderscoreHeaders, "headers_with_underscores_action REJECT_REQUEST"},
@@ -762,10 +764,61 @@ func (c *checker) routes(rc *routev3.RouteConfiguration, p string, security map[
 				c.routeAction(rt, a, rp, security)
 			}
 		}
+		c.explainRoute(vh, vp)
 	}
 	if forwarding == 0 {
 		c.fs.add(p+".virtual_hosts", RuleRoutePrefix, "no route forwards %s to the API server", PathPrefix)
 	}
+}
+
+// explainSample is a request to the explain endpoint, matched against each route.
+const explainSample = ExplainPrefix + "GET/api/v1/namespaces/default/pods"
+
+// explainRoute checks that the first route other than a forwarding one (those are
+// rule route-prefix's: they must match PathPrefix exactly, so none takes the
+// explain endpoint) that can match an explain request is a direct_response. A
+// redirect there would send the user's credential elsewhere; a filter action or
+// non-forwarding action has no defined answer.
+func (c *checker) explainRoute(vh *routev3.VirtualHost, vp string) {
+	for r, rt := range vh.GetRoutes() {
+		if rt.GetRoute() != nil || !routeMayMatch(rt.GetMatch(), explainSample) {
+			continue
+		}
+		if rt.GetDirectResponse() == nil {
+			c.fs.add(fmt.Sprintf("%s.routes[%d]", vp, r), RuleExplainRoute, "takes requests for the explain endpoint %s, which kubegate authz answers; make it a direct_response (kubegate envoy render writes one)", ExplainPrefix)
+		}
+		return
+	}
+}
+
+// routeMayMatch reports whether a route's path specifier can match path (a path
+// without query). What cannot be decided statically counts as a match. Envoy's
+// regex engine is RE2, which Go's regexp implements; a safe_regex route must match
+// the whole path, and case_sensitive does not apply to it (route_components.proto
+// RouteMatch.safe_regex, case_sensitive).
+func routeMayMatch(m *routev3.RouteMatch, path string) bool {
+	sensitive := m.GetCaseSensitive() == nil || m.GetCaseSensitive().GetValue()
+	hasPrefix := func(p string) bool {
+		if sensitive {
+			return strings.HasPrefix(path, p)
+		}
+		return len(path) >= len(p) && strings.EqualFold(path[:len(p)], p)
+	}
+	switch ps := m.GetPathSpecifier().(type) {
+	case *routev3.RouteMatch_Prefix:
+		return hasPrefix(ps.Prefix)
+	case *routev3.RouteMatch_Path:
+		return hasPrefix(ExplainPrefix) && strings.HasPrefix(strings.ToLower(ps.Path), strings.ToLower(ExplainPrefix))
+	case *routev3.RouteMatch_PathSeparatedPrefix:
+		p := ps.PathSeparatedPrefix
+		return hasPrefix(p) && (len(path) == len(p) || path[len(p)] == '/')
+	case *routev3.RouteMatch_SafeRegex:
+		re, err := regexp.Compile("^(?:" + ps.SafeRegex.GetRegex() + ")$")
+		return err != nil || re.MatchString(path)
+	case *routev3.RouteMatch_ConnectMatcher_:
+		return false
+	}
+	return true
 }
 
 func (c *checker) routeAction(rt *routev3.Route, a *routev3.RouteAction, rp string, security map[string]string) {

@@ -313,6 +313,21 @@ func ruleCases(t *testing.T) []struct {
 		{"catch-all route", RuleRoutePrefix, func(b *bootstrapv3.Bootstrap) {
 			withRoute(t, b, func(r *routev3.Route) { r.Match.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: "/"} })
 		}},
+		{"the explain endpoint redirected", RuleExplainRoute, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				vh := h.GetRouteConfig().VirtualHosts[0]
+				vh.Routes = append([]*routev3.Route{{Name: "elsewhere", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/kubegate/"}},
+					Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{HostRedirect: "attacker.example"}}}}, vh.Routes...)
+			})
+		}},
+		{"the explain endpoint taken by a regex route", RuleExplainRoute, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				vh := h.GetRouteConfig().VirtualHosts[0]
+				vh.Routes = append([]*routev3.Route{{Name: "elsewhere", Match: &routev3.RouteMatch{
+					PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "/kube[a-z]+/.*"}}},
+					Action: &routev3.Route_NonForwardingAction{NonForwardingAction: &routev3.NonForwardingAction{}}}}, vh.Routes...)
+			})
+		}},
 		{"default route timeout", RuleRouteTimeout, func(b *bootstrapv3.Bootstrap) {
 			withRoute(t, b, func(r *routev3.Route) { r.GetRoute().Timeout = nil })
 		}},
