@@ -48,6 +48,11 @@ func APIRequest(method, target string) (policy.Request, error) {
 	if err != nil {
 		return policy.Request{}, fmt.Errorf("the query string is malformed: %v", err)
 	}
+	if rest, ok := strings.CutPrefix(path, "/"); ok {
+		if msg := uncleanPath(rest); msg != "" {
+			return policy.Request{}, fmt.Errorf("the gateway refuses this path (%s): %s", ReasonBadRequest, msg)
+		}
+	}
 	upstream, msg := upstreamQuery(rawQuery, query)
 	if msg != "" {
 		return policy.Request{}, fmt.Errorf("the gateway refuses this query (%s): %s", ReasonAmbiguousQuery, msg)
