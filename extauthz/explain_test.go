@@ -192,3 +192,36 @@ func TestExplainEndpointRefusesAsTheProxy(t *testing.T) {
 		})
 	}
 }
+
+// TestExplainEndpointAgreesWithCheck: for every sandbox user with a good token and
+// requests operator modules allow or deny, the endpoint's decision is the one Check
+// makes for the same request to /k8s-proxy/: allowed exactly when Check allows, with
+// the reason Check's denial names, and the identity Check hands to ext_proc.
+func TestExplainEndpointAgreesWithCheck(t *testing.T) {
+	f := start(t, sandboxConfig, "../policy/testdata/operator")
+	targets := []string{
+		"GET/api/v1/namespaces/demo/pods",
+		"GET/api/v1/namespaces/kube-system/secrets/s",
+		"POST/api/v1/namespaces/kube-system/pods/p/exec?command=sh",
+		"GET/api/v1/namespaces/demo/configmaps?watch=1",
+		"GET/apis/apps/v1/namespaces/demo/deployments",
+	}
+	for _, user := range []string{"alice", "bob", "carol", "dave", "grace", "heidi", "ivan"} {
+		for _, target := range targets {
+			t.Run(user+"/"+target, func(t *testing.T) {
+				method, rest, _ := strings.Cut(target, "/")
+				x := explained(t, f, ExplainPrefix+target, pat(token(user)))
+				resp := f.check(t, checkRequest(method, PathPrefix+rest, pat(token(user))))
+				if ok := resp.GetOkResponse() != nil; ok != x.Gateway.Decision.Allowed {
+					t.Fatalf("Check allows: %v; the explanation says %+v", ok, x.Gateway.Decision)
+				}
+				if x.Gateway.Decision.Allowed {
+					return
+				}
+				if d := denied(t, resp); d.reason != string(x.Gateway.Decision.Reason) || !strings.Contains(d.message, x.Gateway.Decision.Message) {
+					t.Fatalf("Check denies %+v; the explanation says %+v", d, x.Gateway.Decision)
+				}
+			})
+		}
+	}
+}
