@@ -207,3 +207,67 @@ func TestExplainVerdicts(t *testing.T) {
 		})
 	}
 }
+
+// FuzzExplainAgreesWithDecide: memberships drawn from the fuzzer's bytes (listed,
+// re-cased, unlisted, unknown kinds, any level), in both modes and with operator
+// modules: Explain adds up to Decide and to the Rego specification
+// (checkExplanation).
+func FuzzExplainAgreesWithDecide(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 30})
+	f.Add([]byte{1, 1, 1, 50, 0, 2, 20, 1, 0, 40})
+	f.Add([]byte{2, 2, 3, 10, 1, 200, 30})
+	cfg := map[bool]*AgentConfig{}
+	for _, user := range []bool{true, false} {
+		mode := "agent"
+		if user {
+			mode = "user"
+		}
+		cfg[user] = mustConfig(f, "user_access:\n  access_as: {"+mode+": {}}\n  projects: [{id: G1/Proj-1}, {id: g2/proj-2}]\n  groups: [{id: g1}, {id: g3/sub}]\n")
+	}
+	engines := map[bool]*Engine{true: mustEngine(f, cfg[true], explainOperatorModules...), false: mustEngine(f, cfg[false], explainOperatorModules...)}
+	refs := map[bool]*regoBuiltin{true: newRegoBuiltin(f, sandboxAgent, cfg[true]), false: newRegoBuiltin(f, sandboxAgent, cfg[false])}
+	requests := []Request{
+		mustRequest(f, "GET", "/api/v1/namespaces/demo/pods"),
+		mustRequest(f, "GET", "/api/v1/namespaces/demo/secrets/s"),
+		mustRequest(f, "DELETE", "/api/v1/namespaces/demo/pods/p"),
+	}
+	levels := []identity.AccessLevel{0, 5, identity.Guest, identity.Planner, identity.Reporter, 25, identity.Developer, 35, identity.Maintainer, identity.Owner, 60, -10}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) < 1 || len(b) > 64 {
+			return
+		}
+		user := b[0]&1 == 1
+		c := cfg[user]
+		in := Input{Identity: who("fuzz.user", 9), Request: requests[int(b[0]>>1)%len(requests)]}
+		for i := 1; i+2 < len(b); i += 3 {
+			m := identity.Membership{ID: int64(b[i+1]), AccessLevel: levels[int(b[i+2])%len(levels)]}
+			entries := c.UserAccess.Projects
+			switch b[i] % 3 {
+			case 0:
+				m.Kind = identity.KindProject
+			case 1:
+				m.Kind, entries = identity.KindGroup, c.UserAccess.Groups
+			default:
+				m.Kind = "namespace"
+			}
+			switch k := int(b[i+1]) % (len(entries) + 2); {
+			case k < len(entries):
+				m.Path = entries[k].Path
+			case k == len(entries):
+				m.Path = strings.ToUpper(entries[0].Path)
+			default:
+				m.Path = fmt.Sprintf("unlisted/%d", b[i+1])
+			}
+			in.Memberships = append(in.Memberships, m)
+		}
+		want, err := engines[user].Decide(context.Background(), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x, err := engines[user].Explain(context.Background(), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkExplanation(t, refs[user], in, want, x, true)
+	})
+}
