@@ -14,8 +14,9 @@ const (
 	// RelationSubgroupOnly: the user is a member of a subgroup of a listed group, or
 	// of a project inside it. It does not count: access.md §3.
 	RelationSubgroupOnly Relation = "subgroup_only"
-	// RelationEffective: the source reports only the effective level (GitLab's
-	// members/all folds direct, inherited and shared-group memberships into one).
+	// RelationEffective: access the source grants beyond the direct and inherited
+	// memberships it can name (GitLab: a share with another group, an invitation,
+	// which its members/all answer folds into the effective level).
 	RelationEffective Relation = "effective"
 )
 

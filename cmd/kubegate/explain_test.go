@@ -119,7 +119,8 @@ func contains(list []string, s string) bool {
 }
 
 // TestExplainWithGitLab: the same answers from GitLab (the in-test stand-in,
-// identity/gitlab/gitlabtest), which reports effective levels only.
+// identity/gitlab/gitlabtest): direct and inherited memberships from its member
+// and group records.
 func TestExplainWithGitLab(t *testing.T) {
 	gl := gitlabtest.New(time.Now())
 	t.Cleanup(gl.Close)
@@ -136,11 +137,13 @@ func TestExplainWithGitLab(t *testing.T) {
 		user      string
 		wantCode  int
 		wantEntry string
+		wantGrant string // "" for none
 	}{
-		{"alice", 0, "project group-1/project-1 qualifies"},
-		{"carol", 0, "group group-3/subgroup qualifies"},
-		{"bob", 1, "project group-2/project-2 below_developer"},
-		{"dave", 1, "group group-3/subgroup no_membership"},
+		{"alice", 0, "project group-1/project-1 qualifies", "direct group-1/project-1"},
+		{"carol", 0, "group group-3/subgroup qualifies", "inherited group-3"},
+		{"heidi", 0, "project group-1/project-1 qualifies", "inherited group-1"},
+		{"bob", 1, "project group-2/project-2 below_developer", "direct group-2/project-2"},
+		{"dave", 1, "group group-3/subgroup no_membership", ""},
 	} {
 		t.Run(tt.user, func(t *testing.T) {
 			r, errOut, code := explainJSON(t, append(base, "--user", tt.user, "GET", "/api/v1/namespaces/demo/pods")...)
@@ -151,12 +154,14 @@ func TestExplainWithGitLab(t *testing.T) {
 			if code != tt.wantCode || r.Via != "gitlab" || !contains(entries, tt.wantEntry) {
 				t.Fatalf("code %d via %s entries %q: %s", code, r.Via, entries, errOut)
 			}
+			var grants []string
 			for _, s := range r.Sources {
 				for _, g := range s.Grants {
-					if g.Relation != "effective" {
-						t.Fatalf("GitLab grant %+v", g)
-					}
+					grants = append(grants, string(g.Relation)+" "+g.Path)
 				}
+			}
+			if tt.wantGrant == "" && len(grants) > 0 || tt.wantGrant != "" && !contains(grants, tt.wantGrant) {
+				t.Fatalf("grants %q, want %q", grants, tt.wantGrant)
 			}
 		})
 	}

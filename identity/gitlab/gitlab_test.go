@@ -371,8 +371,9 @@ func TestMembershipsMatchDirectory(t *testing.T) {
 					t.Errorf("[%d] GitLab %+v, directory %+v", i, got[i], want[i])
 				}
 			}
-			// explain: the same paths are found, and each entry's one effective grant
-			// is the membership Memberships reports.
+			// explain: the same paths are found, the same direct and inherited
+			// grants as the directory's (GitLab cannot list subgroup-only ones), and
+			// the highest is the level Memberships reports.
 			gx, err := b.ExplainMemberships(context.Background(), u, listed)
 			if err != nil {
 				t.Fatal(err)
@@ -386,11 +387,21 @@ func TestMembershipsMatchDirectory(t *testing.T) {
 				if x.Found != dx[i].Found || x.ID != dx[i].ID || x.Kind != dx[i].Kind || x.Path != dx[i].Path {
 					t.Errorf("explained entry %d: GitLab %+v, directory %+v", i, x, dx[i])
 				}
-				for _, g := range x.Grants {
-					if g.Relation != identity.RelationEffective {
-						t.Errorf("GitLab grant %+v: GitLab reports only the effective level", g)
+				var counting []identity.Grant
+				for _, g := range dx[i].Grants {
+					if g.Relation != identity.RelationSubgroupOnly {
+						counting = append(counting, g)
 					}
-					explained = append(explained, identity.Membership{Kind: x.Kind, ID: x.ID, Path: x.Path, AccessLevel: g.AccessLevel})
+				}
+				if fmt.Sprint(x.Grants) != fmt.Sprint(counting) {
+					t.Errorf("%s %s: GitLab grants %+v, directory %+v", x.Kind, x.Path, x.Grants, counting)
+				}
+				level := identity.NoAccess
+				for _, g := range x.Grants {
+					level = max(level, g.AccessLevel)
+				}
+				if level > identity.NoAccess {
+					explained = append(explained, identity.Membership{Kind: x.Kind, ID: x.ID, Path: x.Path, AccessLevel: level})
 				}
 			}
 			if fmt.Sprint(explained) != fmt.Sprint(got) {
@@ -563,5 +574,34 @@ func TestNewRefusesBadConfig(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestExplainMembershipsBeyondDirectAndInherited: when GitLab's effective level
+// (members/all) is higher than the direct and every ancestor membership — a share
+// with another group, which the stand-in does not model, is faked here — the
+// explanation says so with an effective grant, so its highest grant is still the
+// effective level.
+func TestExplainMembershipsBeyondDirectAndInherited(t *testing.T) {
+	s := newGitLab(t)
+	s.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/api/v4/projects/1/members/all/1" {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"id":1,"username":"alice","state":"active","access_level":50,"membership_state":"active","expires_at":null}`))
+		return true
+	})
+	b := newBackend(t, s, PATCheckAdmin)
+	xs, err := b.ExplainMemberships(context.Background(), identity.User{ID: 1, Username: "alice"}, identity.Listed{Projects: []string{"group-1/project-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []identity.Grant{
+		{Relation: identity.RelationDirect, Kind: identity.KindProject, Path: "group-1/project-1", AccessLevel: identity.Maintainer},
+		{Relation: identity.RelationEffective, Kind: identity.KindProject, Path: "group-1/project-1", AccessLevel: identity.Owner},
+	}
+	if len(xs) != 1 || fmt.Sprint(xs[0].Grants) != fmt.Sprint(want) {
+		t.Fatalf("got %+v, want grants %+v", xs, want)
 	}
 }

@@ -88,14 +88,21 @@ func (b *Backend) Memberships(ctx context.Context, u identity.User, listed ident
 // memberLevel reads the user's effective access level to a project or group; ok is
 // false when the user has no usable membership there.
 func (b *Backend) memberLevel(ctx context.Context, kind identity.Kind, id, userID int64) (identity.AccessLevel, bool, error) {
+	return b.memberLevelAt(ctx, kind, id, userID, "/members/all/")
+}
+
+// memberLevelAt reads a member record from members/all/ (effective access) or,
+// for `kubegate explain`, members/ (the direct membership only; same answer shape,
+// https://docs.gitlab.com/api/members/#get-a-member-of-a-group-or-project).
+func (b *Backend) memberLevelAt(ctx context.Context, kind identity.Kind, id, userID int64, members string) (identity.AccessLevel, bool, error) {
 	collection := "projects"
 	if kind == identity.KindGroup {
 		collection = "groups"
 	}
-	endpoint := "GET /" + collection + "/:id/members/all/:user_id"
+	endpoint := "GET /" + collection + "/:id" + members + ":user_id"
 	var m memberInfo
 	a := b.call(ctx, endpoint, http.MethodGet,
-		collection+"/"+strconv.FormatInt(id, 10)+"/members/all/"+strconv.FormatInt(userID, 10), nil, &m)
+		collection+"/"+strconv.FormatInt(id, 10)+members+strconv.FormatInt(userID, 10), nil, &m)
 	switch {
 	case a.ok():
 	case a.err == nil && a.status == http.StatusNotFound:

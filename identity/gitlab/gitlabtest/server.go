@@ -121,6 +121,8 @@ func New(now time.Time) *Server {
 	mux.HandleFunc("GET /api/v4/groups/{id}", s.group)
 	mux.HandleFunc("GET /api/v4/projects/{id}/members/all/{uid}", s.member("projects"))
 	mux.HandleFunc("GET /api/v4/groups/{id}/members/all/{uid}", s.member("groups"))
+	mux.HandleFunc("GET /api/v4/projects/{id}/members/{uid}", s.directMember("projects"))
+	mux.HandleFunc("GET /api/v4/groups/{id}/members/{uid}", s.directMember("groups"))
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		_, pattern := mux.Handler(r)
@@ -520,6 +522,49 @@ func (s *Server) member(kind string) http.HandlerFunc {
 		for ; ns != nil; ns = ns.parent {
 			level = max(level, s.direct[memberKey{"groups", ns.id, uid}])
 		}
+		if user == nil || level == 0 {
+			message(w, http.StatusNotFound, "404 Not found")
+			return
+		}
+		v := userJSON(user)
+		v["access_level"] = level
+		v["expires_at"] = nil
+		v["membership_state"] = "active"
+		v["created_at"] = "2025-01-02T03:04:05.000Z"
+		writeJSON(w, http.StatusOK, v)
+	}
+}
+
+// directMember is GET /:collection/:id/members/:user_id: the direct membership
+// only, without inherited ones ("Get a member of a group or project",
+// https://docs.gitlab.com/api/members/#get-a-member-of-a-group-or-project); same
+// record shape as members/all.
+func (s *Server) directMember(kind string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if u, _ := s.caller(r); u == nil {
+			message(w, http.StatusUnauthorized, "401 Unauthorized")
+			return
+		}
+		uid, _ := strconv.ParseInt(r.PathValue("uid"), 10, 64)
+		var id int64
+		if kind == "projects" {
+			p := s.findProject(r.PathValue("id"))
+			if p == nil {
+				message(w, http.StatusNotFound, "404 Project Not Found")
+				return
+			}
+			id = p.id
+		} else {
+			g := s.findGroup(r.PathValue("id"))
+			if g == nil {
+				message(w, http.StatusNotFound, "404 Group Not Found")
+				return
+			}
+			id = g.id
+		}
+		level, user := s.direct[memberKey{kind, id, uid}], s.users[uid]
 		if user == nil || level == 0 {
 			message(w, http.StatusNotFound, "404 Not found")
 			return

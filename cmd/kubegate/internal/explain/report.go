@@ -166,7 +166,7 @@ func (p *printer) source(depth int, s identity.EntrySource) {
 		case identity.RelationSubgroupOnly:
 			p.line(depth, "does not count: %s of %s %s, below the listed group (a group entry never counts its subgroups or projects)", roleOf(g.AccessLevel), g.Kind, g.Path)
 		case identity.RelationEffective:
-			p.line(depth, "GitLab reports %s as the effective role (direct, inherited or through a shared group: GitLab does not say which)", roleOf(g.AccessLevel))
+			p.line(depth, "effective: %s, which GitLab grants beyond the direct and inherited memberships (a share with another group, an invitation)", roleOf(g.AccessLevel))
 		}
 	}
 }
