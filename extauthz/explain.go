@@ -48,6 +48,10 @@ type Explanation struct {
 type ExplainedAgent struct {
 	ID              int64 `json:"id"`
 	ConfigProjectID int64 `json:"config_project_id"`
+	// Name and ConfigProject are the agent's name and its configuration project's
+	// path, when known (`kubegate explain --identity-source gitlab` looks them up).
+	Name          string `json:"name,omitempty"`
+	ConfigProject string `json:"config_project,omitempty"`
 }
 
 // ExplainedUser is the caller, by the identity source's id and username.

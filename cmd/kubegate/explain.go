@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/directory"
 	"kubegate.dev/kubegate/identity/gitlab"
+	"kubegate.dev/kubegate/identity/usertoken"
 	"kubegate.dev/kubegate/policy"
 )
 
@@ -269,8 +271,9 @@ func (o *explainOptions) offline(ctx context.Context, req policy.Request) (*exta
 		return nil, "", usageError("%v", err)
 	}
 	var (
-		user     identity.User
-		resolver identity.MembershipResolver
+		user      identity.User
+		resolver  identity.MembershipResolver
+		agentInfo usertoken.Agent
 	)
 	switch o.identitySource {
 	case "gitlab":
@@ -281,6 +284,9 @@ func (o *explainOptions) offline(ctx context.Context, req policy.Request) (*exta
 		b, err := gitlab.New(gitlab.Config{URL: o.gitlabURL, Token: strings.TrimSpace(string(data)), Timeout: o.gitlabTimeout})
 		if err != nil {
 			return nil, "", usageError("%v", err)
+		}
+		if agentInfo, err = o.gitlabAgent(ctx, strings.TrimSpace(string(data))); err != nil {
+			return nil, "", err
 		}
 		u, found, err := b.LookupUser(ctx, o.user)
 		switch {
@@ -306,7 +312,26 @@ func (o *explainOptions) offline(ctx context.Context, req policy.Request) (*exta
 	if err != nil {
 		return nil, "", unanswered(fmt.Errorf("explaining for %s: %w", o.user, err))
 	}
+	x.Agent.Name, x.Agent.ConfigProject = agentInfo.Name, agentInfo.Project
 	return &x, o.identitySource, nil
+}
+
+// gitlabAgent checks that --agent-id is an agent of --config-project-id in GitLab
+// and returns its name (GET /projects/:id/cluster_agents/:agent_id, as
+// update-kubeconfig --project does).
+func (o *explainOptions) gitlabAgent(ctx context.Context, token string) (usertoken.Agent, error) {
+	g, err := usertoken.NewGitLab(usertoken.GitLabConfig{URL: o.gitlabURL, Token: token, InsecureHTTPForTests: o.gitlabInsecureHTTP, Timeout: o.gitlabTimeout})
+	if err != nil {
+		return usertoken.Agent{}, usageError("%v", err)
+	}
+	a, err := g.CheckAgent(ctx, strconv.FormatInt(o.configProjectID, 10), o.agentID)
+	switch {
+	case errors.Is(err, usertoken.ErrAgentNotFound):
+		return a, usageError("--agent-id %d: %v", o.agentID, err)
+	case err != nil:
+		return a, unanswered(err)
+	}
+	return a, nil
 }
 
 // askCluster fills in the cluster part: with --kubeconfig, a SubjectAccessReview

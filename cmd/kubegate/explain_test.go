@@ -127,6 +127,10 @@ func TestExplainWithGitLab(t *testing.T) {
 	gl.Sandbox()
 	gl.AddUser(gitlabtest.User{ID: 100, Username: "root", Admin: true})
 	gl.AddToken("glpat-admin-service-token-000", gitlabtest.Token{ID: 100, UserID: 100, Name: "kubegate", Scopes: []string{"api"}})
+	// The agent lives in its configuration project, which the token's user must be
+	// a Developer of to see it (GET /projects/:id/cluster_agents/:agent_id).
+	gl.EnableUserAPI().AddAgent("group-1/project-1", 1, "sandbox-agent")
+	gl.AddMember("projects", "group-1/project-1", 100, 30)
 	tokenFile := filepath.Join(t.TempDir(), "gitlab-token")
 	if err := os.WriteFile(tokenFile, []byte("glpat-admin-service-token-000\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -151,7 +155,7 @@ func TestExplainWithGitLab(t *testing.T) {
 			for _, e := range r.Gateway.Entries {
 				entries = append(entries, string(e.Kind)+" "+e.Path+" "+string(e.Verdict))
 			}
-			if code != tt.wantCode || r.Via != "gitlab" || !contains(entries, tt.wantEntry) {
+			if code != tt.wantCode || r.Via != "gitlab" || !contains(entries, tt.wantEntry) || r.Agent.Name != "sandbox-agent" || r.Agent.ConfigProject != "group-1/project-1" {
 				t.Fatalf("code %d via %s entries %q: %s", code, r.Via, entries, errOut)
 			}
 			var grants []string
@@ -165,6 +169,14 @@ func TestExplainWithGitLab(t *testing.T) {
 			}
 		})
 	}
+	t.Run("an agent that is not in its configuration project", func(t *testing.T) {
+		args := append([]string{"explain"}, base...)
+		args[2] = "7" // --agent-id
+		_, errOut, code := run(t, "", append(args, "--user", "alice", "GET", "/api")...)
+		if code != 2 || !strings.Contains(errOut, "--agent-id 7") || !strings.Contains(errOut, "no agent 7 in project 1") {
+			t.Fatalf("code %d: %s", code, errOut)
+		}
+	})
 	t.Run("a user GitLab does not know", func(t *testing.T) {
 		_, errOut, code := run(t, "", append(append([]string{"explain"}, base...), "--user", "nobody", "GET", "/api")...)
 		if code != 2 || !strings.Contains(errOut, `user "nobody" is not an active GitLab user`) {

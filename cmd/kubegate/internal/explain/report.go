@@ -73,7 +73,11 @@ func Render(w io.Writer, r *Report) error {
 	p := &printer{w: w}
 	x := r.Explanation
 	p.line(0, "Request:      %s", describeAPIRequest(x.Request))
-	p.line(0, "Agent:        %d (configuration project %d), access_as: %s", x.Agent.ID, x.Agent.ConfigProjectID, x.Gateway.ConfiguredAccessAs)
+	agent := fmt.Sprintf("%d (configuration project %d)", x.Agent.ID, x.Agent.ConfigProjectID)
+	if x.Agent.Name != "" {
+		agent = fmt.Sprintf("%d %s (configuration project %d %s)", x.Agent.ID, x.Agent.Name, x.Agent.ConfigProjectID, x.Agent.ConfigProject)
+	}
+	p.line(0, "Agent:        %s, access_as: %s", agent, x.Gateway.ConfiguredAccessAs)
 	p.line(0, "User:         %s (id %d), authenticated with %s", x.User.Username, x.User.ID, x.AccessType)
 	p.line(0, "Answered by:  %s", via(r.Via))
 	p.line(0, "")
