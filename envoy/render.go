@@ -34,6 +34,12 @@ type Options struct {
 	Authz        Addr   // kubegate authz
 	ExtProc      Addr   // kubegate extproc
 	XDS          Addr   // kubegate xds (SDS for the agent token)
+	// TokenSDSDir, set only by the service-mesh modes (MeshResources), makes the
+	// credential injector read the agent token through a file-based SDS
+	// subscription in this directory (TokenSDSFile) instead of gRPC SDS from XDS,
+	// which is then not used: an SDS config source over gRPC needs a cluster from
+	// the bootstrap, and a mesh's Envoy gets kubegate's clusters over CDS.
+	TokenSDSDir string
 	Admin        string // Envoy admin address; "" disables the admin interface
 	NodeID       string
 	NodeCluster  string
@@ -130,7 +136,11 @@ func (o Options) Check() error {
 	req(o.APIServerCA, "--apiserver-ca")
 	reqAddr(o.Authz, "--authz")
 	reqAddr(o.ExtProc, "--extproc")
-	reqAddr(o.XDS, "--xds")
+	if o.TokenSDSDir == "" {
+		reqAddr(o.XDS, "--xds")
+	} else if !strings.HasPrefix(o.TokenSDSDir, "/") || o.XDS != (Addr{}) {
+		errs = append(errs, fmt.Errorf("token SDS directory %q: give an absolute path and no --xds (the token comes from the file, not from kubegate xds)", o.TokenSDSDir))
+	}
 	req(o.NodeID, "--node-id")
 	if o.APIServer != "" {
 		if _, err := apiServerAddr(o.APIServer); err != nil {
@@ -224,6 +234,9 @@ func isLocal(a Addr) bool {
 // an overload limit on downstream connections. Everything is static except the
 // agent token, which arrives over SDS from XDSCluster.
 func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
+	if o.TokenSDSDir != "" {
+		return nil, errors.New("a token SDS directory is for a service mesh's Envoy (MeshResources); kubegate's own bootstrap serves the token with kubegate xds (--xds)")
+	}
 	if err := o.Check(); err != nil {
 		return nil, err
 	}

@@ -211,7 +211,11 @@ func CredentialInjector(sds *corev3.ConfigSource) (*credinjectorv3.CredentialInj
 // ext_proc adds the impersonation headers, credential_injector adds the agent
 // token, the router forwards.
 func HTTPFilters(o Options) ([]*hcmv3.HttpFilter, error) {
-	injector, err := CredentialInjector(SDSConfigSource(XDSCluster))
+	sds := SDSConfigSource(XDSCluster)
+	if o.TokenSDSDir != "" {
+		sds = FileSDSConfigSource(o.TokenSDSDir)
+	}
+	injector, err := CredentialInjector(sds)
 	if err != nil {
 		return nil, err
 	}
