@@ -26,20 +26,20 @@ import (
 
 // Options are the inputs of Render, one per `kubegate envoy render` flag.
 type Options struct {
-	Listen       Addr   // downstream listener, host:port or a unix socket
-	TLSCertFile  string // listener certificate chain (PEM), read by Envoy
-	TLSKeyFile   string // listener private key (PEM), read by Envoy
-	APIServer    string // https://host:port of the Kubernetes API server
-	APIServerCA  string // CA bundle (PEM) that signed the API server's certificate
-	Authz        Addr   // kubegate authz
-	ExtProc      Addr   // kubegate extproc
-	XDS          Addr   // kubegate xds (SDS for the agent token)
+	Listen      Addr   // downstream listener, host:port or a unix socket
+	TLSCertFile string // listener certificate chain (PEM), read by Envoy
+	TLSKeyFile  string // listener private key (PEM), read by Envoy
+	APIServer   string // https://host:port of the Kubernetes API server
+	APIServerCA string // CA bundle (PEM) that signed the API server's certificate
+	Authz       Addr   // kubegate authz
+	ExtProc     Addr   // kubegate extproc
+	XDS         Addr   // kubegate xds (SDS for the agent token)
 	// TokenSDSDir, set only by the service-mesh modes (MeshResources), makes the
 	// credential injector read the agent token through a file-based SDS
 	// subscription in this directory (TokenSDSFile) instead of gRPC SDS from XDS,
 	// which is then not used: an SDS config source over gRPC needs a cluster from
 	// the bootstrap, and a mesh's Envoy gets kubegate's clusters over CDS.
-	TokenSDSDir string
+	TokenSDSDir  string
 	Admin        string // Envoy admin address; "" disables the admin interface
 	NodeID       string
 	NodeCluster  string
