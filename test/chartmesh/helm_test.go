@@ -1,0 +1,133 @@
+package chartmesh
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+// repoRoot is the kubegate checkout this test runs in.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			if _, err := os.Stat(filepath.Join(dir, "deploy", "helm", "kubegate", "Chart.yaml")); err == nil {
+				return dir
+			}
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no kubegate checkout (go.mod with deploy/helm/kubegate) above the working directory")
+		}
+		dir = parent
+	}
+}
+
+func chartDir(t testing.TB) string { return filepath.Join(repoRoot(t), "deploy", "helm", "kubegate") }
+
+// helmBin is the helm CLI test/tools/build.sh builds and caches (helm v3.22.0).
+func helmBin(t testing.TB) string {
+	t.Helper()
+	out, err := exec.Command("bash", filepath.Join(repoRoot(t), "test", "tools", "build.sh"), "--print-helm-dir").Output()
+	if err != nil {
+		t.Fatalf("test/tools/build.sh --print-helm-dir: %v", err)
+	}
+	bin := filepath.Join(strings.TrimSpace(string(out)), "helm")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("no helm at %s: run test/tools/build.sh once (it builds helm into its cache; set KUBEGATE_TOOLS_DIR to share a cache)", bin)
+	}
+	return bin
+}
+
+// helmTemplate runs `helm template` on chart with the values (a YAML document)
+// and returns the rendered objects, or helm's error output.
+func helmTemplate(t testing.TB, chart, values string) ([]map[string]any, error) {
+	t.Helper()
+	// Not under t.TempDir(): helm splits --values on commas, and subtest names
+	// have them.
+	dir, err := os.MkdirTemp("", "kubegate-values-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	vf := filepath.Join(dir, "values.yaml")
+	if err := os.WriteFile(vf, []byte(values), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(helmBin(t), "template", "kg", chart, "--namespace", "kubegate", "--kube-version", kubeVersion, "--values", vf)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("helm template: %v: %s", err, stderr.String())
+	}
+	return splitDocs(stdout.Bytes())
+}
+
+func splitDocs(data []byte) ([]map[string]any, error) {
+	var objs []map[string]any
+	for _, doc := range strings.Split("\n"+string(data), "\n---") {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			return nil, fmt.Errorf("rendered document does not parse: %v\n%s", err, doc)
+		}
+		if obj != nil {
+			objs = append(objs, obj)
+		}
+	}
+	if len(objs) == 0 {
+		return nil, errors.New("helm rendered nothing")
+	}
+	return objs, nil
+}
+
+// find returns the rendered objects of one kind.
+func find(objs []map[string]any, kind string) []map[string]any {
+	var out []map[string]any
+	for _, o := range objs {
+		if o["kind"] == kind {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// copyChart copies the chart to a temporary directory, for tests that add a
+// template of their own to render the named templates.
+func copyChart(t testing.TB) string {
+	t.Helper()
+	src := chartDir(t)
+	dst := filepath.Join(t.TempDir(), "kubegate")
+	err := filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dst, rel)
+		if info.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
