@@ -2,6 +2,9 @@ package chartmesh
 
 import (
 	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -242,6 +245,33 @@ func TestRefusedMeshModes(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("the refusal does not say %q:\n%v", w, err)
 				}
+			}
+		})
+	}
+}
+
+// TestHelmLintMeshValueSets: `helm lint` passes for each mesh value set that
+// renders. (It cannot check the refused modes: in lint mode Helm's engine reports
+// a template's `fail` as an [INFO] line and lints on, engine.go; TestRefusedMeshModes
+// checks them with `helm template`, which is what `helm install` runs.)
+func TestHelmLintMeshValueSets(t *testing.T) {
+	lint := func(t *testing.T, values string) (string, error) {
+		dir, err := os.MkdirTemp("", "kubegate-values-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		vf := filepath.Join(dir, "values.yaml")
+		if err := os.WriteFile(vf, []byte(values), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(helmBin(t), "lint", chartDir(t), "--kube-version", kubeVersion, "--values", vf).CombinedOutput()
+		return string(out), err
+	}
+	for _, vs := range istioValueSets {
+		t.Run(vs.name, func(t *testing.T) {
+			if out, err := lint(t, vs.values); err != nil {
+				t.Fatalf("helm lint: %v\n%s", err, out)
 			}
 		})
 	}
