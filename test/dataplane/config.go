@@ -168,14 +168,17 @@ type extProcConfig struct {
 }
 
 type credentialConfig struct {
-	overwrite           bool
-	allowWithout        bool
-	header              string
-	prefix              string
-	secretName          string
-	sdsCluster          string // the SDS server's cluster (ADS: the ADS cluster)
-	ads                 bool
-	initialFetchTimeout time.Duration // 0: wait forever
+	overwrite    bool
+	allowWithout bool
+	header       string
+	prefix       string
+	secretName   string
+	sdsCluster   string // the SDS server's cluster (ADS: the ADS cluster)
+	// sdsPath and sdsWatchedDir: file-based SDS (path_config_source) instead of
+	// a cluster.
+	sdsPath, sdsWatchedDir string
+	ads                    bool
+	initialFetchTimeout    time.Duration // 0: wait forever
 }
 
 type clusterConfig struct {
@@ -667,8 +670,14 @@ func (p *parser) credential(ci *credinjectorv3.CredentialInjector, path string) 
 		c.sdsCluster = "" // resolved against dynamic_resources.ads_config by Start
 	case src.GetApiConfigSource() != nil:
 		c.sdsCluster = p.apiConfigSource(src.GetApiConfigSource(), gp+".credential.sds_config.api_config_source")
+	case src.GetPathConfigSource() != nil:
+		pcs := src.GetPathConfigSource()
+		c.sdsPath, c.sdsWatchedDir = pcs.GetPath(), pcs.GetWatchedDirectory().GetPath()
+		if c.sdsWatchedDir == "" {
+			p.fail(gp+".credential.sds_config.path_config_source.watched_directory", "a path_config_source without watched_directory is not emulated (Envoy then watches the file itself)")
+		}
 	default:
-		p.fail(gp+".credential.sds_config", "only api_config_source (gRPC SDS) and ads are emulated")
+		p.fail(gp+".credential.sds_config", "only api_config_source (gRPC SDS), ads and path_config_source with watched_directory are emulated")
 	}
 	if src.GetResourceApiVersion() != corev3.ApiVersion_V3 {
 		p.fail(gp+".credential.sds_config.resource_api_version", "only V3 is emulated")

@@ -90,6 +90,10 @@ func (w *secretWatcher) current() (value, version string) {
 // run keeps a stream open until ctx ends, reconnecting after failures as Envoy's
 // gRPC mux does (with a short fixed delay here).
 func (w *secretWatcher) run(ctx context.Context) {
+	if w.cfg.sdsPath != "" {
+		w.watchFile(ctx)
+		return
+	}
 	for ctx.Err() == nil {
 		err := w.stream(ctx)
 		if ctx.Err() != nil {

@@ -232,9 +232,13 @@ func (dp *DataPlane) build(ctx context.Context) error {
 				}
 				cluster = dp.cfg.adsCluster
 			}
-			conn, _, err := grpcConn(cluster)
-			if err != nil {
-				return err
+			var conn *grpc.ClientConn
+			if f.credential.sdsPath == "" {
+				c, _, err := grpcConn(cluster)
+				if err != nil {
+					return err
+				}
+				conn = c
 			}
 			if dp.secrets != nil {
 				return errors.New("more than one credential injector is not emulated")
