@@ -14,7 +14,7 @@ import (
 
 	"kubegate.dev/kubegate/envoy"
 	"kubegate.dev/kubegate/envoy/devcert"
-	"kubegate.dev/kubegate/test/testkit"
+	"kubegate.dev/kubegate/test/projected"
 )
 
 // tokenVolume writes the projected volume a service mesh's proxy reads the agent
@@ -30,7 +30,9 @@ func tokenVolume(t testing.TB, dir, token string, sdsFile []byte) {
 			t.Fatal(err)
 		}
 	}
-	testkit.WriteProjectedVolume(t, dir, map[string][]byte{envoy.TokenFile: []byte(token), envoy.TokenSDSFile: sdsFile})
+	if err := projected.Write(dir, map[string][]byte{envoy.TokenFile: []byte(token), envoy.TokenSDSFile: sdsFile}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func fileSDS(t testing.TB, dir string) func(*bootstrapv3.Bootstrap) {

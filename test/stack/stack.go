@@ -23,8 +23,10 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"kubegate.dev/kubegate/contract"
+	"kubegate.dev/kubegate/envoy"
 	"kubegate.dev/kubegate/envoy/devcert"
 	"kubegate.dev/kubegate/test/cluster"
+	"kubegate.dev/kubegate/test/projected"
 )
 
 // Agent and config project ids the sandbox data uses.
@@ -58,6 +60,11 @@ type Options struct {
 	// RenderArgs are extra `kubegate envoy render` flags (say a higher
 	// --client-rate-limit for a load test from one address).
 	RenderArgs []string
+	// Mesh runs what the chart's mesh.mode=istio hands Istio's proxy instead of
+	// the rendered bootstrap: envoy.MeshResources' listener and clusters, the agent
+	// token read through file-based SDS from a projected-volume-like directory
+	// (MeshTokenDir, RotateMeshToken), and no kubegate xds.
+	Mesh bool
 }
 
 // Stack is a running local gateway in front of a real API server.
@@ -69,9 +76,12 @@ type Stack struct {
 	GatewayCA string
 	// TokenFile is the agent token file kubegate xds serves (rewrite it to rotate).
 	TokenFile string
-	WorkDir   string
-	Binary    string
-	Bootstrap string // the rendered Envoy bootstrap file
+	// MeshTokenDir is, with Options.Mesh, the directory the data plane reads the
+	// agent token from (token, ca.crt, token-sds.yaml, kubelet-style).
+	MeshTokenDir string
+	WorkDir      string
+	Binary       string
+	Bootstrap    string // the rendered Envoy bootstrap file
 	// Authz, ExtProc and XDS are the kubegate services; each can be stopped and
 	// started again (fail-closed tests).
 	Authz, ExtProc, XDS *Service
@@ -157,7 +167,11 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		Args: []string{"extproc", "--listen", extprocAddr}}
 	s.XDS = &Service{Name: "xds", Bin: s.Binary, Addr: xdsAddr, LogDir: logs,
 		Args: []string{"xds", "--listen", xdsAddr, "--token-file", s.TokenFile, "--poll-interval", "1s"}}
-	for _, svc := range []*Service{s.Authz, s.ExtProc, s.XDS} {
+	services := []*Service{s.Authz, s.ExtProc, s.XDS}
+	if opts.Mesh {
+		services, s.XDS = services[:2], nil
+	}
+	for _, svc := range services {
 		opts.Logf("starting kubegate %s on %s", svc.Name, svc.Addr)
 		if err := svc.Start(ctx); err != nil {
 			return nil, err
@@ -180,20 +194,89 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	s.GatewayURL = "https://" + gwAddr + contract.ProxyPath
 	s.Bootstrap = filepath.Join(s.WorkDir, "envoy.yaml")
-	render := exec.CommandContext(ctx, s.Binary, "envoy", "render", "-o", s.Bootstrap,
-		"--listen", gwAddr, "--admin", "",
-		"--tls-cert", filepath.Join(certDir, devcert.CertFile), "--tls-key", filepath.Join(certDir, devcert.KeyFile),
-		"--apiserver", s.Cluster.URL, "--apiserver-ca", s.Cluster.CAFile,
-		"--authz", authzAddr, "--extproc", extprocAddr, "--xds", xdsAddr)
-	render.Args = append(render.Args, opts.RenderArgs...)
-	if out, err := render.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("kubegate envoy render: %v\n%s", err, out)
+	if opts.Mesh {
+		if err := s.writeMeshBootstrap(gwAddr, certDir, authzAddr, extprocAddr); err != nil {
+			return nil, err
+		}
+	} else if err := s.renderBootstrap(ctx, gwAddr, certDir, authzAddr, extprocAddr, xdsAddr); err != nil {
+		return nil, err
 	}
 	if s.gateway, s.DataPlane, err = startDataPlane(ctx, s, opts); err != nil {
 		return nil, err
 	}
 	opts.Logf("gateway (%s) listening on %s", s.DataPlane, s.GatewayURL)
 	return s, nil
+}
+
+func (s *Stack) renderBootstrap(ctx context.Context, gwAddr, certDir, authzAddr, extprocAddr, xdsAddr string) error {
+	render := exec.CommandContext(ctx, s.Binary, "envoy", "render", "-o", s.Bootstrap,
+		"--listen", gwAddr, "--admin", "",
+		"--tls-cert", filepath.Join(certDir, devcert.CertFile), "--tls-key", filepath.Join(certDir, devcert.KeyFile),
+		"--apiserver", s.Cluster.URL, "--apiserver-ca", s.Cluster.CAFile,
+		"--authz", authzAddr, "--extproc", extprocAddr, "--xds", xdsAddr)
+	render.Args = append(render.Args, s.opts.RenderArgs...)
+	if out, err := render.CombinedOutput(); err != nil {
+		return fmt.Errorf("kubegate envoy render: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// writeMeshBootstrap writes envoy.MeshResources' listener and clusters as the
+// bootstrap (what istiod would hand the proxy from the chart's EnvoyFilter) and
+// the token directory they read.
+func (s *Stack) writeMeshBootstrap(gwAddr, certDir, authzAddr, extprocAddr string) error {
+	if len(s.opts.RenderArgs) > 0 {
+		return errors.New("stack: Options.RenderArgs do not apply with Options.Mesh (the mesh listener is envoy.MeshResources with kubegate's defaults)")
+	}
+	s.MeshTokenDir = filepath.Join(s.WorkDir, "mesh-token")
+	if err := os.MkdirAll(s.MeshTokenDir, 0o755); err != nil {
+		return err
+	}
+	if err := s.RotateMeshToken(s.Cluster.AgentTokens[0]); err != nil {
+		return err
+	}
+	o := envoy.DefaultOptions()
+	o.Admin = ""
+	var err error
+	for _, a := range []struct {
+		to   *envoy.Addr
+		from string
+	}{{&o.Listen, gwAddr}, {&o.Authz, authzAddr}, {&o.ExtProc, extprocAddr}} {
+		if *a.to, err = envoy.ParseAddr(a.from); err != nil {
+			return err
+		}
+	}
+	o.TLSCertFile, o.TLSKeyFile = filepath.Join(certDir, devcert.CertFile), filepath.Join(certDir, devcert.KeyFile)
+	o.APIServer, o.APIServerCA = s.Cluster.URL, filepath.Join(s.MeshTokenDir, envoy.CAFile)
+	o.TokenSDSDir = s.MeshTokenDir
+	m, err := envoy.MeshResources(o)
+	if err != nil {
+		return err
+	}
+	y, err := envoy.MarshalYAML(m.Bootstrap())
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(s.Bootstrap, y, 0o644)
+}
+
+// RotateMeshToken replaces the agent token in MeshTokenDir as the kubelet
+// rotates a projected token (a new ..data, one rename), with the cluster CA and
+// the SDS response beside it.
+func (s *Stack) RotateMeshToken(token string) error {
+	r, err := envoy.TokenSDS(s.MeshTokenDir)
+	if err != nil {
+		return err
+	}
+	sdsFile, err := envoy.MarshalYAML(r)
+	if err != nil {
+		return err
+	}
+	return projected.Write(s.MeshTokenDir, map[string][]byte{
+		envoy.TokenFile:    []byte(token),
+		envoy.CAFile:       s.Cluster.CAPEM,
+		envoy.TokenSDSFile: sdsFile,
+	})
 }
 
 func policyArgs(dir string) []string {
