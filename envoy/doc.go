@@ -11,6 +11,9 @@
 // decoding with JSON paths (decode.go), protoc-gen-validate rules on every message
 // including those inside google.protobuf.Any (pgv.go), and kubegate's own rules that
 // catch configurations which would fail open or break kubectl exec (rules.go).
+// MeshResources builds the same listener and clusters for a service mesh's Envoy,
+// with the agent token read through file-based SDS (mesh.go; the Helm chart's
+// mesh.mode=istio embeds its output).
 //
 // Names that other code looks things up by (cluster, filter, secret names) are the
 // exported constants in names.go.
