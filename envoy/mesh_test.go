@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/proto"
+	"sigs.k8s.io/yaml"
 )
 
 func meshOptions(t *testing.T) Options {
@@ -116,4 +118,130 @@ func TestCheckTokenSDSRefuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// meshEnvoyFilter is the EnvoyFilter the chart renders for m, edited by edit
+// (the patches as plain values, the form a person edits).
+func meshEnvoyFilter(t *testing.T, m *Mesh, edit func(patches []any)) []byte {
+	t.Helper()
+	value := func(msg proto.Message) any {
+		y, err := MarshalYAML(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v any
+		if err := yaml.Unmarshal(y, &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	patch := func(applyTo string, v any) any {
+		return map[string]any{"applyTo": applyTo, "match": map[string]any{"context": "GATEWAY"}, "patch": map[string]any{"operation": "ADD", "value": v}}
+	}
+	var patches []any
+	for _, c := range m.Clusters {
+		patches = append(patches, patch("CLUSTER", value(c)))
+	}
+	patches = append(patches, patch("LISTENER", value(m.Listener)))
+	if edit != nil {
+		edit(patches)
+	}
+	y, err := yaml.Marshal(map[string]any{
+		"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+		"metadata": map[string]any{"name": "kubegate", "namespace": "kubegate"},
+		"spec":     map[string]any{"configPatches": patches},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return y
+}
+
+func TestValidateEnvoyFilter(t *testing.T) {
+	m, err := MeshResources(meshOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	listenerAt := func(patches []any) map[string]any { return patches[len(patches)-1].(map[string]any) }
+	tests := []struct {
+		name, rule, path string
+		edit             func([]any) []any
+	}{
+		{"as built", "", "", nil},
+		{"ext_authz fails open", RuleExtAuthzFailClosed, "$.spec.configPatches[3].patch.value.filter_chains[0]", func(ps []any) []any {
+			l := listenerAt(ps)["patch"].(map[string]any)["value"].(map[string]any)
+			hcm := l["filter_chains"].([]any)[0].(map[string]any)["filters"].([]any)[0].(map[string]any)["typed_config"].(map[string]any)
+			for _, f := range hcm["http_filters"].([]any) {
+				if f.(map[string]any)["name"] == FilterExtAuthz {
+					f.(map[string]any)["typed_config"].(map[string]any)["failure_mode_allow"] = true
+				}
+			}
+			return ps
+		}},
+		{"a MERGE into Istio's own listeners", RuleMeshPatches, "$.spec.configPatches[3]", func(ps []any) []any {
+			listenerAt(ps)["patch"].(map[string]any)["operation"] = "MERGE"
+			return ps
+		}},
+		{"a patch of another proxy context", RuleMeshPatches, "$.spec.configPatches[0]", func(ps []any) []any {
+			ps[0].(map[string]any)["match"] = map[string]any{"context": "SIDECAR_INBOUND"}
+			return ps
+		}},
+		{"an HTTP_FILTER patch", RuleMeshPatches, "$.spec.configPatches[4].applyTo", func(ps []any) []any {
+			return append(ps, map[string]any{"applyTo": "HTTP_FILTER", "match": map[string]any{"context": "GATEWAY"}, "patch": map[string]any{"operation": "ADD", "value": map[string]any{}}})
+		}},
+		{"no listener", RuleMeshPatches, "$.spec.configPatches", func(ps []any) []any { return ps[:len(ps)-1] }},
+		{"the authz cluster removed", RuleClusterRefs, "$.spec.configPatches[2].patch.value", func(ps []any) []any { return append(ps[:1:1], ps[2:]...) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var y []byte
+			if tt.edit == nil {
+				y = meshEnvoyFilter(t, m, nil)
+			} else {
+				var edited []any
+				y = meshEnvoyFilter(t, m, func(ps []any) { edited = tt.edit(ps) })
+				y = reencode(t, y, edited)
+			}
+			if !IsEnvoyFilter(y) {
+				t.Fatal("IsEnvoyFilter: false for an EnvoyFilter")
+			}
+			fs := ValidateEnvoyFilter(y)
+			if tt.rule == "" {
+				if len(fs) > 0 {
+					t.Fatalf("findings for the built EnvoyFilter:\n%s", FormatFindings(fs))
+				}
+				return
+			}
+			for _, f := range fs {
+				if f.Rule == tt.rule && strings.HasPrefix(f.Path, tt.path) {
+					return
+				}
+			}
+			t.Fatalf("no %s finding under %s; got:\n%s", tt.rule, tt.path, FormatFindings(fs))
+		})
+	}
+	t.Run("a bootstrap is not an EnvoyFilter", func(t *testing.T) {
+		y, err := MarshalYAML(m.Bootstrap())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if IsEnvoyFilter(y) {
+			t.Fatal("IsEnvoyFilter: true for a bootstrap")
+		}
+	})
+}
+
+// reencode replaces the configPatches of the EnvoyFilter y with patches.
+func reencode(t *testing.T, y []byte, patches []any) []byte {
+	t.Helper()
+	var obj map[string]any
+	if err := yaml.Unmarshal(y, &obj); err != nil {
+		t.Fatal(err)
+	}
+	obj["spec"].(map[string]any)["configPatches"] = patches
+	out, err := yaml.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

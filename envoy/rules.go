@@ -118,6 +118,7 @@ var RuleDocs = []RuleDoc{
 	{RuleGRPCClusterHTTP2, "clusters of ext_authz, ext_proc and SDS speak HTTP/2"},
 	{RuleClusterRefs, "every referenced cluster exists, once"},
 	{RuleAdminLoopback, "the admin interface listens on loopback or a unix socket"},
+	{RuleMeshPatches, "an Istio EnvoyFilter (the chart's mesh.mode=istio) only ADDs one listener and clusters in the GATEWAY context, which are then checked like static resources"},
 }
 
 // Validate reads a bootstrap (YAML or JSON) and applies every check: decoding,

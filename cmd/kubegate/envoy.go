@@ -141,11 +141,17 @@ constraints inside every typed_config, and kubegate's rules (filter order, fail
 closed, body modes, metadata forwarding, mutation rules, upgrades, timeouts, TLS,
 cluster references; --list-rules prints them all).
 
+FILE may also be the Istio EnvoyFilter of the Helm chart's mesh.mode=istio
+(kubectl get envoyfilter NAME -o yaml): its patches must only ADD one listener and
+clusters to the gateway proxy, and those are checked like static resources, each
+finding naming its patch ($.spec.configPatches[N].patch.value...).
+
 Exit status 0 and "ok" on stdout when nothing is wrong; exit status 1 with every
 finding on stderr as JSON-PATH: MESSAGE [RULE]. FILE "-" reads stdin.
 "envoy --mode validate" remains the authoritative check where Envoy is installed.`,
 		Example: `  kubegate envoy validate envoy.yaml
-  kubegate envoy render ... | kubegate envoy validate -`,
+  kubegate envoy render ... | kubegate envoy validate -
+  kubectl -n kubegate get envoyfilter kubegate -o yaml | kubegate envoy validate -`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if listRules {
 				return cobra.NoArgs(cmd, args)
@@ -166,7 +172,11 @@ finding on stderr as JSON-PATH: MESSAGE [RULE]. FILE "-" reads stdin.
 			if err != nil {
 				return &exitError{code: 1, err: fmt.Errorf("reading the configuration: %w", err)}
 			}
-			fs := envoy.Validate(data)
+			validate := envoy.Validate
+			if envoy.IsEnvoyFilter(data) {
+				validate = envoy.ValidateEnvoyFilter
+			}
+			fs := validate(data)
 			if len(fs) > 0 {
 				fmt.Fprint(cmd.ErrOrStderr(), envoy.FormatFindings(fs))
 				return &exitError{code: 1, err: fmt.Errorf("%s: %d finding(s); the configuration is not safe to run as kubegate's gateway", args[0], len(fs))}

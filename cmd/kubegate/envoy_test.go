@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"kubegate.dev/kubegate/envoy"
+	"sigs.k8s.io/yaml"
 )
 
 const composeEnvoyConfig = "../../deploy/compose/envoy.yaml"
@@ -220,4 +222,47 @@ func versionAtLeast(v, min string) bool {
 		}
 	}
 	return true
+}
+
+// TestEnvoyValidateEnvoyFilter: the chart's mesh.mode=istio EnvoyFilter, built
+// around deploy/helm/kubegate/files/mesh/istio.json as its template does, is
+// checked patch by patch; a patch made to fail open is reported where it is.
+func TestEnvoyValidateEnvoyFilter(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "deploy", "helm", "kubegate", "files", "mesh", "istio.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	envoyFilter := func(fragments []byte) string {
+		var f struct {
+			Listener any   `json:"listener"`
+			Clusters []any `json:"clusters"`
+		}
+		if err := json.Unmarshal(fragments, &f); err != nil {
+			t.Fatal(err)
+		}
+		var patches []any
+		add := func(applyTo string, v any) {
+			patches = append(patches, map[string]any{"applyTo": applyTo, "match": map[string]any{"context": "GATEWAY"}, "patch": map[string]any{"operation": "ADD", "value": v}})
+		}
+		for _, c := range f.Clusters {
+			add("CLUSTER", c)
+		}
+		add("LISTENER", f.Listener)
+		y, err := yaml.Marshal(map[string]any{"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+			"metadata": map[string]any{"name": "kubegate"}, "spec": map[string]any{"configPatches": patches}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(y)
+	}
+	if out, errOut, code := run(t, envoyFilter(data), "envoy", "validate", "-"); code != 0 || out != "ok\n" {
+		t.Fatalf("validate of the chart's EnvoyFilter = %d %q\n%s", code, out, errOut)
+	}
+	// The first failure_mode_allow in the file is ext_authz's (the listener's
+	// filters are in chain order: local_ratelimit, ext_authz, ext_proc, ...).
+	open := strings.Replace(string(data), `"failure_mode_allow": false`, `"failure_mode_allow": true`, 1)
+	out, errOut, code := run(t, envoyFilter([]byte(open)), "envoy", "validate", "-")
+	if code != 1 || out != "" || !strings.Contains(errOut, "$.spec.configPatches[3].patch.value.filter_chains[0]") || !strings.Contains(errOut, "[ext-authz-fail-closed]") {
+		t.Fatalf("validate of a fail-open EnvoyFilter = %d %q\n%s", code, out, errOut)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"kubegate.dev/kubegate/envoy"
+	"sigs.k8s.io/yaml"
 )
 
 // kubeVersion is the test API server's (test/tools/build.sh): helm template
@@ -96,9 +97,18 @@ func TestIstioModeRendersValidFragments(t *testing.T) {
 	for _, vs := range istioValueSets {
 		t.Run(vs.name, func(t *testing.T) {
 			objs := render(t, vs.values)
-			listener, clusters := patches(t, singleEnvoyFilter(t, objs))
+			ef := singleEnvoyFilter(t, objs)
+			listener, clusters := patches(t, ef)
 			if fs := envoy.Validate(asBootstrap(t, listener, clusters)); len(fs) > 0 {
 				t.Fatalf("the rendered EnvoyFilter fails kubegate's validation:\n%s", envoy.FormatFindings(fs))
+			}
+			// What an operator runs on the object (kubegate envoy validate).
+			efYAML, err := yaml.Marshal(ef)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fs := envoy.ValidateEnvoyFilter(efYAML); len(fs) > 0 {
+				t.Fatalf("envoy.ValidateEnvoyFilter of the rendered EnvoyFilter:\n%s", envoy.FormatFindings(fs))
 			}
 			want, wantSDS := builtFragments(t, vs.port)
 			if !reflect.DeepEqual(listener, want.Listener) {
