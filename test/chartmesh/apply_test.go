@@ -204,7 +204,10 @@ func TestIstioPodFragmentMatchesTheFragments(t *testing.T) {
 					}
 				}
 			}
-			cm := find(objs, "ConfigMap")[0]["metadata"].(map[string]any)["name"].(string)
+			const cm = "kg-kubegate-mesh-token-sds"
+			if named(objs, "ConfigMap", cm) == nil {
+				t.Fatalf("no ConfigMap %s rendered", cm)
+			}
 			want := map[string]string{envoy.TokenFile: "serviceAccountToken", envoy.CAFile: "kube-root-ca.crt/ca.crt", envoy.TokenSDSFile: cm + "/" + envoy.TokenSDSFile}
 			if fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("the token volume holds %v, want %v", got, want)
@@ -366,7 +369,11 @@ func TestMeshObjectsApplyToTheRealCRDs(t *testing.T) {
 	for _, vs := range istioValueSets {
 		t.Run(vs.name, func(t *testing.T) {
 			objs := renderWithProbe(t, vs.values)
-			for _, o := range objs {
+			mesh := append(meshObjects(objs), named(objs, "Pod", "mesh-probe"), named(objs, "NetworkPolicy", "mesh-probe"))
+			if len(mesh) != 4 || slices.ContainsFunc(mesh, func(o map[string]any) bool { return o == nil }) {
+				t.Fatalf("%d mesh objects and probes rendered, want the EnvoyFilter, the token SDS ConfigMap and the two probes", len(mesh))
+			}
+			for _, o := range mesh {
 				if err := apply(ctx, dyn, o); err != nil {
 					y, _ := yaml.Marshal(o)
 					t.Errorf("the API server refused the rendered %v: %v\n%s", o["kind"], err, y)

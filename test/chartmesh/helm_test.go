@@ -61,11 +61,14 @@ func helmTemplate(t testing.TB, chart, values string) ([]map[string]any, error) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	vf := filepath.Join(dir, "values.yaml")
+	base, vf := filepath.Join(dir, "base.yaml"), filepath.Join(dir, "values.yaml")
+	if err := os.WriteFile(base, baseValues(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(vf, []byte(values), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(helmBin(t), "template", "kg", chart, "--namespace", "kubegate", "--kube-version", kubeVersion, "--values", vf)
+	cmd := exec.Command(helmBin(t), "template", "kg", chart, "--namespace", "kubegate", "--kube-version", kubeVersion, "--values", base, "--values", vf)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -130,4 +133,40 @@ func copyChart(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return dst
+}
+
+// baseValues are the chart's required values outside mesh: (the smallest set the
+// core templates accept: an agent, its configuration, an identity source, the API
+// server's address for the NetworkPolicy), so each mesh value set is rendered as
+// a real installation would be. Helm merges the mesh value set over them.
+func baseValues(t testing.TB) []byte {
+	t.Helper()
+	agentConfig, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy", "sandbox", "agent-config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := yaml.Marshal(map[string]any{
+		"agent":         map[string]any{"id": 1, "configProjectId": 1, "config": map[string]any{"inline": string(agentConfig)}},
+		"identity":      map[string]any{"directory": map[string]any{"existingSecret": "kubegate-directory"}},
+		"networkPolicy": map[string]any{"apiServer": map[string]any{"cidrs": []any{"10.0.0.1/32"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return y
+}
+
+// meshObjects are the rendered objects of templates/mesh (labelled
+// app.kubernetes.io/component: mesh); the core templates' objects are the core
+// chart tests' business.
+func meshObjects(objs []map[string]any) []map[string]any {
+	var out []map[string]any
+	for _, o := range objs {
+		md, _ := o["metadata"].(map[string]any)
+		labels, _ := md["labels"].(map[string]any)
+		if labels["app.kubernetes.io/component"] == "mesh" {
+			out = append(out, o)
+		}
+	}
+	return out
 }
