@@ -243,6 +243,7 @@ func TestRefusedMeshModes(t *testing.T) {
 		{"unknown mode", "mesh:\n  mode: linkerd\n", []string{`mesh.mode="linkerd" is not a mode`, "none", "istio"}},
 		// Only the value's name: the core templates may refuse it first, in their words.
 		{"istio with a TCP authz", "mesh:\n  mode: istio\nsockets:\n  authz: 127.0.0.1:9001\n", []string{"sockets.authz"}},
+		{"istio with another API server", "mesh:\n  mode: istio\napiServer:\n  url: https://10.0.0.1:6443\n", []string{`apiServer.url="https://10.0.0.1:6443"`, "mesh.mode=none"}},
 		{"istio with render flags", "mesh:\n  mode: istio\nenvoy:\n  renderArgs: [--client-rate-limit=5]\n", []string{"envoy.renderArgs", "mesh.mode=none"}},
 		{"istio without istiod's namespace", "mesh:\n  mode: istio\n  istio:\n    istiodNamespace: \"\"\n", []string{"mesh.istio.istiodNamespace is empty"}},
 	}

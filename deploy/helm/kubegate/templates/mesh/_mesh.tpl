@@ -56,6 +56,10 @@ includes it, so nothing renders half-configured.
 {{- if or (ne $authz (include "kubegate.mesh.authzSocket" .)) (ne $extproc (include "kubegate.mesh.extprocSocket" .)) }}
 {{- fail (printf "sockets.authz=%q / sockets.extproc=%q: with mesh.mode=istio they must stay %s and %s, the sockets the chart's EnvoyFilter (files/mesh/istio.json) points Istio's proxy at." $authz $extproc (include "kubegate.mesh.authzSocket" .) (include "kubegate.mesh.extprocSocket" .)) }}
 {{- end }}
+{{- $api := dig "apiServer" "url" "https://kubernetes.default.svc" $v }}
+{{- if not (has $api (list "https://kubernetes.default.svc" "https://kubernetes.default.svc:443")) }}
+{{- fail (printf "apiServer.url=%q: with mesh.mode=istio the upstream is the chart's pre-built cluster for https://kubernetes.default.svc (files/mesh/istio.json); remove apiServer.url, or use mesh.mode=none." $api) }}
+{{- end }}
 {{- if dig "envoy" "renderArgs" list $v }}
 {{- fail "envoy.renderArgs is set but mesh.mode=istio does not run `kubegate envoy render`: its listener is the chart's pre-built files/mesh/istio.json (kubegate's defaults). Remove envoy.renderArgs, or use mesh.mode=none." }}
 {{- end }}
@@ -74,7 +78,12 @@ Pod template additions, for the core Deployment (wired by the core templates):
                          empty: include "kubegate.mesh.proxyContainer" (dict "root" .
                          "socketsVolume" NAME "tlsVolume" NAME)
   spec.volumes:          include "kubegate.mesh.volumes" .
-  the xds container:     only when include "kubegate.mesh.runsXDS" . is "true"
+  the xds container and its agent-token volume:
+                         only when include "kubegate.mesh.runsXDS" . is "true"
+  the Service, the listener certificate, the listener-tls volume and the
+  NetworkPolicy's ingress on listener.port:
+                         when include "kubegate.mesh.listenerInPod" . is "true"
+  the NetworkPolicy's egress:  include "kubegate.mesh.networkPolicyEgress" .
 
 Istio's gateway injection (istio.io/latest/docs/setup/additional-setup/gateway/):
 the pod asks for the proxy with the sidecar.istio.io/inject label and the
@@ -98,6 +107,16 @@ istio.io/rev: {{ . | quote }}
 {{- if eq (include "kubegate.mesh.mode" .) "istio" }}
 inject.istio.io/templates: gateway
 {{- end }}
+{{- end }}
+
+{{/*
+kubegate.mesh.listenerInPod: "true" when kubegate's TLS listener runs in this
+release's pods (mesh.mode none: kubegate's Envoy; istio: Istio's proxy with
+kubegate's listener), so the Service, the listener certificate and the
+NetworkPolicy's ingress on listener.port are rendered.
+*/}}
+{{- define "kubegate.mesh.listenerInPod" -}}
+{{- if has (include "kubegate.mesh.mode" .) (list "none" "istio") }}true{{ end }}
 {{- end }}
 
 {{/*
