@@ -164,3 +164,12 @@ periodSeconds: {{ .Values.probes.periodSeconds }}
 timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
 failureThreshold: {{ .Values.probes.failureThreshold }}
 {{- end }}
+
+{{/*
+kubegate.clusterScopedName: the ClusterRole and ClusterRoleBinding. They carry the
+namespace, so two releases of the same name in different namespaces do not take
+each other's binding.
+*/}}
+{{- define "kubegate.clusterScopedName" -}}
+{{- printf "%s-%s-impersonator" .Release.Namespace (include "kubegate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
