@@ -336,6 +336,34 @@ func TestLoadModulesErrors(t *testing.T) {
 	}
 }
 
+// TestLoadModulesConfigMapVolume: a module mounted from a ConfigMap (the kubelet's
+// layout: the file in ..<timestamp>/, ..data linking to it, the name linking
+// through ..data) is loaded once, from its name.
+func TestLoadModulesConfigMapVolume(t *testing.T) {
+	dir := t.TempDir()
+	ts := filepath.Join(dir, "..2026_01_01_00_00_00.000000001")
+	src := "package kubegate.operator.once\n\ndeny contains \"no\" if input.request.verb == \"delete\"\n"
+	if err := os.MkdirAll(ts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ts, "once.rego"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Base(ts), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join("..data", "once.rego"), filepath.Join(dir, "once.rego")); err != nil {
+		t.Fatal(err)
+	}
+	mods, err := LoadModules(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mods) != 1 || mods[0].File != filepath.Join(dir, "once.rego") {
+		t.Fatalf("loaded %v, want once.rego once", mods)
+	}
+}
+
 func TestParseRequest(t *testing.T) {
 	tests := []struct {
 		method, target string

@@ -31,8 +31,11 @@ type Module struct {
 // maxModules bounds the number of operator modules loaded from a directory.
 const maxModules = 1000
 
-// LoadModules reads every *.rego file under dir (recursively), skipping *_test.rego,
-// and checks that each parses as Rego v1 in a kubegate.operator.<name> package. An
+// LoadModules reads every *.rego file under dir (recursively), skipping *_test.rego
+// and directories whose names start with ".." (a Kubernetes ConfigMap or Secret
+// volume keeps the real files in a ..<timestamp> directory behind ..data and links
+// each file from the top: k8s.io/kubernetes pkg/volume/util/atomic_writer.go;
+// reading both would load every module twice), and checks that each parses as Rego v1 in a kubegate.operator.<name> package. An
 // empty dir argument means no modules.
 func LoadModules(dir string) ([]Module, error) {
 	if dir == "" {
@@ -42,6 +45,9 @@ func LoadModules(dir string) ([]Module, error) {
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if d.IsDir() && path != dir && strings.HasPrefix(d.Name(), "..") {
+			return fs.SkipDir
 		}
 		if d.IsDir() || !strings.HasSuffix(path, ".rego") || strings.HasSuffix(path, "_test.rego") {
 			return nil

@@ -50,6 +50,9 @@ func podAsProcesses(ctx context.Context, t *testing.T, tb *testbed) {
 		"authz":     values{"metricsPort": ports[1]},
 		"extproc":   values{"metricsPort": ports[2]},
 		"replicas":  1,
+		// An operator module, mounted from the chart's ConfigMap.
+		"policy": values{"modules": values{"no-configmaps.rego": "package kubegate.operator.noconfigmaps\n\n" +
+			"deny contains \"configmaps are off limits here\" if input.request.resource == \"configmaps\"\n"}},
 	})
 	tb.restrictedNamespace(ctx, t, ns)
 	// What an administrator creates before installing (README), and what
@@ -193,6 +196,12 @@ func podAsProcesses(ctx context.Context, t *testing.T, tb *testbed) {
 		out, err := kubectl("alice", "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
 		if err != nil || strings.TrimSpace(out) != "gitlab:user:alice" {
 			t.Fatalf("kubectl auth whoami as alice = %q, %v", out, err)
+		}
+	})
+	t.Run("the operator module denies", func(t *testing.T) {
+		out, err := kubectl("alice", "get", "configmaps")
+		if err == nil || !strings.Contains(out, "configmaps are off limits here") {
+			t.Fatalf("kubectl get configmaps as alice: %v\n%s", err, out)
 		}
 	})
 	t.Run("bob is refused", func(t *testing.T) {
