@@ -17,6 +17,8 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -164,6 +166,8 @@ func podAsProcesses(ctx context.Context, t *testing.T, tb *testbed) {
 	}
 	t.Cleanup(func() { dp.Close() })
 
+	t.Run("helm test pod", func(t *testing.T) { helmTestPod(ctx, t, tb, objs, filepath.Join(dir, "hook")) })
+
 	// kubectl as alice and bob, with the generated listener CA.
 	tlsSecret, err := tb.cs.CoreV1().Secrets(ns).Get(ctx, "kg-kubegate-tls", metav1.GetOptions{})
 	if err != nil {
@@ -226,6 +230,46 @@ func podAsProcesses(ctx context.Context, t *testing.T, tb *testbed) {
 			t.Errorf("the agent token is bound to pod %v, want %s", got, pod.Name)
 		}
 	})
+}
+
+// helmTestPod runs the chart's `helm test` pod the same way: its init container
+// renders the bootstrap into its volume, and its Envoy container's arguments must
+// name that file for `envoy --mode validate`, which kubegate envoy validate stands
+// in for here.
+func helmTestPod(ctx context.Context, t *testing.T, tb *testbed, objs []*unstructured.Unstructured, dir string) {
+	var pod corev1.Pod
+	for _, o := range objs {
+		if o.GetKind() == "Pod" && o.GetAnnotations()["helm.sh/hook"] == "test" {
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(o.Object, &pod, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if pod.Name == "" {
+		t.Fatal("no helm test pod rendered")
+	}
+	vols := materialise(ctx, t, tb, &pod, dir)
+	bin := kubegateBinary(t)
+	for _, c := range pod.Spec.InitContainers {
+		cmd, args := command(t, c, vols)
+		if cmd != imageKubegate {
+			t.Fatalf("init container %s runs %s", c.Name, cmd)
+		}
+		if out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("init container %s: %v\n%s", c.Name, err, out)
+		}
+	}
+	if len(pod.Spec.Containers) != 1 {
+		t.Fatalf("the helm test pod has %d containers, want the Envoy validator only", len(pod.Spec.Containers))
+	}
+	cmd, args := command(t, pod.Spec.Containers[0], vols)
+	if cmd != imageEnvoy || len(args) < 2 || args[0] != "--mode" || args[1] != "validate" {
+		t.Fatalf("the helm test container runs %s %q, want envoy --mode validate", cmd, args)
+	}
+	config := envoyConfigPath(t, args[2:])
+	if out, err := exec.CommandContext(ctx, bin, "envoy", "validate", config).CombinedOutput(); err != nil {
+		t.Fatalf("kubegate envoy validate %s (what the helm test pod's Envoy validates): %v\n%s", config, err, out)
+	}
 }
 
 // optionValue returns the value of --name=value or --name value in args.
