@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"slices"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -38,16 +39,8 @@ const (
 //
 // Values travel in raw_value: with Envoy's send_header_raw_value (default on),
 // ext_proc reads set_headers values from raw_value only (mutation_utils.cc).
-func mutation(client *corev3.HeaderMap, d handoff.Decision) *extprocv3.HeaderMutation {
-	m := &extprocv3.HeaderMutation{}
-	seen := map[string]bool{}
-	for _, h := range client.GetHeaders() {
-		k := strings.ToLower(h.GetKey())
-		if strings.HasPrefix(k, impersonatePrefix) && !seen[k] {
-			seen[k] = true
-			m.RemoveHeaders = append(m.RemoveHeaders, k)
-		}
-	}
+func mutation(removes []string, d handoff.Decision) *extprocv3.HeaderMutation {
+	m := &extprocv3.HeaderMutation{RemoveHeaders: removes}
 	if d.AccessAs != handoff.AccessAsUser {
 		return m // agent mode: the request goes upstream as the agent, unchanged
 	}
@@ -65,11 +58,53 @@ func mutation(client *corev3.HeaderMap, d handoff.Decision) *extprocv3.HeaderMut
 	return m
 }
 
+// clientImpersonation lists, lower-case and once each, the impersonate-* header
+// names of the request, for the mutation to remove (nil when there is none).
+func clientImpersonation(client *corev3.HeaderMap) []string {
+	var names []string
+	for _, h := range client.GetHeaders() {
+		k := h.GetKey()
+		if len(k) < len(impersonatePrefix) || !strings.EqualFold(k[:len(impersonatePrefix)], impersonatePrefix) {
+			continue
+		}
+		k = strings.ToLower(k)
+		if !slices.Contains(names, k) {
+			names = append(names, k)
+		}
+	}
+	return names
+}
+
+// joinNames is names as one string for a cache key: each name ends in "\n", which
+// no header name holds, so different lists give different strings.
+func joinNames(names []string) string {
+	if len(names) == 1 {
+		return names[0] + "\n"
+	}
+	var b strings.Builder
+	for _, n := range names {
+		b.WriteString(n)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// The append flags are shared by every header option: messages that are only
+// marshalled are safe to share.
+var (
+	appendTrue  = wrapperspb.Bool(true)
+	appendFalse = wrapperspb.Bool(false)
+)
+
 func set(key, value string, appendLine bool) *corev3.HeaderValueOption {
+	flag := appendFalse
+	if appendLine {
+		flag = appendTrue
+	}
 	return &corev3.HeaderValueOption{
 		Header: &corev3.HeaderValue{Key: key, RawValue: []byte(value)},
 		//lint:ignore SA1019 Envoy 1.40's ext_proc reads only the legacy append (mutation_utils.cc; spec envoy.md): append_action would be ignored and the group lines would overwrite each other
-		Append: wrapperspb.Bool(appendLine),
+		Append: flag,
 	}
 }
 

@@ -9,6 +9,16 @@ import (
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration prometheus.Histogram
+	// The two counters of continued requests, resolved once (every request counts).
+	continuedUser, continuedAgent prometheus.Counter
+}
+
+func (m *metrics) continued(accessAs string) {
+	if accessAs == "user" {
+		m.continuedUser.Inc()
+	} else {
+		m.continuedAgent.Inc()
+	}
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -23,6 +33,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005},
 		}),
 	}
+	m.continuedUser = m.requests.WithLabelValues("continued", "user")
+	m.continuedAgent = m.requests.WithLabelValues("continued", "agent")
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration} {
 			if err := reg.Register(c); err != nil {

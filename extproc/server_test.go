@@ -17,17 +17,32 @@ import (
 	"kubegate.dev/kubegate/test/testkit"
 )
 
-// stream opens a real gRPC Process stream to a served processor.
+// stream opens a real gRPC Process stream to a processor served as kubegate
+// extproc serves it (with its codec: pre-encoded answers).
 func stream(t *testing.T) extprocv3.ExternalProcessor_ProcessClient {
 	t.Helper()
 	srv, err := NewServer(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := testkit.ServeGRPC(t, func(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, srv) })
+	return openStream(t, serve(t, srv, true))
+}
+
+// serve serves srv over real gRPC, with the processor's codec or without.
+func serve(t *testing.T, srv *Server, preEncoded bool) extprocv3.ExternalProcessorClient {
+	t.Helper()
+	var opts []grpc.ServerOption
+	if preEncoded {
+		opts = srv.ServerOptions()
+	}
+	return extprocv3.NewExternalProcessorClient(testkit.ServeGRPCWith(t, opts, func(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, srv) }))
+}
+
+func openStream(t *testing.T, c extprocv3.ExternalProcessorClient) extprocv3.ExternalProcessor_ProcessClient {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	s, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+	s, err := c.Process(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

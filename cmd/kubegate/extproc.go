@@ -14,6 +14,7 @@ import (
 
 func newExtProcCommand() *cobra.Command {
 	sf := &serviceFlags{}
+	var cacheBytes int64
 	cmd := &cobra.Command{
 		Use:   "extproc",
 		Short: "Serve Envoy's ext_proc API: add the impersonation headers ext_authz decided",
@@ -35,7 +36,7 @@ with --metrics-listen, Prometheus metrics. SIGTERM stops it gracefully.`,
 				return err
 			}
 			reg := newRegistry()
-			srv, err := extproc.NewServer(log, reg)
+			srv, err := extproc.NewServer(log, reg, extproc.WithResponseCacheBytes(cacheBytes))
 			if err != nil {
 				return err
 			}
@@ -44,11 +45,13 @@ with --metrics-listen, Prometheus metrics. SIGTERM stops it gracefully.`,
 			return (&grpcService{
 				name: "extproc", flags: sf, log: log, registry: reg,
 				register:     func(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, srv) },
+				options:      srv.ServerOptions(),
 				serviceNames: []string{extprocv3.ExternalProcessor_ServiceDesc.ServiceName},
 				private:      "kubegate extproc decides whom the API server sees the request as",
 			}).run(ctx)
 		},
 	}
 	sf.add(cmd.Flags(), "127.0.0.1:9002")
+	cmd.Flags().Int64Var(&cacheBytes, "response-cache-bytes", extproc.DefaultResponseCacheBytes, "memory bound, in bytes, of the answers kept per identity (at least 1 MiB; a real-size identity with 243 groups takes about 26 KB); at the bound the least valuable are evicted and built again on their next request")
 	return cmd
 }

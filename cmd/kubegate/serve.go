@@ -106,6 +106,8 @@ type grpcService struct {
 	log      *slog.Logger
 	registry *prometheus.Registry
 	register func(*grpc.Server)
+	// options are the service's own gRPC server options (extproc's codec).
+	options []grpc.ServerOption
 	// serviceNames are reported SERVING by the health service (plus "").
 	serviceNames []string
 	// private says why --listen must be reachable by Envoy alone.
@@ -130,7 +132,7 @@ func (s *grpcService) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(s.options...)
 	s.register(g)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)

@@ -221,20 +221,41 @@ func (d Decision) validate() error {
 // FromMetadata reads the decision ext_authz left in Envoy's metadata. Any deviation
 // from the wire form is an error.
 func FromMetadata(md *corev3.Metadata) (Decision, error) {
+	env, err := ReadEnvelope(md)
+	if err != nil {
+		return Decision{}, err
+	}
+	return env.Decode()
+}
+
+// Envelope is a decision as it travels, its identity still encoded: ext_proc reads
+// it per request and decodes an identity only the first time it sees that exact
+// string (Decode), since the same one comes with every request of a user.
+type Envelope struct {
+	ID       string
+	AccessAs string
+	// Identity is the compact identity (user mode), unchecked until Decode.
+	Identity string
+}
+
+// ReadEnvelope reads the decision's fields strictly (version, no unknown field,
+// strings where strings belong, an identity exactly in user mode) without decoding
+// the identity. An Envelope it returns is not a valid decision until Decode says so.
+func ReadEnvelope(md *corev3.Metadata) (Envelope, error) {
 	ns := md.GetFilterMetadata()[Namespace]
 	if ns == nil {
-		return Decision{}, fmt.Errorf("handoff: no %s metadata (is ext_authz before ext_proc, and forwarding_namespaces set?)", Namespace)
+		return Envelope{}, fmt.Errorf("handoff: no %s metadata (is ext_authz before ext_proc, and forwarding_namespaces set?)", Namespace)
 	}
 	v := ns.GetFields()[Key]
 	if v == nil {
-		return Decision{}, fmt.Errorf("handoff: no %q decision in the %s metadata", Key, Namespace)
+		return Envelope{}, fmt.Errorf("handoff: no %q decision in the %s metadata", Key, Namespace)
 	}
 	s := v.GetStructValue()
 	if s == nil {
-		return Decision{}, errors.New("handoff: the decision is not a struct")
+		return Envelope{}, errors.New("handoff: the decision is not a struct")
 	}
-	var d Decision
-	seen := 0
+	var e Envelope
+	seen, hasIdentity := 0, false
 	for name, val := range s.GetFields() {
 		var err error
 		switch name {
@@ -245,23 +266,41 @@ func FromMetadata(md *corev3.Metadata) (Decision, error) {
 			}
 			seen++
 		case "decision_id":
-			d.ID, err = str(val)
+			e.ID, err = str(val)
 		case "access_as":
-			d.AccessAs, err = str(val)
+			e.AccessAs, err = str(val)
 		case "identity":
-			var enc string
-			if enc, err = str(val); err == nil {
-				d.User, d.Groups, d.Extra, err = DecodeIdentity(enc)
-			}
+			e.Identity, err = str(val)
+			hasIdentity = true
 		default:
 			err = errors.New("unknown field")
 		}
 		if err != nil {
-			return Decision{}, fmt.Errorf("handoff: field %q: %w", name, err)
+			return Envelope{}, fmt.Errorf("handoff: field %q: %w", name, err)
 		}
 	}
 	if seen == 0 {
-		return Decision{}, errors.New("handoff: the decision has no version")
+		return Envelope{}, errors.New("handoff: the decision has no version")
+	}
+	switch {
+	case e.AccessAs == AccessAsAgent && hasIdentity:
+		return Envelope{}, errors.New("handoff: an agent-mode decision carries no identity")
+	case e.AccessAs == AccessAsUser && !hasIdentity:
+		return Envelope{}, errors.New("handoff: a user-mode decision needs a user and groups")
+	case e.AccessAs != AccessAsUser && e.AccessAs != AccessAsAgent:
+		return Envelope{}, fmt.Errorf("handoff: access_as %q is neither agent nor user", e.AccessAs)
+	}
+	return e, nil
+}
+
+// Decode decodes the envelope's identity strictly and checks the whole decision.
+func (e Envelope) Decode() (Decision, error) {
+	d := Decision{ID: e.ID, AccessAs: e.AccessAs}
+	if e.AccessAs == AccessAsUser {
+		var err error
+		if d.User, d.Groups, d.Extra, err = DecodeIdentity(e.Identity); err != nil {
+			return Decision{}, fmt.Errorf("handoff: field %q: %w", "identity", err)
+		}
 	}
 	if err := d.validate(); err != nil {
 		return Decision{}, err

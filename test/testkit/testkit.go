@@ -18,11 +18,17 @@ import (
 // register adds, and returns a client connection to it. Both are closed at cleanup.
 func ServeGRPC(tb testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
 	tb.Helper()
+	return ServeGRPCWith(tb, nil, register)
+}
+
+// ServeGRPCWith is ServeGRPC with server options (a service's own codec, say).
+func ServeGRPCWith(tb testing.TB, opts []grpc.ServerOption, register func(*grpc.Server)) *grpc.ClientConn {
+	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(opts...)
 	register(gs)
 	go func() { _ = gs.Serve(lis) }()
 	tb.Cleanup(gs.Stop)
