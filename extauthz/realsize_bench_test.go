@@ -3,6 +3,7 @@ package extauthz
 import (
 	"context"
 	"log/slog"
+	"runtime"
 	"testing"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -61,3 +62,66 @@ func BenchmarkCheckRealSizeInProcess(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// BenchmarkIdentityMemoryRealSize reports the live heap each identity served adds
+// once its decision is cached (after a GC): heap-B/identity over the users of
+// test/realsize but alice, each checked once, and heap-B/alice for alice checked
+// after them (243 groups, the largest identity; role strings of entries others
+// share are already built by then). The process-level resident figure is
+// test/perf's BenchmarkLifecycle.
+func BenchmarkIdentityMemoryRealSize(b *testing.B) {
+	data, err := realsize.Generate(realsize.Default())
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir, err := directory.Parse("directory.yaml", data.Directory)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg, err := policy.ParseAgentConfig("agent-config.yaml", data.AgentConfig)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var others []string
+	for u, tok := range data.Tokens {
+		if u != data.User && u != data.Outsider {
+			others = append(others, tok)
+		}
+	}
+	heap := func() int64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	check := func(srv *Server, token string) {
+		if _, err := srv.Check(context.Background(), checkRequest("GET", podsPath, pat(token))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var perIdentity, alice float64
+	for range b.N {
+		e, err := policy.NewEngine(context.Background(), agent, cfg, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv, err := NewServer(agent, &Snapshot{Engine: e, Authenticator: dir, Memberships: dir}, slog.New(slog.DiscardHandler), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		check(srv, data.OutsiderToken) // one-time set-up of the first request (metrics, pools)
+		h0 := heap()
+		for _, tok := range others {
+			check(srv, tok)
+		}
+		h1 := heap()
+		check(srv, data.Token)
+		h2 := heap()
+		perIdentity += float64(h1-h0) / float64(len(others))
+		alice += float64(h2 - h1)
+		runtime.KeepAlive(srv)
+	}
+	b.ReportMetric(perIdentity/float64(b.N), "heap-B/identity")
+	b.ReportMetric(alice/float64(b.N), "heap-B/alice")
+}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"github.com/maypok86/otter/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"kubegate.dev/kubegate/contract/handoff"
@@ -24,35 +23,16 @@ type Server struct {
 	state   atomic.Pointer[Snapshot]
 	log     *slog.Logger
 	metrics *metrics
-	// identities remembers each impersonation identity encoded for the hand-off.
-	// The policy engine hands back the same *Impersonation for every request of an
-	// identity it has cached, so the pointer is the key; entries of a replaced engine
-	// age out of the bounded cache.
-	identities *otter.Cache[*policy.Impersonation, *handoff.Identity]
 }
 
-// handoffCacheBytes bounds the memory of the encoded identities (README,
-// performance): at real size (243 groups) one takes about 10 KB, the one string
-// of its compact form (package handoff).
-const handoffCacheBytes = 64 << 20
-
-// handoffWeight estimates an encoded identity's bytes: its compact string, plus
-// the protobuf Value, the Impersonate-User header and the cache entry around it.
-func handoffWeight(_ *policy.Impersonation, id *handoff.Identity) uint32 {
-	return uint32(256 + id.Bytes())
-}
-
-// encodedIdentity returns imp encoded for the hand-off (nil in agent mode).
-func (s *Server) encodedIdentity(imp *policy.Impersonation) *handoff.Identity {
+// encodedIdentity returns imp encoded for the hand-off (nil in agent mode). The
+// policy engine encodes it once per identity and configuration and keeps it with
+// the decision (policy.Impersonation), bounded by --decision-cache-bytes.
+func encodedIdentity(imp *policy.Impersonation) *handoff.Identity {
 	if imp == nil {
 		return nil
 	}
-	if id, ok := s.identities.GetIfPresent(imp); ok {
-		return id
-	}
-	id := handoff.NewIdentity(imp.User, imp.Groups, imp.Extra)
-	s.identities.Set(imp, id)
-	return id
+	return imp.Handoff()
 }
 
 // NewServer makes the Check service. snap is the initial state; Swap replaces it.
@@ -68,11 +48,7 @@ func NewServer(agent policy.Agent, snap *Snapshot, log *slog.Logger, reg prometh
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{agent: agent, log: log, metrics: m,
-		identities: otter.Must(&otter.Options[*policy.Impersonation, *handoff.Identity]{
-			MaximumWeight: handoffCacheBytes,
-			Weigher:       handoffWeight,
-		})}
+	s := &Server{agent: agent, log: log, metrics: m}
 	s.state.Store(snap)
 	return s, nil
 }
@@ -122,7 +98,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 	if o.reason != ReasonAllowed {
 		return denyResponse(o.reason, o.message, discovery), nil
 	}
-	resp, err = allowResponse(o, decisionID(r.ID), s.encodedIdentity(o.decision.Impersonate))
+	resp, err = allowResponse(o, decisionID(r.ID), encodedIdentity(o.decision.Impersonate))
 	if err != nil {
 		o = outcome{reason: Reason(policy.ReasonPolicyError), message: "the gateway's decision could not be encoded", cause: err}
 		return denyResponse(o.reason, o.message, discovery), nil

@@ -115,19 +115,17 @@ func (b *builtin) decide(in Input) *identityDecision {
 		}
 	}
 	username := in.Identity.User.Username
-	d.impersonate = &Impersonation{
-		User:   "gitlab:user:" + username,
-		Groups: list,
-		Extra: map[string][]string{
-			ExtraAgentID:         b.agentIDExtra,
-			ExtraUsername:        {username},
-			ExtraAccessType:      {string(in.Identity.AccessType)},
-			ExtraConfigProjectID: b.configProjectExtra,
-		},
-	}
-	// The group strings are shared; what is the identity's own: the slice, the
-	// user and extra strings and the map.
-	d.weight += uint32(16*cap(list) + 2*len(username) + len(in.Identity.AccessType) + 12 + 480)
+	// The group list is only read to encode it: its strings are the shared role
+	// strings, and the identity keeps only its encoding (see Impersonation).
+	d.impersonate = NewImpersonation("gitlab:user:"+username, list, map[string][]string{
+		ExtraAgentID:         b.agentIDExtra,
+		ExtraUsername:        {username},
+		ExtraAccessType:      {string(in.Identity.AccessType)},
+		ExtraConfigProjectID: b.configProjectExtra,
+	})
+	// What the identity keeps: its encoding, the protobuf value and the
+	// Impersonate-User header around it.
+	d.weight += uint32(d.impersonate.Handoff().Bytes() + 2*len(username) + 320)
 	return d
 }
 

@@ -154,7 +154,11 @@ func (e *Engine) identityDecision(ctx context.Context, in Input) (*identityDecis
 		}
 		d := e.builtin.decide(in)
 		if e.operator != nil {
-			d.operatorInput = append(operatorIdentityInput(e.agent, in), ast.Item(ast.StringTerm("decision"), decisionTerm(d)))
+			dt, err := decisionTerm(d)
+			if err != nil {
+				return nil, err
+			}
+			d.operatorInput = append(operatorIdentityInput(e.agent, in), ast.Item(ast.StringTerm("decision"), dt))
 			d.weight += operatorInputWeight(in, d)
 		}
 		return d, nil
@@ -239,7 +243,8 @@ func operatorIdentityInput(agent Agent, in Input) [][2]*ast.Term {
 func operatorInputWeight(in Input, d *identityDecision) uint32 {
 	w := 1024 + 400*len(in.Memberships)
 	if d.impersonate != nil {
-		w += 96 * len(d.impersonate.Groups)
+		// ~96 bytes of terms per group of ~35 encoded bytes.
+		w += 3 * d.impersonate.Handoff().Bytes()
 	}
 	return uint32(w)
 }
@@ -255,15 +260,19 @@ func roleName(l identity.AccessLevel) string {
 }
 
 // decisionTerm is the built-in decision as operator modules see it (input.decision).
-func decisionTerm(d *identityDecision) *ast.Term {
+func decisionTerm(d *identityDecision) (*ast.Term, error) {
 	items := [][2]*ast.Term{ast.Item(ast.StringTerm("access_as"), ast.StringTerm(string(d.accessAs)))}
 	if imp := d.impersonate; imp != nil {
-		groups := make([]*ast.Term, len(imp.Groups))
-		for i, g := range imp.Groups {
+		user, impGroups, impExtra, err := imp.Handoff().Decode()
+		if err != nil {
+			return nil, fmt.Errorf("the impersonation identity: %w", err)
+		}
+		groups := make([]*ast.Term, len(impGroups))
+		for i, g := range impGroups {
 			groups[i] = ast.StringTerm(g)
 		}
-		extra := make([][2]*ast.Term, 0, len(imp.Extra))
-		for k, vs := range imp.Extra {
+		extra := make([][2]*ast.Term, 0, len(impExtra))
+		for k, vs := range impExtra {
 			vals := make([]*ast.Term, len(vs))
 			for i, v := range vs {
 				vals[i] = ast.StringTerm(v)
@@ -271,10 +280,10 @@ func decisionTerm(d *identityDecision) *ast.Term {
 			extra = append(extra, ast.Item(ast.StringTerm(k), ast.ArrayTerm(vals...)))
 		}
 		items = append(items, ast.Item(ast.StringTerm("impersonate"), ast.ObjectTerm(
-			ast.Item(ast.StringTerm("user"), ast.StringTerm(imp.User)),
+			ast.Item(ast.StringTerm("user"), ast.StringTerm(user)),
 			ast.Item(ast.StringTerm("groups"), ast.ArrayTerm(groups...)),
 			ast.Item(ast.StringTerm("extra"), ast.ObjectTerm(extra...)),
 		)))
 	}
-	return ast.ObjectTerm(items...)
+	return ast.ObjectTerm(items...), nil
 }

@@ -124,15 +124,15 @@ func TestDecisionAccessRules(t *testing.T) {
 				return
 			}
 			want := append([]string{"gitlab:user"}, tt.wantGroups...)
-			if got := d.Impersonate.Groups; strings.Join(got, ",") != strings.Join(want, ",") {
+			if got := d.Impersonate.Groups(); strings.Join(got, ",") != strings.Join(want, ",") {
 				t.Fatalf("groups\n got %v\nwant %v", got, want)
 			}
-			if d.Impersonate.User != "gitlab:user:alice" {
-				t.Errorf("user %q", d.Impersonate.User)
+			if d.Impersonate.User() != "gitlab:user:alice" {
+				t.Errorf("user %q", d.Impersonate.User())
 			}
 			wantExtra := map[string][]string{ExtraAgentID: {"1"}, ExtraUsername: {"alice"}, ExtraAccessType: {"personal_access_token"}, ExtraConfigProjectID: {"1"}}
-			if fmt.Sprint(d.Impersonate.Extra) != fmt.Sprint(wantExtra) {
-				t.Errorf("extra %v, want %v", d.Impersonate.Extra, wantExtra)
+			if fmt.Sprint(d.Impersonate.Extra()) != fmt.Sprint(wantExtra) {
+				t.Errorf("extra %v, want %v", d.Impersonate.Extra(), wantExtra)
 			}
 		})
 	}
@@ -161,7 +161,7 @@ func TestSeedExample(t *testing.T) {
 		if err != nil || !d.Allowed {
 			t.Fatalf("%s: %+v %v", tt.user, d, err)
 		}
-		groups := d.Impersonate.Groups[1:]
+		groups := d.Impersonate.Groups()[1:]
 		if len(groups) != tt.want {
 			t.Fatalf("%s: groups %v, want %d", tt.user, groups, tt.want)
 		}
@@ -420,25 +420,25 @@ func TestIdentityCacheKeyIsExact(t *testing.T) {
 		t.Fatal("a demoted user kept a cached allow")
 	}
 	// A promotion changes the groups.
-	if d := decide(alice, proj(1, "group-1/project-1", identity.Maintainer)); d.Impersonate.Groups[len(d.Impersonate.Groups)-1] != "gitlab:project_role:1:maintainer" {
-		t.Fatalf("promotion not reflected: %v", d.Impersonate.Groups)
+	if d := decide(alice, proj(1, "group-1/project-1", identity.Maintainer)); d.Impersonate.Groups()[len(d.Impersonate.Groups())-1] != "gitlab:project_role:1:maintainer" {
+		t.Fatalf("promotion not reflected: %v", d.Impersonate.Groups())
 	}
 	// The same user through another credential type gets that access_type.
 	oidc := alice
 	oidc.AccessType = identity.AccessOIDCIDToken
-	if d := decide(oidc, dev); d.Impersonate.Extra[ExtraAccessType][0] != "oidc_id_token" {
-		t.Fatalf("access_type %v", d.Impersonate.Extra[ExtraAccessType])
+	if d := decide(oidc, dev); d.Impersonate.Extra()[ExtraAccessType][0] != "oidc_id_token" {
+		t.Fatalf("access_type %v", d.Impersonate.Extra()[ExtraAccessType])
 	}
-	if d := decide(alice, dev); d.Impersonate.Extra[ExtraAccessType][0] != "personal_access_token" {
-		t.Fatalf("access_type %v", d.Impersonate.Extra[ExtraAccessType])
+	if d := decide(alice, dev); d.Impersonate.Extra()[ExtraAccessType][0] != "personal_access_token" {
+		t.Fatalf("access_type %v", d.Impersonate.Extra()[ExtraAccessType])
 	}
 	// Another username with the same id (a rename) is another identity.
-	if d := decide(who("alice2", 1), dev); d.Impersonate.User != "gitlab:user:alice2" {
-		t.Fatalf("user %s", d.Impersonate.User)
+	if d := decide(who("alice2", 1), dev); d.Impersonate.User() != "gitlab:user:alice2" {
+		t.Fatalf("user %s", d.Impersonate.User())
 	}
 	// Another entry with the same level, and a path that looks like a key separator.
-	if d := decide(alice, grp(4, "group-3/subgroup", identity.Developer)); !strings.HasPrefix(d.Impersonate.Groups[1], "gitlab:group_role:4:") {
-		t.Fatalf("groups %v", d.Impersonate.Groups)
+	if d := decide(alice, grp(4, "group-3/subgroup", identity.Developer)); !strings.HasPrefix(d.Impersonate.Groups()[1], "gitlab:group_role:4:") {
+		t.Fatalf("groups %v", d.Impersonate.Groups())
 	}
 	if d := decide(alice, proj(1, "group-1/project-1|30:x", identity.Developer)); d.Allowed {
 		t.Fatal("an unlisted path that embeds a key separator was allowed")

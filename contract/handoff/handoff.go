@@ -122,6 +122,16 @@ func (id *Identity) UserHeader() *corev3.HeaderValueOption { return id.userHeade
 // Bytes is the length of the encoded identity, for weighing a cache of them.
 func (id *Identity) Bytes() int { return id.size }
 
+// User is the identity's user.
+func (id *Identity) User() string { return id.userHeader.GetHeader().GetValue() }
+
+// Decode reads the identity back (its strings share the encoded form's memory):
+// for the few readers of the groups and extra, which are kept only encoded.
+// An identity whose text is not UTF-8 does not decode (nor would ext_proc accept it).
+func (id *Identity) Decode() (user string, groups []string, extra map[string][]string, err error) {
+	return DecodeIdentity(id.encoded.GetStringValue())
+}
+
 // NewIdentity encodes a user-mode identity.
 func NewIdentity(user string, groups []string, extra map[string][]string) *Identity {
 	enc := EncodeIdentity(user, groups, extra)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -92,7 +93,11 @@ func start(tb testing.TB, dir, name, addr string, argv []string) *server {
 		tb.Fatalf("start %s: %v", name, err)
 	}
 	tb.Cleanup(s.child.Stop)
-	s.conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Reconnect quickly: gRPC's default backoff waits a second after the first
+	// refused connection (before the process listens), which would be measured as
+	// start-up time (google.golang.org/grpc/backoff: BaseDelay 1s).
+	s.conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: time.Millisecond, Multiplier: 1.5, MaxDelay: 10 * time.Millisecond}, MinConnectTimeout: time.Second}))
 	if err != nil {
 		tb.Fatal(err)
 	}

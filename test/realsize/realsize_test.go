@@ -73,7 +73,7 @@ func TestDefaultShape(t *testing.T) {
 	if err != nil || !dec.Allowed || dec.Impersonate == nil {
 		t.Fatalf("alice's decision: %+v, %v", dec, err)
 	}
-	if got := len(dec.Impersonate.Groups); got != d.ImpersonatedGroups || got != 243 {
+	if got := len(dec.Impersonate.Groups()); got != d.ImpersonatedGroups || got != 243 {
 		t.Errorf("impersonated groups = %d, Data says %d, want 243", got, d.ImpersonatedGroups)
 	}
 
