@@ -17,6 +17,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"kubegate.dev/kubegate/internal/boundedread"
 )
 
 // AccessAs is how requests reach the API server (access.md §3).
@@ -103,11 +105,11 @@ func LoadAgentConfig(file string) (*AgentConfig, error) {
 		return nil, &ConfigError{[]Problem{{File: file, Msg: fmt.Sprintf("cannot read the agent configuration: %v", unwrapPathError(err))}}}
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	data, tooLarge, err := boundedread.File(f, maxConfigSize)
 	if err != nil {
 		return nil, &ConfigError{[]Problem{{File: file, Msg: fmt.Sprintf("cannot read the agent configuration: %v", err)}}}
 	}
-	if len(data) > maxConfigSize {
+	if tooLarge {
 		return nil, &ConfigError{[]Problem{{File: file, Msg: fmt.Sprintf("the file is larger than %d MiB; is it the agent configuration?", maxConfigSize>>20)}}}
 	}
 	return ParseAgentConfig(file, data)

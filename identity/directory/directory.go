@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"kubegate.dev/kubegate/identity"
+	"kubegate.dev/kubegate/internal/boundedread"
 )
 
 // ScopeK8sProxy is the token scope the gateway requires, as in GitLab.
@@ -106,12 +107,12 @@ func Load(file string) (*Directory, error) {
 		return nil, fmt.Errorf("directory: %w", err)
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	data, tooLarge, err := boundedread.File(f, maxFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("directory %s: %w", file, err)
 	}
-	if len(data) > maxFileSize {
-		return nil, fmt.Errorf("directory %s: larger than %d MiB", file, maxFileSize>>20)
+	if tooLarge {
+		return nil, fmt.Errorf("directory %s: larger than %d MiB, the most kubegate reads; is it the directory file? A directory this large belongs in GitLab (--identity-source gitlab)", file, maxFileSize>>20)
 	}
 	return Parse(file, data)
 }

@@ -1,0 +1,74 @@
+package boundedread
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, n int) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, bytes.Repeat([]byte("x"), n), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name     string
+		path     string
+		max      int64
+		tooLarge bool
+	}{
+		{"empty", write("empty", 0), 10, false},
+		{"under the bound", write("under", 9), 10, false},
+		{"at the bound", write("at", 10), 10, false},
+		{"one byte over", write("over", 11), 10, true},
+		{"far over", write("far", 1<<20), 10, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := os.Open(tt.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			data, tooLarge, err := File(f, tt.max)
+			want, _ := os.ReadFile(tt.path)
+			switch {
+			case err != nil:
+				t.Fatal(err)
+			case tooLarge != tt.tooLarge:
+				t.Fatalf("tooLarge = %v, want %v", tooLarge, tt.tooLarge)
+			case tooLarge && data != nil:
+				t.Fatalf("a file over the bound returned %d bytes", len(data))
+			case !tooLarge && !bytes.Equal(data, want):
+				t.Fatalf("read %d bytes, want the file's %d", len(data), len(want))
+			}
+		})
+	}
+}
+
+// TestFileNotRegular: a pipe has no size to refuse it by; reading stops one byte
+// past the bound.
+func TestFileNotRegular(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() {
+		defer w.Close()
+		for range 100 { // 100 KiB, more than the bound; the writer blocks once nobody reads
+			if _, err := w.Write(bytes.Repeat([]byte("y"), 1024)); err != nil {
+				return
+			}
+		}
+	}()
+	data, tooLarge, err := File(r, 4096)
+	if err != nil || !tooLarge || data != nil {
+		t.Fatalf("File(pipe) = %d bytes, %v, %v; want too large", len(data), tooLarge, err)
+	}
+}
