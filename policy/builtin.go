@@ -84,6 +84,20 @@ func (b *builtin) qualifies(m identity.Membership) bool {
 
 // decide is the policy's decision for one identity and its memberships.
 func (b *builtin) decide(in Input) *identityDecision {
+	d, _ := b.decideParts(in)
+	return d
+}
+
+// impersonationParts is an Impersonation before encoding, for the operator
+// modules' input, which is built from it once per identity and then dropped.
+type impersonationParts struct {
+	user   string
+	groups []string
+	extra  map[string][]string
+}
+
+// decideParts is decide, also returning the impersonation's parts (nil without one).
+func (b *builtin) decideParts(in Input) (*identityDecision, *impersonationParts) {
 	var projects, groups, roles int
 	for _, m := range in.Memberships {
 		if b.qualifies(m) {
@@ -96,11 +110,11 @@ func (b *builtin) decide(in Input) *identityDecision {
 		}
 	}
 	if projects+groups == 0 {
-		return &identityDecision{reason: ReasonNotMember, message: notMemberMessage, accessAs: AccessAsAgent, weight: 128}
+		return &identityDecision{reason: ReasonNotMember, message: notMemberMessage, accessAs: AccessAsAgent, weight: 128}, nil
 	}
 	d := &identityDecision{allowed: true, reason: ReasonAllowed, accessAs: b.accessAs, weight: 128}
 	if b.accessAs != AccessAsUser {
-		return d
+		return d, nil
 	}
 	// gitlab:user, then each qualifying project's roles, then each qualifying
 	// group's, each in membership order (the policy's array.concat of the two
@@ -117,16 +131,17 @@ func (b *builtin) decide(in Input) *identityDecision {
 	username := in.Identity.User.Username
 	// The group list is only read to encode it: its strings are the shared role
 	// strings, and the identity keeps only its encoding (see Impersonation).
-	d.impersonate = NewImpersonation("gitlab:user:"+username, list, map[string][]string{
+	parts := &impersonationParts{user: "gitlab:user:" + username, groups: list, extra: map[string][]string{
 		ExtraAgentID:         b.agentIDExtra,
 		ExtraUsername:        {username},
 		ExtraAccessType:      {string(in.Identity.AccessType)},
 		ExtraConfigProjectID: b.configProjectExtra,
-	})
+	}}
+	d.impersonate = NewImpersonation(parts.user, parts.groups, parts.extra)
 	// What the identity keeps: its encoding, the protobuf value and the
 	// Impersonate-User header around it.
 	d.weight += uint32(d.impersonate.Handoff().Bytes() + 2*len(username) + 320)
-	return d
+	return d, parts
 }
 
 // rolesAtOrBelow counts GitLab's roles at or below level: the policy's

@@ -40,6 +40,7 @@ type Engine struct {
 	listed   identity.Listed
 	builtin  *builtin
 	operator *operatorPolicy // nil without operator modules
+	terms    *terms          // the operator input's shared terms (nil without modules)
 	cache    *otter.Cache[string, *identityDecision]
 	// onLoad, when set (tests only), runs at the start of every built-in
 	// computation with the identity's username.
@@ -96,6 +97,7 @@ func NewEngine(ctx context.Context, agent Agent, cfg *AgentConfig, modules []Mod
 		if e.operator, err = newOperatorPolicy(ctx, modules); err != nil {
 			return nil, err
 		}
+		e.terms = newTerms()
 	}
 	return e, nil
 }
@@ -152,13 +154,9 @@ func (e *Engine) identityDecision(ctx context.Context, in Input) (*identityDecis
 		if e.onLoad != nil {
 			e.onLoad(in.Identity.User.Username)
 		}
-		d := e.builtin.decide(in)
+		d, parts := e.builtin.decideParts(in)
 		if e.operator != nil {
-			dt, err := decisionTerm(d)
-			if err != nil {
-				return nil, err
-			}
-			d.operatorInput = append(operatorIdentityInput(e.agent, in), ast.Item(ast.StringTerm("decision"), dt))
+			d.operatorInput = append(e.terms.identityInput(e.agent, in), ast.Item(termDecision, e.terms.decision(d.accessAs, parts)))
 			d.weight += operatorInputWeight(in, d)
 		}
 		return d, nil
@@ -259,31 +257,3 @@ func roleName(l identity.AccessLevel) string {
 	return name
 }
 
-// decisionTerm is the built-in decision as operator modules see it (input.decision).
-func decisionTerm(d *identityDecision) (*ast.Term, error) {
-	items := [][2]*ast.Term{ast.Item(ast.StringTerm("access_as"), ast.StringTerm(string(d.accessAs)))}
-	if imp := d.impersonate; imp != nil {
-		user, impGroups, impExtra, err := imp.Handoff().Decode()
-		if err != nil {
-			return nil, fmt.Errorf("the impersonation identity: %w", err)
-		}
-		groups := make([]*ast.Term, len(impGroups))
-		for i, g := range impGroups {
-			groups[i] = ast.StringTerm(g)
-		}
-		extra := make([][2]*ast.Term, 0, len(impExtra))
-		for k, vs := range impExtra {
-			vals := make([]*ast.Term, len(vs))
-			for i, v := range vs {
-				vals[i] = ast.StringTerm(v)
-			}
-			extra = append(extra, ast.Item(ast.StringTerm(k), ast.ArrayTerm(vals...)))
-		}
-		items = append(items, ast.Item(ast.StringTerm("impersonate"), ast.ObjectTerm(
-			ast.Item(ast.StringTerm("user"), ast.StringTerm(user)),
-			ast.Item(ast.StringTerm("groups"), ast.ArrayTerm(groups...)),
-			ast.Item(ast.StringTerm("extra"), ast.ObjectTerm(extra...)),
-		)))
-	}
-	return ast.ObjectTerm(items...), nil
-}
