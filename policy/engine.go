@@ -256,4 +256,3 @@ func roleName(l identity.AccessLevel) string {
 	}
 	return name
 }
-
