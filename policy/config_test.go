@@ -187,3 +187,32 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
+
+// TestTenTimesRealSizeAgentConfig: an agent configuration listing ten times the
+// real size (5,000 projects and 5,000 groups) is refused with a message per list
+// naming the count, the limit and what to do, before any entry is validated.
+func TestTenTimesRealSizeAgentConfig(t *testing.T) {
+	var doc strings.Builder
+	doc.WriteString("user_access:\n  access_as: {user: {}}\n  projects:\n")
+	for i := range 10 * MaxProjects {
+		fmt.Fprintf(&doc, "  - id: org-%02d/team-%02d/project-%d\n", i%15, i%10, i)
+	}
+	doc.WriteString("  groups:\n")
+	for i := range 10 * MaxGroups {
+		fmt.Fprintf(&doc, "  - id: org-%02d/team-%02d/squad-%d\n", i%15, i%10, i)
+	}
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(file, []byte(doc.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadAgentConfig(file)
+	for _, want := range []string{
+		"user_access.projects: lists 5000 projects; the limit is 500",
+		"user_access.groups: lists 5000 groups; the limit is 500",
+		"split them across agents or list a parent group instead",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("LoadAgentConfig(10× config) = %v; want it to say %q", err, want)
+		}
+	}
+}

@@ -3,6 +3,8 @@ package directory_test
 import (
 	"context"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"strings"
@@ -175,4 +177,39 @@ func checkExplained(t *testing.T, d *directory.Directory, u identity.User, liste
 		t.Fatalf("%s: explained memberships\n got %v\nwant %v", u.Username, got, want)
 	}
 	return relations
+}
+
+// TestTenTimesRealSizeIsRefusedUnread: a directory ten times the real size (10,000
+// users, ~43 MB) is over the 32 MiB the gateway reads. It is refused from its size,
+// with a message that says what to do, and refusing it allocates next to nothing:
+// memory stays bounded whatever the file's size.
+func TestTenTimesRealSizeIsRefusedUnread(t *testing.T) {
+	if testing.Short() {
+		t.Skip("generates a 43 MB directory")
+	}
+	s := realsize.Default()
+	s.Users, s.Projects = 10*s.Users, 10*s.Projects
+	data, err := realsize.Generate(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data.Directory) <= 32<<20 {
+		t.Fatalf("the 10× directory has %d bytes; the test needs it over the 32 MiB bound", len(data.Directory))
+	}
+	file := filepath.Join(t.TempDir(), "directory.yaml")
+	if err := os.WriteFile(file, data.Directory, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data = nil
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err = directory.Load(file)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "larger than 32 MiB") || !strings.Contains(err.Error(), "--identity-source gitlab") {
+		t.Fatalf("Load(10× directory) = %v; want a refusal naming the bound and what to do", err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+		t.Fatalf("refusing the 10× directory allocated %d bytes; it must not read it", alloc)
+	}
 }

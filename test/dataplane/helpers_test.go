@@ -47,13 +47,13 @@ var sandboxAgent = policy.Agent{ID: 1, ConfigProjectID: 1}
 func alicePAT() string { return "Bearer pat:1:kg-sandbox-alice-token" }
 
 // serveGRPC serves register's services on a loopback port until the test ends.
-func serveGRPC(t testing.TB, register func(*grpc.Server)) string {
+func serveGRPC(t testing.TB, register func(*grpc.Server), opts ...grpc.ServerOption) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(opts...)
 	register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
@@ -89,14 +89,15 @@ func realAuthzServer(t testing.TB) authv3.AuthorizationServer {
 	return srv
 }
 
-// realExtProc is kubegate extproc.
+// realExtProc is kubegate extproc, served as the command serves it (its codec
+// sends pre-encoded answers).
 func realExtProc(t testing.TB) string {
 	t.Helper()
 	srv, err := extproc.NewServer(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return serveGRPC(t, func(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, srv) })
+	return serveGRPC(t, func(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, srv) }, srv.ServerOptions()...)
 }
 
 // realXDS is kubegate xds serving token (no token: nothing published yet).
