@@ -15,8 +15,9 @@ import (
 
 // DefaultCacheBytes bounds the memory an Engine's per-identity decisions may take
 // (`kubegate authz --decision-cache-bytes`). At the real-size shape (243
-// impersonated groups) one decision weighs about 5 KB, so the default holds some
-// 12,000 identities.
+// impersonated groups) one decision weighs about 11 KB, most of it the identity
+// encoded for ext_proc (Impersonation), so the default holds some 6,000 such
+// identities, and more of smaller ones.
 const DefaultCacheBytes = 64 << 20
 
 // minCacheBytes keeps a bound too small to hold one real-size decision from
