@@ -32,9 +32,11 @@ fuzz: ## Run every fuzz target for FUZZTIME each (go test -fuzz takes one target
 
 test: tools vet lint unit fuzz ## Everything CI runs: build the test bed, vet, lint, all tests, a short fuzz run
 
-bench-realsize: ## The real-size benchmarks (test/perf): authz and extproc processes against no-op floor processes
+bench-realsize: ## The real-size benchmarks: authz and extproc processes against no-op floor processes (test/perf), the cold decision, the heap per cached identity
 	$(GO) test -run '^$$' -bench '(Check|ExtProc)' -benchtime=3000x ./test/perf/
 	$(GO) test -run '^$$' -bench 'Lifecycle' -benchtime=1x ./test/perf/
+	$(GO) test -run '^$$' -bench 'Decide/config=500\+500' ./policy/
+	$(GO) test -run '^$$' -bench 'IdentityMemoryRealSize' -benchtime=2x ./extauthz/
 
 bench: ## Benchmarks (figures reported as ratios against a floor measured in the same run)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
