@@ -136,9 +136,7 @@ func (s *Server) requestHeaders(ctx context.Context, md *corev3.Metadata, header
 		}
 		s.metrics.continued(d.AccessAs)
 		s.metrics.duration.Observe(time.Since(start).Seconds())
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
-			Response: &extprocv3.CommonResponse{Status: extprocv3.CommonResponse_CONTINUE, HeaderMutation: &extprocv3.HeaderMutation{RemoveHeaders: removes}},
-		}}}
+		return continueWith(mutation(removes, d))
 	}
 	key := responseKey{identity: env.Identity, removes: joinNames(removes)}
 	c, ok := s.responses.GetIfPresent(key)

@@ -148,20 +148,22 @@ func NewIdentity(user string, groups []string, extra map[string][]string) *Ident
 // EncodeIdentity is the compact form of an identity (see the package doc): extra
 // keys sorted, everything else in order.
 func EncodeIdentity(user string, groups []string, extra map[string][]string) string {
-	n := len(user) + 16 + 8*len(groups)
+	// The exact length, so the string keeps no spare capacity: it is cached for
+	// the identity's life.
+	n := strLen(user) + countLen(len(groups)) + countLen(len(extra))
 	for _, g := range groups {
-		n += len(g)
+		n += strLen(g)
 	}
 	keys := make([]string, 0, len(extra))
 	for k, vs := range extra {
 		keys = append(keys, k)
-		n += len(k) + 16
+		n += strLen(k) + countLen(len(vs))
 		for _, v := range vs {
-			n += len(v) + 8
+			n += strLen(v)
 		}
 	}
 	slices.Sort(keys)
-	// One buffer of the right size, handed over as the string without a copy
+	// One buffer of exactly that size, handed over as the string without a copy
 	// (strings.Builder): at real size the identity is ~10 KB, made per new identity.
 	var b strings.Builder
 	b.Grow(n)
@@ -190,6 +192,18 @@ func EncodeIdentity(user string, groups []string, extra map[string][]string) str
 	}
 	return b.String()
 }
+
+// decimalLen is the number of decimal digits of n.
+func decimalLen(n int) int {
+	d := 1
+	for ; n >= 10; n /= 10 {
+		d++
+	}
+	return d
+}
+
+func strLen(s string) int { return decimalLen(len(s)) + 1 + len(s) } // str = <len> ":" <bytes>
+func countLen(c int) int  { return decimalLen(c) + 1 }               // count = <n> ";"
 
 // Encode builds the dynamic_metadata value for one request: ident is required in
 // user mode and must be nil in agent mode.

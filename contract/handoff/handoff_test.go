@@ -187,3 +187,28 @@ func FuzzDecodeIdentity(f *testing.F) {
 		}
 	})
 }
+
+// TestEncodeIdentityLength: the encoded identity is sized exactly (it is cached for
+// the identity's life, so spare capacity would be kept with it), for lengths and
+// counts around every change in their number of digits.
+func TestEncodeIdentityLength(t *testing.T) {
+	for _, n := range []int{0, 1, 9, 10, 11, 99, 100, 101, 1000} {
+		s := strings.Repeat("g", n)
+		groups := make([]string, n)
+		for i := range groups {
+			groups[i] = s[:i%12]
+		}
+		extra := map[string][]string{s: {s, ""}, "k": nil}
+		enc := EncodeIdentity(s, groups, extra)
+		want := strLen(s) + countLen(n) + countLen(2) + strLen(s) + countLen(2) + strLen(s) + strLen("") + strLen("k") + countLen(0)
+		for _, g := range groups {
+			want += strLen(g)
+		}
+		if len(enc) != want {
+			t.Fatalf("n=%d: %d bytes, the format's count is %d", n, len(enc), want)
+		}
+		if _, _, _, err := DecodeIdentity(enc); err != nil {
+			t.Fatalf("n=%d: %v", n, err)
+		}
+	}
+}
