@@ -108,7 +108,7 @@ func TestExplainAgreesAtRealSize(t *testing.T) {
 		if want.Allowed {
 			allowed++
 			groups = append(append(groups, projectGroups...), groupGroups...)
-			if !reflect.DeepEqual(groups, want.Impersonate.Groups) {
+			if !reflect.DeepEqual(groups, want.Impersonate.Groups()) {
 				t.Fatalf("%s: the entries' groups differ from the impersonated groups", name)
 			}
 		}

@@ -152,11 +152,11 @@ func checkExplanation(t *testing.T, ref *regoBuiltin, in Input, want Decision, x
 	}
 	if x.ConfiguredAccessAs == AccessAsUser && builtinAllows {
 		groups := append(append([]string{"gitlab:user"}, projectGroups...), groupGroups...)
-		if x.Identity == nil || !reflect.DeepEqual(x.Identity.Groups, groups) {
+		if x.Identity == nil || !reflect.DeepEqual(x.Identity.Groups(), groups) {
 			t.Fatalf("entries' groups %v, identity %+v", groups, x.Identity)
 		}
-		if want.Allowed && !reflect.DeepEqual(want.Impersonate.Groups, groups) {
-			t.Fatalf("entries' groups %v, decision's %v", groups, want.Impersonate.Groups)
+		if want.Allowed && !reflect.DeepEqual(want.Impersonate.Groups(), groups) {
+			t.Fatalf("entries' groups %v, decision's %v", groups, want.Impersonate.Groups())
 		}
 	} else if x.Identity != nil {
 		t.Fatalf("identity %+v in agent mode or without a qualifying entry", x.Identity)

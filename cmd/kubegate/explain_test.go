@@ -78,7 +78,7 @@ func TestExplainOffline(t *testing.T) {
 			if r.Agent.ID != 1 || r.Via != "directory" || r.Cluster != nil || r.ClusterNotAsked == "" {
 				t.Fatalf("agent %+v via %s cluster %+v (%s)", r.Agent, r.Via, r.Cluster, r.ClusterNotAsked)
 			}
-			if tt.wantCode == 0 && (r.Gateway.Identity == nil || r.Gateway.Identity.User != "gitlab:user:"+tt.args[1]) {
+			if tt.wantCode == 0 && (r.Gateway.Identity == nil || r.Gateway.Identity.User() != "gitlab:user:"+tt.args[1]) {
 				t.Fatalf("identity %+v", r.Gateway.Identity)
 			}
 		})

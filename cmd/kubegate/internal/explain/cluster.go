@@ -34,11 +34,11 @@ type Subject struct {
 // server's impersonation filter adds for a non-anonymous user
 // (k8s.io/apiserver/pkg/endpoints/filters/impersonation/impersonation.go).
 func ImpersonatedSubject(imp *policy.Impersonation) Subject {
-	groups := slices.Clone(imp.Groups)
+	groups := imp.Groups() // decoded afresh: the caller's own copy
 	if !slices.Contains(groups, user.AllAuthenticated) && !slices.Contains(groups, user.AllUnauthenticated) {
 		groups = append(groups, user.AllAuthenticated)
 	}
-	return Subject{User: imp.User, Groups: groups, Extra: imp.Extra}
+	return Subject{User: imp.User(), Groups: groups, Extra: imp.Extra()}
 }
 
 // AgentSubject is the agent's own identity (agent mode): a service account

@@ -85,11 +85,11 @@ func TestAppliesTo(t *testing.T) {
 }
 
 func TestSubjects(t *testing.T) {
-	imp := &policy.Impersonation{User: "gitlab:user:alice", Groups: []string{"gitlab:user", "gitlab:project_role:1:developer"}}
+	imp := policy.NewImpersonation("gitlab:user:alice", []string{"gitlab:user", "gitlab:project_role:1:developer"}, nil)
 	if got := ImpersonatedSubject(imp).Groups; !reflect.DeepEqual(got, []string{"gitlab:user", "gitlab:project_role:1:developer", "system:authenticated"}) {
 		t.Fatalf("impersonated groups %v", got)
 	}
-	if len(imp.Groups) != 2 {
+	if len(imp.Groups()) != 2 {
 		t.Fatal("ImpersonatedSubject changed the decision's groups")
 	}
 	if got := AgentSubject("system:serviceaccount:kubegate:agent", nil).Groups; !reflect.DeepEqual(got, []string{"system:serviceaccounts", "system:serviceaccounts:kubegate", "system:authenticated"}) {

@@ -179,15 +179,16 @@ func (p *printer) identity(x extauthz.Explanation) {
 	switch {
 	case x.Gateway.Identity != nil:
 		p.line(0, "Identity:     as the user (Impersonate-* headers)")
-		p.line(1, "user:   %s", x.Gateway.Identity.User)
-		p.line(1, "groups: %s", strings.Join(x.Gateway.Identity.Groups, ", "))
-		keys := make([]string, 0, len(x.Gateway.Identity.Extra))
-		for k := range x.Gateway.Identity.Extra {
+		extra := x.Gateway.Identity.Extra()
+		p.line(1, "user:   %s", x.Gateway.Identity.User())
+		p.line(1, "groups: %s", strings.Join(x.Gateway.Identity.Groups(), ", "))
+		keys := make([]string, 0, len(extra))
+		for k := range extra {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
 		for _, k := range keys {
-			p.line(1, "extra:  %s=%s", k, strings.Join(x.Gateway.Identity.Extra[k], ","))
+			p.line(1, "extra:  %s=%s", k, strings.Join(extra[k], ","))
 		}
 	case x.Gateway.ConfiguredAccessAs == policy.AccessAsAgent && x.Gateway.Decision.Reason != policy.ReasonNotMember:
 		p.line(0, "Identity:     as the agent's own service account (access_as: agent; no impersonation)")
