@@ -22,6 +22,10 @@ func (c *Child) PID() int { return c.p.PID() }
 // has been reaped. Safe to call more than once.
 func (c *Child) Stop() { c.p.stop() }
 
+// Kill sends SIGKILL at once (a crash: the child gets no chance to shut down) and
+// returns once the child has been reaped.
+func (c *Child) Kill() { c.p.kill() }
+
 // Exited reports whether the child has ended; Done is closed when it does.
 func (c *Child) Exited() bool          { return c.p.exited() }
 func (c *Child) Done() <-chan struct{} { return c.p.done }

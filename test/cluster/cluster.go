@@ -101,6 +101,13 @@ type Cluster struct {
 	procs   []*process // in start order
 	stopped bool
 
+	// apiServer is how kube-apiserver was started, for RestartAPIServer.
+	apiServer struct {
+		bin, logPath string
+		args         []string
+		timeout      time.Duration
+	}
+
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -283,7 +290,11 @@ func (c *Cluster) startAPIServer(ctx context.Context, opts Options, bin string, 
 	return c.startWithFreePorts(ctx, 1, func(ports []int) (*process, readyCheck, error) {
 		c.URL = "https://127.0.0.1:" + strconv.Itoa(ports[0])
 		all := append(append([]string{"--secure-port=" + strconv.Itoa(ports[0])}, args...), opts.APIServerFlags...)
-		p, err := startProcess(apiServerBinary, bin, all, filepath.Join(c.LogDir, "kube-apiserver.log"))
+		logPath := filepath.Join(c.LogDir, "kube-apiserver.log")
+		c.mu.Lock()
+		c.apiServer.bin, c.apiServer.logPath, c.apiServer.args, c.apiServer.timeout = bin, logPath, all, opts.ReadyTimeout
+		c.mu.Unlock()
+		p, err := startProcess(apiServerBinary, bin, all, logPath)
 		return p, c.apiServerReady(), err
 	}, opts.ReadyTimeout)
 }
@@ -334,6 +345,39 @@ func (c *Cluster) startWithFreePorts(ctx context.Context, n int, start func(port
 		}
 		c.forget(p)
 	}
+}
+
+// RestartAPIServer crashes kube-apiserver (SIGKILL: no graceful shutdown, as when
+// the machine or its container dies) and starts it again with the same flags on the
+// same port, returning once it is ready. etcd, kube-controller-manager and kwok keep
+// running and reconnect on their own; the audit log is appended to (the API server's
+// log backend opens it in append mode). Fault-injection tests use it.
+func (c *Cluster) RestartAPIServer(ctx context.Context) error {
+	c.mu.Lock()
+	var old *process
+	for _, p := range c.procs {
+		if p.name == apiServerBinary {
+			old = p
+		}
+	}
+	stopped, spec := c.stopped, c.apiServer
+	c.mu.Unlock()
+	if stopped {
+		return errStopped
+	}
+	if old == nil || spec.bin == "" {
+		return errors.New("restarting kube-apiserver: this cluster has none running")
+	}
+	old.kill()
+	c.forget(old)
+	p, err := startProcess(apiServerBinary, spec.bin, spec.args, spec.logPath)
+	if err != nil {
+		return err
+	}
+	if err := c.adopt(p); err != nil {
+		return err
+	}
+	return waitReady(ctx, p, c.apiServerReady(), spec.timeout)
 }
 
 // forget drops a process that exited during a start attempt we retry.

@@ -87,6 +87,15 @@ func (p *process) stop() {
 	<-p.done
 }
 
+// kill ends the process with SIGKILL at once (a crash, not a shutdown) and returns
+// once it has been reaped.
+func (p *process) kill() {
+	if !p.exited() {
+		_ = p.cmd.Process.Kill() // pidfd-based on Linux, like stop's signals
+	}
+	<-p.done
+}
+
 // exitDescription says how the process ended, for error messages.
 func (p *process) exitDescription() string {
 	if p.waitErr == nil {

@@ -65,6 +65,11 @@ type Options struct {
 	// token read through file-based SDS from a projected-volume-like directory
 	// (MeshTokenDir, RotateMeshToken), and no kubegate xds.
 	Mesh bool
+	// AuthzArgs are extra `kubegate authz` flags (say --identity-source gitlab ...).
+	AuthzArgs []string
+	// Metrics serves authz's and extproc's Prometheus /metrics on a free loopback
+	// port each (Service.MetricsAddr): goroutines, resident memory, open files.
+	Metrics bool
 }
 
 // Stack is a running local gateway in front of a real API server.
@@ -146,6 +151,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	s.Cluster, err = cluster.Start(ctx, cluster.Options{
 		WorkDir: filepath.Join(s.WorkDir, "cluster"), ControllerManager: true, AuditLog: true, Kubelet: opts.Kubelet, Logf: opts.Logf,
+		ModuleRoot: ModuleRoot(),
 	})
 	if err != nil {
 		return nil, err
@@ -154,17 +160,25 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err := WriteFileAtomic(s.TokenFile, []byte(s.Cluster.AgentTokens[0]), 0o600); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(3)
+	ports, err := freePorts(5)
 	if err != nil {
 		return nil, err
 	}
 	authzAddr, extprocAddr, xdsAddr := loopback(ports[0]), loopback(ports[1]), loopback(ports[2])
+	var authzMetrics, extprocMetrics []string
+	if opts.Metrics {
+		authzMetrics = []string{"--metrics-listen", loopback(ports[3])}
+		extprocMetrics = []string{"--metrics-listen", loopback(ports[4])}
+	}
 	logs := filepath.Join(s.WorkDir, "logs")
 	s.Authz = &Service{Name: "authz", Bin: s.Binary, Addr: authzAddr, Health: "envoy.service.auth.v3.Authorization", LogDir: logs,
 		Args: append([]string{"authz", "--listen", authzAddr, "--agent-id", strconv.Itoa(AgentID), "--config-project-id", strconv.Itoa(ConfigProjectID),
-			"--agent-config", opts.AgentConfig, "--directory", opts.Directory, "--reload-poll", "2s"}, policyArgs(opts.PolicyDir)...)}
+			"--agent-config", opts.AgentConfig, "--directory", opts.Directory, "--reload-poll", "2s"}, append(append(policyArgs(opts.PolicyDir), authzMetrics...), opts.AuthzArgs...)...)}
 	s.ExtProc = &Service{Name: "extproc", Bin: s.Binary, Addr: extprocAddr, Health: "envoy.service.ext_proc.v3.ExternalProcessor", LogDir: logs,
-		Args: []string{"extproc", "--listen", extprocAddr}}
+		Args: append([]string{"extproc", "--listen", extprocAddr}, extprocMetrics...)}
+	if opts.Metrics {
+		s.Authz.MetricsAddr, s.ExtProc.MetricsAddr = loopback(ports[3]), loopback(ports[4])
+	}
 	s.XDS = &Service{Name: "xds", Bin: s.Binary, Addr: xdsAddr, LogDir: logs,
 		Args: []string{"xds", "--listen", xdsAddr, "--token-file", s.TokenFile, "--poll-interval", "1s"}}
 	services := []*Service{s.Authz, s.ExtProc, s.XDS}
@@ -330,6 +344,8 @@ type Service struct {
 	// Health is the gRPC health service name to wait for ("" for the overall status).
 	Health string
 	LogDir string
+	// MetricsAddr serves the process's Prometheus /metrics ("" when off).
+	MetricsAddr string
 
 	mu    sync.Mutex
 	child *cluster.Child
@@ -361,6 +377,26 @@ func (s *Service) Stop() {
 	if s.child != nil {
 		s.child.Stop()
 	}
+}
+
+// Kill crashes the process (SIGKILL, no graceful shutdown) and waits for it; Start
+// brings it back.
+func (s *Service) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.child != nil {
+		s.child.Kill()
+	}
+}
+
+// PID is the running process's id (0 when none was started).
+func (s *Service) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.child == nil || s.child.Exited() {
+		return 0
+	}
+	return s.child.PID()
 }
 
 // LogPath is the service's log file.
