@@ -5,10 +5,14 @@ BIN   := bin/kubegate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
+# Traffic time of `make soak` (warm-up included); SOAK_DIR receives its report.
+DURATION ?= 3m
+SOAK_DIR ?= soak-report
+
 # Fuzz time per target inside `make test` (kept short); `make fuzz FUZZTIME=5m` for longer.
 FUZZTIME ?= 10s
 
-.PHONY: all build test vet lint unit fuzz bench bench-realsize tools sandbox clean
+.PHONY: all build test vet lint unit fuzz bench bench-realsize tools sandbox soak clean
 
 all: build
 
@@ -40,6 +44,9 @@ bench-realsize: ## The real-size benchmarks: authz and extproc processes against
 
 bench: ## Benchmarks (figures reported as ratios against a floor measured in the same run)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+soak: tools build ## Soak and fault-injection run on the real test bed for DURATION (default 3m); report in SOAK_DIR (text, SVG plot, records.csv)
+	$(GO) run ./test/soak/cmd/soak -kubegate $(BIN) -duration $(DURATION) -dir $(SOAK_DIR)
 
 sandbox: tools build ## A real local stack: etcd, kube-apiserver, kubegate services and a data plane, with a demo directory
 	$(GO) build -o bin/sandbox ./test/sandbox

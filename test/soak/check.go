@@ -56,6 +56,8 @@ type FaultResult struct {
 	Recovery time.Duration
 	// Failed counts allowed requests that failed in the window (plus grace), by status.
 	Failed map[int]int
+	// StreamsCut counts long streams (watches, logs -f) that ended in the window.
+	StreamsCut int
 }
 
 // KindStats are the figures of one kind of request.
@@ -206,6 +208,13 @@ func (r *run) check(ctx context.Context) (*Report, error) {
 				rep.Availability = append(rep.Availability, fmt.Sprintf("%s: the probe never succeeded again", w.Name))
 			}
 		}
+		r.streams.mu.Lock()
+		for _, e := range r.streams.ends {
+			if !e.At.Before(w.Start) && !e.At.After(w.End.Add(grace)) {
+				fr.StreamsCut++
+			}
+		}
+		r.streams.mu.Unlock()
 		rep.Faults = append(rep.Faults, fr)
 	}
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -209,6 +210,12 @@ func (r *run) schedule(ctx context.Context) error {
 	sleep(ctx, r.cfg.WarmUp)
 	span := r.cfg.Duration - r.cfg.WarmUp
 	slot := span / time.Duration(max(len(list), 1))
+	if r.cfg.FaultEvery > 0 {
+		// Round after round until the duration is used up.
+		slot = r.cfg.FaultEvery
+		rounds := max(int(span/(slot*time.Duration(len(list)))), 1)
+		list = slices.Repeat(list, rounds)
+	}
 	gap := max(r.cfg.Grace+time.Second, slot/3)
 	next := time.Now()
 	for i, f := range list {

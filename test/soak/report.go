@@ -72,8 +72,8 @@ func (r *Report) Text() string {
 	fmt.Fprintf(&b, "  with a decision whose impersonation the API server refused (403 while its RBAC cache syncs after a restart): %d\n", a.ImpersonationRefused)
 	fmt.Fprintf(&b, "  served without an audit event: %d outside apiserver-kill windows, %d inside (the event died with the process)\n", a.SuccessWithoutLog, a.LostInAPIServerKill)
 
-	fmt.Fprintf(&b, "\nfaults (window = injection; +%s grace):\n", r.Config.Grace)
-	fmt.Fprintf(&b, "%-18s %9s %9s %10s  %-22s %s\n", "fault", "at", "window", "recovery", "failed (allowed reqs)", "detail")
+	fmt.Fprintf(&b, "\nfaults (window = injection; +%s grace; streams = long watches and logs -f that ended in the window):\n", r.Config.Grace)
+	fmt.Fprintf(&b, "%-18s %9s %9s %10s %8s  %-22s %s\n", "fault", "at", "window", "recovery", "streams", "failed (allowed reqs)", "detail")
 	for _, f := range r.Faults {
 		rec := "no failure"
 		if f.Recovery > 0 {
@@ -83,7 +83,7 @@ func (r *Report) Text() string {
 		if f.Strict {
 			strict = " [strict: no failure allowed]"
 		}
-		fmt.Fprintf(&b, "%-18s %9s %9s %10s  %-22s %s%s\n", f.Name, f.Start.Sub(r.Start).Round(100*time.Millisecond), f.End.Sub(f.Start).Round(100*time.Millisecond), rec, codes(f.Failed), f.Detail, strict)
+		fmt.Fprintf(&b, "%-18s %9s %9s %10s %8d  %-22s %s%s\n", f.Name, f.Start.Sub(r.Start).Round(100*time.Millisecond), f.End.Sub(f.Start).Round(100*time.Millisecond), rec, f.StreamsCut, codes(f.Failed), f.Detail, strict)
 	}
 	s := r.Streams
 	fmt.Fprintf(&b, "\nlong streams: %d ends (%d clean, %d cut inside fault windows), %d never reconnected, longest reconnect %s\n",

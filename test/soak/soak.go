@@ -61,6 +61,9 @@ type Config struct {
 	Follows  int           // long client-go logs -f
 	Kubectl  bool          // real kubectl: get every 3 s and one logs -f
 	Faults   []string      // fault names (Faults), in order; nil: all
+	// FaultEvery, if set, starts a fault this often, going round the list as many
+	// times as the duration allows; otherwise each fault comes once, spread evenly.
+	FaultEvery time.Duration
 	// Grace extends each fault window: a request that started before the window's
 	// end plus Grace may fail (closed) without counting against availability.
 	Grace  time.Duration
@@ -90,7 +93,7 @@ func Short() Config {
 func Long(d time.Duration) Config {
 	return Config{
 		Duration: d, WarmUp: min(max(d/10, 20*time.Second), 2*time.Minute), Users: 300, Workers: 6, Pause: 100 * time.Millisecond,
-		Watchers: 8, Follows: 3, Kubectl: true, Grace: 5 * time.Second, Step: 3 * time.Second, Sample: 2 * time.Second,
+		Watchers: 8, Follows: 3, Kubectl: true, Grace: 5 * time.Second, Step: 3 * time.Second, Sample: 2 * time.Second, FaultEvery: 45 * time.Second,
 	}
 }
 
