@@ -216,6 +216,11 @@ func (r *run) schedule(ctx context.Context) error {
 		rounds := max(int(span/(slot*time.Duration(len(list)))), 1)
 		list = slices.Repeat(list, rounds)
 	}
+	if r.cfg.GitLab {
+		for _, n := range GitLabFaults {
+			list = append(list, faultsByName[n])
+		}
+	}
 	gap := max(r.cfg.Grace+time.Second, slot/3)
 	next := time.Now()
 	for i, f := range list {

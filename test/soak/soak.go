@@ -17,7 +17,6 @@ package soak
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -25,6 +24,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -61,6 +61,8 @@ type Config struct {
 	Follows  int           // long client-go logs -f
 	Kubectl  bool          // real kubectl: get every 3 s and one logs -f
 	Faults   []string      // fault names (Faults), in order; nil: all
+	// GitLab adds the GitLab phase after the directory's faults (GitLabFaults, once).
+	GitLab bool
 	// FaultEvery, if set, starts a fault this often, going round the list as many
 	// times as the duration allows; otherwise each fault comes once, spread evenly.
 	FaultEvery time.Duration
@@ -85,7 +87,7 @@ type Config struct {
 func Short() Config {
 	return Config{
 		Duration: 50 * time.Second, WarmUp: 10 * time.Second, Users: 40, Workers: 3, Pause: 150 * time.Millisecond,
-		Watchers: 2, Follows: 1, Kubectl: true, Grace: 3 * time.Second, Step: 1500 * time.Millisecond, Sample: time.Second,
+		Watchers: 2, Follows: 1, Kubectl: true, GitLab: true, Grace: 3 * time.Second, Step: 1500 * time.Millisecond, Sample: time.Second,
 	}
 }
 
@@ -93,7 +95,7 @@ func Short() Config {
 func Long(d time.Duration) Config {
 	return Config{
 		Duration: d, WarmUp: min(max(d/10, 20*time.Second), 2*time.Minute), Users: 300, Workers: 6, Pause: 100 * time.Millisecond,
-		Watchers: 8, Follows: 3, Kubectl: true, Grace: 5 * time.Second, Step: 3 * time.Second, Sample: 2 * time.Second, FaultEvery: 45 * time.Second,
+		Watchers: 8, Follows: 3, Kubectl: true, GitLab: true, Grace: 5 * time.Second, Step: 3 * time.Second, Sample: 2 * time.Second, FaultEvery: 45 * time.Second,
 	}
 }
 
@@ -115,11 +117,13 @@ type run struct {
 	clientsMu sync.Mutex
 	clients   map[string]*kubernetes.Clientset
 
-	files   files
-	faults  []FaultWindow
-	samples []Sample
-	begin   time.Time
-	endAt   time.Time
+	files       files
+	gitlab      *gitlabSource // the GitLab phase's source, once switched
+	gitlabPhase atomic.Bool
+	faults      []FaultWindow
+	samples     []Sample
+	begin       time.Time
+	endAt       time.Time
 }
 
 // files are the watched inputs of kubegate authz, and their original contents.
@@ -210,6 +214,11 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if cfg.Started != nil {
 		cfg.Started(r.st)
 	}
+	defer func() {
+		if r.gitlab != nil {
+			r.gitlab.Close()
+		}
+	}()
 	if err := r.traffic(ctx); err != nil {
 		return nil, err
 	}
@@ -442,5 +451,3 @@ func (r *run) traffic(ctx context.Context) error {
 	}
 	return ferr
 }
-
-var errNoStack = errors.New("soak: no stack")

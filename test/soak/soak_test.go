@@ -51,8 +51,8 @@ func TestSoakShort(t *testing.T) {
 	}
 	// Not vacuous: every fault ran, every kind of traffic was sent and judged, the
 	// audit log was read.
-	if len(rep.Faults) != len(Faults) {
-		t.Errorf("%d faults injected, want %d", len(rep.Faults), len(Faults))
+	if len(rep.Faults) != len(Faults)+len(GitLabFaults) {
+		t.Errorf("%d faults injected, want %d", len(rep.Faults), len(Faults)+len(GitLabFaults))
 	}
 	byKind := map[string]KindStats{}
 	for _, k := range rep.Kinds {

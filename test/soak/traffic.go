@@ -119,7 +119,7 @@ var mix = []op{
 		})
 	}},
 	{KindNonMember, 10, func(ctx context.Context, r *run, rng *rand.Rand) {
-		u := r.nonMembers[rng.IntN(len(r.nonMembers))]
+		u := r.nonMember(rng)
 		r.do(ctx, u, r.data.Tokens[u], KindNonMember, http.StatusForbidden, listPods)
 	}},
 	{KindBadToken, 8, func(ctx context.Context, r *run, rng *rand.Rand) {
@@ -151,7 +151,23 @@ func listPods(ctx context.Context, cs *kubernetes.Clientset, _ int64) error {
 	return err
 }
 
-func (r *run) member(rng *rand.Rand) string { return r.members[rng.IntN(len(r.members))] }
+// member picks a member for a request. In the GitLab phase every new identity
+// costs one GitLab call per listed entry (1,000), so the traffic narrows to the
+// first two members (alice and the kubectl user).
+func (r *run) member(rng *rand.Rand) string {
+	if r.gitlabPhase.Load() {
+		return r.members[rng.IntN(min(2, len(r.members)))]
+	}
+	return r.members[rng.IntN(len(r.members))]
+}
+
+// nonMember likewise narrows to the outsider in the GitLab phase.
+func (r *run) nonMember(rng *rand.Rand) string {
+	if r.gitlabPhase.Load() {
+		return r.data.Outsider
+	}
+	return r.nonMembers[rng.IntN(len(r.nonMembers))]
+}
 
 // worker sends the mix until ctx ends, pausing between requests so the load stays
 // modest on a shared machine.
@@ -191,13 +207,18 @@ func (r *run) exec(ctx context.Context, cs *kubernetes.Clientset, token string, 
 	cfg := r.opConfig(token, seq)
 	req := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(Namespace).Name(PodName).SubResource("exec").
 		VersionedParams(&corev1.PodExecOptions{Container: "app", Command: []string{"cat", "README"}, Stdout: true, Stderr: true}, scheme.ParameterCodec)
-	ex, err := remotecommand.NewSPDYExecutor(cfg, "POST", req.URL())
+	rt, upgrader, err := spdy.RoundTripperFor(cfg)
+	if err != nil {
+		return err
+	}
+	capture := &statusCapture{next: rt}
+	ex, err := remotecommand.NewSPDYExecutorForTransports(capture, upgrader, "POST", req.URL())
 	if err != nil {
 		return err
 	}
 	var out, errOut bytes.Buffer
 	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Stderr: &errOut}); err != nil {
-		return err
+		return capture.wrap(err)
 	}
 	if !strings.Contains(out.String(), podReadme) {
 		return fmt.Errorf("exec: stdout %q lacks the pod's README (stderr %q)", out.String(), errOut.String())
@@ -217,6 +238,35 @@ func (d *typedDialer) Dial(protocols ...string) (httpstream.Connection, string, 
 	return c, p, err
 }
 
+// statusCapture remembers the status of the upgrade request's answer: client-go's
+// SPDY dialer reports a refused upgrade as text without it.
+type statusCapture struct {
+	next http.RoundTripper
+	mu   sync.Mutex
+	code int
+}
+
+func (c *statusCapture) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := c.next.RoundTrip(req)
+	if err == nil {
+		c.mu.Lock()
+		c.code = resp.StatusCode
+		c.mu.Unlock()
+	}
+	return resp, err
+}
+
+// wrap gives err the refused upgrade's status, if there was one.
+func (c *statusCapture) wrap(err error) error {
+	c.mu.Lock()
+	code := c.code
+	c.mu.Unlock()
+	if code == 0 || code == http.StatusSwitchingProtocols || statusOf(err) != 0 {
+		return err
+	}
+	return &httpError{code: code, body: err.Error()}
+}
+
 // portForward forwards a local port to the pod's 8080 and reads one HTTP answer.
 func (r *run) portForward(ctx context.Context, cs *kubernetes.Clientset, token string, seq int64) error {
 	cfg := r.opConfig(token, seq)
@@ -225,7 +275,8 @@ func (r *run) portForward(ctx context.Context, cs *kubernetes.Clientset, token s
 		return err
 	}
 	u := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(Namespace).Name(PodName).SubResource("portforward").URL()
-	dialer := &typedDialer{Dialer: spdy.NewDialer(upgrader, &http.Client{Transport: rt}, "POST", u)}
+	capture := &statusCapture{next: rt}
+	dialer := &typedDialer{Dialer: spdy.NewDialer(upgrader, &http.Client{Transport: capture}, "POST", u)}
 	stop, ready := make(chan struct{}), make(chan struct{})
 	fw, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"}, []string{"0:" + strconv.Itoa(PodPort)}, stop, ready, io.Discard, io.Discard)
 	if err != nil {
@@ -242,7 +293,7 @@ func (r *run) portForward(ctx context.Context, cs *kubernetes.Clientset, token s
 	case err := <-done:
 		done <- err // for the deferred receive
 		if dialer.err != nil {
-			return dialer.err
+			return capture.wrap(dialer.err)
 		}
 		return fmt.Errorf("port-forward: %w", err)
 	case <-ctx.Done():

@@ -24,6 +24,7 @@ func main() {
 	users := flag.Int("users", 0, "member users in the traffic (0: the long run's default)")
 	workers := flag.Int("workers", 0, "concurrent short-request workers (0: the long run's default)")
 	faults := flag.String("faults", "", "comma-separated faults, in order (default all: "+strings.Join(soak.Faults, ",")+")")
+	gitlab := flag.Bool("gitlab", true, "end with the GitLab phase: authz switched to the GitLab double, which then stalls, answers 502 and 429, and goes away")
 	keepLogs := flag.Bool("keep-logs", false, "keep every process's log and the audit log in -dir/logs")
 	binary := flag.String("kubegate", "", "the kubegate binary to run (default: built from this checkout)")
 	short := flag.Bool("short", false, "the CI run's configuration (about a minute, few users); -duration still applies if given")
@@ -46,7 +47,7 @@ func main() {
 	if *faults != "" {
 		cfg.Faults = strings.Split(*faults, ",")
 	}
-	cfg.Dir, cfg.KeepLogs, cfg.Binary = *dir, *keepLogs, *binary
+	cfg.Dir, cfg.KeepLogs, cfg.Binary, cfg.GitLab = *dir, *keepLogs, *binary, *gitlab
 	cfg.Logf = func(f string, a ...any) {
 		fmt.Fprintf(os.Stderr, "[soak %s] "+f+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
 	}
