@@ -400,7 +400,6 @@ var slopeBounds = []struct {
 // after warm-up: least squares with an intercept per PID (a restart resets memory),
 // each lifetime's first `settle` dropped (a restarted authz refills its caches).
 func slopes(samples []Sample, from time.Time, settle time.Duration, to time.Time) []Slope {
-	type key struct{ svc, metric string }
 	var out []Slope
 	services := []string{}
 	for _, s := range samples {
@@ -459,6 +458,5 @@ func slopes(samples []Sample, from time.Time, settle time.Duration, to time.Time
 				Bound: math.Max(b.fraction*med, b.floor), Median: med, Samples: len(all), Checked: b.checked})
 		}
 	}
-	_ = key{}
 	return out
 }

@@ -217,8 +217,16 @@ func (r *run) schedule(ctx context.Context) error {
 		list = slices.Repeat(list, rounds)
 	}
 	if r.cfg.GitLab {
-		for _, n := range GitLabFaults {
-			list = append(list, faultsByName[n])
+		phase := r.cfg.GitLabPhase
+		if phase == nil {
+			phase = GitLabFaults
+		}
+		for _, n := range phase {
+			f, ok := faultsByName[n]
+			if !ok || !slices.Contains(GitLabFaults, n) {
+				return fmt.Errorf("soak: unknown GitLab fault %q (known: %s)", n, strings.Join(GitLabFaults, ", "))
+			}
+			list = append(list, f)
 		}
 	}
 	gap := max(r.cfg.Grace+time.Second, slot/3)

@@ -3,7 +3,6 @@ package soak
 import (
 	"encoding/csv"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -205,15 +204,15 @@ func (r *Report) SVG() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="11">`+"\n", width, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%.0f" y="20" font-size="14">kubegate soak, %s: latency, error rate and memory; shaded: fault windows</text>`+"\n", left, r.Start.UTC().Format(time.RFC3339))
+	fmt.Fprintf(&b, `<text x="%.0f" y="20" font-size="14">kubegate soak, %s: latency, error rate and memory; fault windows (+grace) shaded: red may fail closed, blue must cost nothing</text>`+"\n", left, r.Start.UTC().Format(time.RFC3339))
 	panels := []struct {
 		title  string
 		unit   string
 		series []namedSeries
 	}{
-		{"latency of allowed get/list (ms)", "ms", []namedSeries{{"p50", "#1f77b4", p50}, {"p99", "#d62728", p99}}},
-		{"allowed requests failing (%)", "%", []namedSeries{{"failed", "#d62728", errRate}}},
-		{"resident memory (MiB)", "MiB", memSeries(mem)},
+		{"latency of allowed get/list (ms)", "ms", []namedSeries{{"p50", "#1f77b4", p50, 3 * bucket / 2}, {"p99", "#d62728", p99, 3 * bucket / 2}}},
+		{"allowed requests failing (%)", "%", []namedSeries{{"failed", "#d62728", errRate, 3 * bucket / 2}}},
+		{"resident memory (MiB)", "MiB", memSeries(mem, 3*r.Config.Sample)},
 	}
 	for pi, p := range panels {
 		y0 := top + float64(pi)*(panelH+gapH)
@@ -243,13 +242,13 @@ func (r *Report) SVG() string {
 		fmt.Fprintf(&b, `<rect x="%.0f" y="%.1f" width="%.0f" height="%.0f" fill="none" stroke="#888"/>`+"\n", left, y0, width-left-right, panelH)
 		for _, frac := range []float64{0, 0.5, 1} {
 			v := maxV / 1.1 * frac
-			fmt.Fprintf(&b, `<text x="%.0f" y="%.1f" text-anchor="end">%.3g</text>`+"\n", left-4, y(v)+4, v)
+			fmt.Fprintf(&b, `<text x="%.0f" y="%.1f" text-anchor="end">%.0f</text>`+"\n", left-4, y(v)+4, v)
 		}
 		for si, s := range p.series {
 			var path strings.Builder
 			for i, pt := range s.pts {
 				cmd := "L"
-				if i == 0 {
+				if i == 0 || pt.t.Sub(s.pts[i-1].t) > s.gap {
 					cmd = "M"
 				}
 				fmt.Fprintf(&path, "%s%.1f,%.1f ", cmd, x(pt.t), y(pt.v))
@@ -275,17 +274,16 @@ type point struct {
 type namedSeries struct {
 	name, color string
 	pts         []point
+	gap         time.Duration // a longer pause between points breaks the line (no data)
 }
 
-func memSeries(m map[string][]point) []namedSeries {
+func memSeries(m map[string][]point, gap time.Duration) []namedSeries {
 	colors := map[string]string{"authz": "#2ca02c", "extproc": "#9467bd", "xds": "#ff7f0e"}
 	var out []namedSeries
 	for _, svc := range []string{"authz", "extproc", "xds"} {
 		if pts, ok := m[svc]; ok {
-			out = append(out, namedSeries{svc, colors[svc], pts})
+			out = append(out, namedSeries{svc, colors[svc], pts, gap})
 		}
 	}
 	return out
 }
-
-var _ = io.Discard

@@ -61,8 +61,10 @@ type Config struct {
 	Follows  int           // long client-go logs -f
 	Kubectl  bool          // real kubectl: get every 3 s and one logs -f
 	Faults   []string      // fault names (Faults), in order; nil: all
-	// GitLab adds the GitLab phase after the directory's faults (GitLabFaults, once).
-	GitLab bool
+	// GitLab adds the GitLab phase after the directory's faults, once: the faults
+	// GitLabPhase names (nil: GitLabFaults), gitlab-switch first.
+	GitLab      bool
+	GitLabPhase []string
 	// FaultEvery, if set, starts a fault this often, going round the list as many
 	// times as the duration allows; otherwise each fault comes once, spread evenly.
 	FaultEvery time.Duration
@@ -82,11 +84,15 @@ type Config struct {
 	Started func(*stack.Stack)
 }
 
-// Short is the configuration of the CI run: about a minute, every fault once with
-// short windows, few concurrent users.
+// Short is the configuration of the CI run: about a minute and a quarter of
+// traffic, few concurrent users, a reduced schedule with short windows — every
+// kill -9, the config changes, and the GitLab source's 502s and disappearance (the
+// reloads and GitLab's stall and 429 are in the long run).
 func Short() Config {
 	return Config{
-		Duration: 50 * time.Second, WarmUp: 10 * time.Second, Users: 40, Workers: 3, Pause: 150 * time.Millisecond,
+		Faults:      []string{"authz-kill", "extproc-kill", "xds-kill-rotate", "apiserver-kill", "config-changes"},
+		GitLabPhase: []string{"gitlab-switch", "gitlab-5xx", "gitlab-gone"},
+		Duration:    30 * time.Second, WarmUp: 6 * time.Second, Users: 40, Workers: 3, Pause: 150 * time.Millisecond,
 		Watchers: 2, Follows: 1, Kubectl: true, GitLab: true, Grace: 3 * time.Second, Step: 1500 * time.Millisecond, Sample: time.Second,
 	}
 }

@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,6 +33,7 @@ func TestSoakShort(t *testing.T) {
 		t.Skip("starts the whole test bed for about two minutes")
 	}
 	cfg := Short()
+	cfg.Binary = kubegateBinary(t)
 	cfg.Dir = t.TempDir()
 	cfg.Logf = t.Logf
 	var pids []int
@@ -51,8 +52,8 @@ func TestSoakShort(t *testing.T) {
 	}
 	// Not vacuous: every fault ran, every kind of traffic was sent and judged, the
 	// audit log was read.
-	if len(rep.Faults) != len(Faults)+len(GitLabFaults) {
-		t.Errorf("%d faults injected, want %d", len(rep.Faults), len(Faults)+len(GitLabFaults))
+	if len(rep.Faults) != len(cfg.Faults)+len(cfg.GitLabPhase) {
+		t.Errorf("%d faults injected, want %d", len(rep.Faults), len(cfg.Faults)+len(cfg.GitLabPhase))
 	}
 	byKind := map[string]KindStats{}
 	for _, k := range rep.Kinds {
@@ -89,7 +90,7 @@ func TestFailureStopsEverything(t *testing.T) {
 		t.Skip("starts the whole test bed")
 	}
 	cfg := Short()
-	cfg.Dir, cfg.Logf, cfg.WarmUp, cfg.Faults = t.TempDir(), t.Logf, 0, []string{"no-such-fault"}
+	cfg.Dir, cfg.Logf, cfg.WarmUp, cfg.Faults, cfg.Binary = t.TempDir(), t.Logf, 0, []string{"no-such-fault"}, kubegateBinary(t)
 	var pids []int
 	cfg.Started = func(st *stack.Stack) { pids = stackPIDs(st) }
 	_, err := Run(context.Background(), cfg)
@@ -116,7 +117,7 @@ func TestInterruptStopsEverything(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building the soak command: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "-short", "-duration", "5m", "-dir", filepath.Join(dir, "report"))
+	cmd := exec.Command(bin, "-short", "-duration", "5m", "-dir", filepath.Join(dir, "report"), "-kubegate", kubegateBinary(t))
 	cmd.Dir = stack.ModuleRoot()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
@@ -169,6 +170,43 @@ func TestInterruptStopsEverything(t *testing.T) {
 		t.Fatalf("the soak command did not exit within 2 minutes of SIGINT:\n%s", log.String())
 	}
 	assertGone(t, pids)
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// kubegateBinary builds the kubegate binary once for the package's tests (each
+// stack would otherwise build its own).
+func kubegateBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kubegate-soak-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "kubegate")
+		cmd := exec.Command("go", "build", "-o", builtBin, "./cmd/kubegate")
+		cmd.Dir = stack.ModuleRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building kubegate: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBin != "" {
+		os.RemoveAll(filepath.Dir(builtBin))
+	}
+	os.Exit(code)
 }
 
 // stackPIDs lists every process of a running stack.
@@ -470,5 +508,3 @@ func TestSlopes(t *testing.T) {
 		})
 	}
 }
-
-var _ = http.StatusOK
