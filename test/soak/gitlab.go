@@ -170,14 +170,13 @@ var errNoGitLab = errors.New("soak: a GitLab fault before gitlab-switch")
 func init() {
 	hold := func(r *run) time.Duration { return max(2*r.cfg.Step, gitlabCacheTTL) }
 	faultsByName["gitlab-switch"] = fault{"gitlab-switch", false, func(ctx context.Context, r *run) (string, error) {
-		if r.gitlab != nil {
+		g := r.gitlab
+		if g == nil {
+			return "", errors.New("soak: gitlab-switch without a GitLab double (Config.GitLab off)")
+		}
+		if r.gitlabPhase.Load() {
 			return "already on the GitLab source", nil
 		}
-		g, err := r.startGitLab()
-		if err != nil {
-			return "", err
-		}
-		r.gitlab = g
 		r.st.Authz.Kill()
 		r.st.Authz.Args = append(r.st.Authz.Args, g.authzArgs()...)
 		r.gitlabPhase.Store(true)
@@ -185,7 +184,7 @@ func init() {
 		return strings.Replace(d, "killed (SIGKILL)", "killed and restarted with --identity-source gitlab", 1) + " (GitLab double at " + g.addr + ")", err
 	}}
 	faultsByName["gitlab-slow"] = fault{"gitlab-slow", false, func(ctx context.Context, r *run) (string, error) {
-		if r.gitlab == nil {
+		if !r.gitlabPhase.Load() {
 			return "", errNoGitLab
 		}
 		r.gitlab.double.SetLatency(gitlabTimeout + time.Second)
@@ -194,7 +193,7 @@ func init() {
 		return fmt.Sprintf("every GitLab answer delayed %s, past --gitlab-timeout %s, for %s", gitlabTimeout+time.Second, gitlabTimeout, hold(r)), nil
 	}}
 	faultsByName["gitlab-5xx"] = fault{"gitlab-5xx", false, func(ctx context.Context, r *run) (string, error) {
-		if r.gitlab == nil {
+		if !r.gitlabPhase.Load() {
 			return "", errNoGitLab
 		}
 		r.gitlab.double.SetFault(func(w http.ResponseWriter, _ *http.Request) bool {
@@ -206,7 +205,7 @@ func init() {
 		return fmt.Sprintf("GitLab answered 502 to everything for %s", hold(r)), nil
 	}}
 	faultsByName["gitlab-429"] = fault{"gitlab-429", false, func(ctx context.Context, r *run) (string, error) {
-		if r.gitlab == nil {
+		if !r.gitlabPhase.Load() {
 			return "", errNoGitLab
 		}
 		// GitLab's rate limiting answers 429 with Retry-After
@@ -221,7 +220,7 @@ func init() {
 		return fmt.Sprintf("GitLab answered 429 (Retry-After: 1) to everything for %s", hold(r)), nil
 	}}
 	faultsByName["gitlab-gone"] = fault{"gitlab-gone", false, func(ctx context.Context, r *run) (string, error) {
-		if r.gitlab == nil {
+		if !r.gitlabPhase.Load() {
 			return "", errNoGitLab
 		}
 		addr := r.gitlab.addr

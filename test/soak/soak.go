@@ -220,11 +220,13 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if cfg.Started != nil {
 		cfg.Started(r.st)
 	}
-	defer func() {
-		if r.gitlab != nil {
-			r.gitlab.Close()
+	if cfg.GitLab {
+		// Filled now, so that switching to it later costs only authz's restart.
+		if r.gitlab, err = r.startGitLab(); err != nil {
+			return nil, err
 		}
-	}()
+		defer r.gitlab.Close()
+	}
 	if err := r.traffic(ctx); err != nil {
 		return nil, err
 	}

@@ -607,4 +607,4 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-var errInterrupted = errors.New("soak: interrupted")
+var errInterrupted = errors.New("interrupted: every process the run started was stopped")
