@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -331,5 +332,62 @@ func waitListAllowed(t *testing.T, cs kubernetes.Interface) {
 			t.Fatalf("waiting for the view binding to take effect: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRestartAPIServer crashes kube-apiserver (SIGKILL) and starts it again: same
+// URL and credentials, the data kept in etcd, the audit log appended to, the old
+// process gone, and Stop still stopping everything without complaint.
+func TestRestartAPIServer(t *testing.T) {
+	c := cluster.StartForTest(t, cluster.Options{AuditLog: true})
+	ctx := t.Context()
+	admin := clientset(t, c.AdminConfig())
+	if _, err := admin.CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "before-crash"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	oldPID := 0
+	for _, p := range c.Processes() {
+		if p.Name == "kube-apiserver" {
+			oldPID = p.PID
+		}
+	}
+	if err := c.RestartAPIServer(ctx); err != nil {
+		t.Fatalf("RestartAPIServer: %v", err)
+	}
+	var newPID int
+	for _, p := range c.Processes() {
+		if p.Name == "kube-apiserver" {
+			if newPID != 0 {
+				t.Errorf("two kube-apiserver processes listed: %+v", c.Processes())
+			}
+			newPID = p.PID
+		}
+	}
+	if newPID == 0 || newPID == oldPID {
+		t.Fatalf("kube-apiserver pid %d before, %d after: want a new process", oldPID, newPID)
+	}
+	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(oldPID))); err == nil {
+		t.Errorf("the killed kube-apiserver (pid %d) still exists", oldPID)
+	}
+	if _, err := admin.CoreV1().ConfigMaps("default").Get(ctx, "before-crash", metav1.GetOptions{}); err != nil {
+		t.Fatalf("after the restart, the ConfigMap made before it: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := c.WaitForAuditEvent(wctx, func(e *auditv1.Event) bool {
+		return strings.Contains(e.RequestURI, "/configmaps/before-crash") && e.Verb == "get"
+	}); err != nil {
+		t.Fatalf("the restarted API server's audit events: %v", err)
+	}
+	events, err := c.AuditEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := false
+	for _, e := range events {
+		created = created || (e.Verb == "create" && e.ObjectRef != nil && e.ObjectRef.Name == "before-crash")
+	}
+	if !created {
+		t.Error("the audit log lost the events written before the crash")
 	}
 }
