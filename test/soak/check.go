@@ -31,6 +31,9 @@ type Report struct {
 	Streams    StreamStats
 	Resources  []Slope
 	Samples    []Sample
+	// Floor is the probe's get straight to the API server (p50, p99), measured in
+	// the same run; ProbeClean is the gateway probe's, both outside fault windows.
+	Floor, ProbeClean [2]time.Duration
 
 	// Security: refused-by-design requests that succeeded or reached the API server,
 	// requests through without a decision, decisions the model does not allow.
@@ -177,6 +180,19 @@ func (r *run) check(ctx context.Context) (*Report, error) {
 	}
 	sort.Slice(rep.Kinds, func(i, j int) bool { return rep.Kinds[i].Kind < rep.Kinds[j].Kind })
 
+	// The floor: the same get straight to the API server, against the gateway's
+	// probe outside every window.
+	r.floorMu.Lock()
+	rep.Floor = percentiles(r.floor)
+	r.floorMu.Unlock()
+	var clean []time.Duration
+	for _, rec := range rep.Records {
+		if _, in := inWindow(rec); rec.Kind == KindProbe && rec.OK() && !in {
+			clean = append(clean, rec.Duration())
+		}
+	}
+	rep.ProbeClean = percentiles(clean)
+
 	// 2. The audit log against the record and the model.
 	if err := r.checkAudit(ctx, rep, inWindow); err != nil {
 		return nil, err
@@ -229,6 +245,16 @@ func (r *run) check(ctx context.Context) (*Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// percentiles are p50 and p99 (zero for no data).
+func percentiles(d []time.Duration) [2]time.Duration {
+	if len(d) == 0 {
+		return [2]time.Duration{}
+	}
+	d = slices.Clone(d)
+	slices.Sort(d)
+	return [2]time.Duration{d[len(d)/2], d[len(d)*99/100]}
 }
 
 // cutTolerated says whether a request of kind may lose its connection (no status)

@@ -65,6 +65,11 @@ func (r *Report) Text() string {
 		fmt.Fprintf(&b, "%-16s %7d %7d %8d %9d %9s %9s  %s\n", k.Kind, k.Total, k.OK, k.Refused, k.FailedInWindow,
 			k.P50.Round(10*time.Microsecond), k.P99.Round(10*time.Microsecond), codes(k.Codes))
 	}
+	if r.Floor[0] > 0 && r.ProbeClean[0] > 0 {
+		fmt.Fprintf(&b, "gateway get outside fault windows: p50 %s = %.1f× the floor, p99 %s = %.1f× the floor (floor: the same get straight to the API server in this run, p50 %s, p99 %s)\n",
+			r.ProbeClean[0].Round(10*time.Microsecond), float64(r.ProbeClean[0])/float64(r.Floor[0]), r.ProbeClean[1].Round(10*time.Microsecond), float64(r.ProbeClean[1])/float64(r.Floor[1]),
+			r.Floor[0].Round(10*time.Microsecond), r.Floor[1].Round(10*time.Microsecond))
+	}
 	a := r.Audit
 	fmt.Fprintf(&b, "\naudit cross-check: %d requests logged by the API server from the gateway; %d matched a harness record by marker, %d came from the harness's kubectl\n", a.Events, a.Marked, a.Kubectl)
 	fmt.Fprintf(&b, "  through without a decision: %d; allowed that the model denies (or refused-by-design requests that reached it): %d; unknown: %d\n", a.WithoutDecision, a.NotAllowed, a.Unknown)

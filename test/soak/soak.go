@@ -127,6 +127,8 @@ type run struct {
 	gitlab      *gitlabSource // the GitLab phase's source, once switched
 	gitlabPhase atomic.Bool
 	faults      []FaultWindow
+	floorMu     sync.Mutex
+	floor       []time.Duration // the same get, straight to the API server as the admin
 	samples     []Sample
 	begin       time.Time
 	endAt       time.Time
@@ -435,6 +437,7 @@ func (r *run) traffic(ctx context.Context) error {
 	wg.Go(func() { r.sampler(tctx) })
 	wg.Go(func() { r.ticker(tctx, 500*time.Millisecond) })
 	wg.Go(func() { r.probe(tctx, r.members[0]) })
+	wg.Go(func() { r.floorProbe(tctx) })
 	for i := range r.cfg.Workers {
 		wg.Go(func() { r.worker(tctx, i) })
 	}

@@ -20,13 +20,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/client-go/transport/spdy"
+	//lint:ignore SA1019 client-go v0.37.2's portforward.NewOnAddresses and spdy.NewDialer still take and return this package's Dialer (k8s.io/streaming's is a distinct type)
+	"k8s.io/apimachinery/pkg/util/httpstream"
 
 	"kubegate.dev/kubegate/test/stack"
 )
@@ -574,6 +575,23 @@ func (r *run) probe(ctx context.Context, user string) {
 			_, err := cs.CoreV1().Pods(Namespace).Get(ctx, PodName, metav1.GetOptions{})
 			return err
 		})
+		sleep(ctx, 200*time.Millisecond)
+	}
+}
+
+// floorProbe measures the floor: the probe's get straight to the API server (as
+// the admin, no gateway), every 200 ms, outside fault windows only.
+func (r *run) floorProbe(ctx context.Context) {
+	for ctx.Err() == nil {
+		t := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := r.admin.CoreV1().Pods(Namespace).Get(cctx, PodName, metav1.GetOptions{})
+		cancel()
+		if err == nil {
+			r.floorMu.Lock()
+			r.floor = append(r.floor, time.Since(t))
+			r.floorMu.Unlock()
+		}
 		sleep(ctx, 200*time.Millisecond)
 	}
 }
