@@ -26,10 +26,11 @@ import (
 // comes after the directory faults, once.
 
 // GitLab flags of the phase: a GitLab lookup is bounded by gitlabTimeout, below
-// Envoy's 5 s ext_authz timeout; answers are cached for gitlabCacheTTL, so a member
-// asks GitLab again within each fault window.
+// Envoy's 5 s ext_authz timeout (a member's lookup is 1,000 calls, 8 at a time:
+// on a busy 2-core machine that takes a second or two); answers are cached for
+// gitlabCacheTTL, so a member asks GitLab again within each fault window.
 const (
-	gitlabTimeout  = 2 * time.Second
+	gitlabTimeout  = 4 * time.Second
 	gitlabCacheTTL = 5 * time.Second
 	serviceToken   = "glpat-soak-kubegate-service"
 )
