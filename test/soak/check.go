@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"kubegate.dev/kubegate/test/cluster"
+	"kubegate.dev/kubegate/test/stack"
 )
 
 // Report is the outcome of a run: its figures and every violation found. The
@@ -324,6 +326,11 @@ func (r *run) checkAudit(ctx context.Context, rep *Report, inWindow func(Record)
 			continue
 		}
 		user := strings.TrimPrefix(e.ImpersonatedUser.Username, "gitlab:user:")
+		id, name := e.ImpersonatedUser.Extra["agent.gitlab.com/id"], e.ImpersonatedUser.Extra["agent.gitlab.com/username"]
+		if !slices.Contains(e.ImpersonatedUser.Groups, "gitlab:user") || !slices.Equal(id, []string{strconv.Itoa(stack.AgentID)}) || !slices.Equal(name, []string{user}) {
+			a.NotAllowed++
+			rep.Security = append(rep.Security, fmt.Sprintf("audit %s: %s %s impersonated %s without kubegate's identity shape (groups %v, agent id %v)", e.AuditID, e.Verb, e.RequestURI, e.ImpersonatedUser.Username, e.ImpersonatedUser.Groups, id))
+		}
 		if !r.model.Qualifies(user) {
 			a.NotAllowed++
 			rep.Security = append(rep.Security, fmt.Sprintf("audit %s: %s %s reached the API server as %s, whom the model does not allow", e.AuditID, e.Verb, e.RequestURI, user))
