@@ -3,8 +3,10 @@ package soak
 import (
 	"bufio"
 	"context"
+	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -506,5 +508,38 @@ func TestSlopes(t *testing.T) {
 				t.Errorf("got %d of the %d checked metrics: %+v", seen, len(tc.wantOK), got)
 			}
 		})
+	}
+}
+
+// TestReport: a violation fails the report and is named in its text; the plot is
+// well-formed SVG with one shaded window per fault and panel.
+func TestReport(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	rep := &Report{Start: t0, End: t0.Add(time.Minute), Config: Short(),
+		Faults: []FaultResult{{FaultWindow: FaultWindow{Name: "authz-kill", Start: t0.Add(10 * time.Second), End: t0.Add(12 * time.Second)}}},
+		Records: []Record{
+			{Seq: 1, Kind: KindGet, Start: t0.Add(time.Second), End: t0.Add(time.Second + 5*time.Millisecond), Code: 200},
+			{Seq: 2, Kind: KindGet, Start: t0.Add(11 * time.Second), End: t0.Add(11 * time.Second), Code: 503},
+		},
+		Samples: []Sample{{At: t0.Add(time.Second), Service: "authz", RSS: 50 << 20}, {At: t0.Add(2 * time.Second), Service: "authz", RSS: 51 << 20}},
+	}
+	if !rep.Passed() || !strings.HasPrefix(rep.Text(), "kubegate soak: PASSED") {
+		t.Fatalf("a report without violations: Passed() = %v, text starts %q", rep.Passed(), rep.Text()[:30])
+	}
+	rep.Security = []string{"deny-policy #7 as alice: refused by design, yet it succeeded"}
+	if rep.Passed() || !strings.Contains(rep.Text(), "SECURITY violations: 1\n  deny-policy #7") {
+		t.Errorf("a security violation: Passed() = %v, text:\n%s", rep.Passed(), rep.Text())
+	}
+	svg := rep.SVG()
+	dec := xml.NewDecoder(strings.NewReader(svg))
+	for {
+		if _, err := dec.Token(); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("the plot is not well-formed XML: %v\n%s", err, svg)
+		}
+	}
+	if n := strings.Count(svg, `fill="#fdd"`); n != 3 {
+		t.Errorf("%d shaded fault windows, want 3 (one per panel)", n)
 	}
 }
