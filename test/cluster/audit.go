@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"time"
 
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
@@ -44,17 +46,37 @@ func writeAuditConfig(workDir, logPath string) ([]string, error) {
 
 var errNoAudit = errors.New("this cluster has no audit log: start it with Options{AuditLog: true}")
 
-// AuditEvents reads every event written so far. The API server writes the event of
-// a request when it completes, which can be just after the client got its response:
-// to look for one event, use WaitForAuditEvent.
+// AuditEvents reads every event written so far, oldest first. The API server writes
+// the event of a request when it completes, which can be just after the client got
+// its response: to look for one event, use WaitForAuditEvent. The API server
+// rotates its log at 100 MB (--audit-log-maxsize's default, through lumberjack,
+// which renames the full file to <name>-<UTC timestamp>.log beside it and keeps
+// every backup): the backups are read first, in the order their names sort.
 func (c *Cluster) AuditEvents() ([]auditv1.Event, error) {
 	if c.AuditLogPath == "" {
 		return nil, errNoAudit
 	}
-	data, err := os.ReadFile(c.AuditLogPath)
+	ext := filepath.Ext(c.AuditLogPath)
+	backups, err := filepath.Glob(strings.TrimSuffix(c.AuditLogPath, ext) + "-*" + ext)
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(backups)
+	var events []auditv1.Event
+	for _, path := range append(backups, c.AuditLogPath) {
+		if events, err = readAuditFile(path, events); err != nil {
+			return nil, err
+		}
+	}
+	return events, nil
+}
+
+// readAuditFile appends the events of one log file to events.
+func readAuditFile(path string, events []auditv1.Event) ([]auditv1.Event, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil // nothing logged yet
+			return events, nil // nothing logged yet
 		}
 		return nil, err
 	}
@@ -64,7 +86,6 @@ func (c *Cluster) AuditEvents() ([]auditv1.Event, error) {
 	} else {
 		data = nil
 	}
-	var events []auditv1.Event
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
 	for n := 1; sc.Scan(); n++ {
@@ -73,7 +94,7 @@ func (c *Cluster) AuditEvents() ([]auditv1.Event, error) {
 		}
 		var e auditv1.Event
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			return nil, fmt.Errorf("%s line %d: %w", c.AuditLogPath, n, err)
+			return nil, fmt.Errorf("%s line %d: %w", path, n, err)
 		}
 		events = append(events, e)
 	}

@@ -46,6 +46,10 @@ type Report struct {
 	// Streams and resources: stream cuts outside windows, streams that never came
 	// back, skipped updates, resource growth beyond its bound.
 	Other []string
+	// Incidents are allowed requests that failed closed where no failure was due:
+	// outside every fault window, or inside a strict one. More than
+	// Config.IncidentBudget of them are availability violations.
+	Incidents []string
 }
 
 // Passed says no check found a violation.
@@ -116,8 +120,9 @@ type Slope struct {
 func (s Slope) OK() bool { return !s.Checked || s.Growth <= s.Bound }
 
 // closedCodes are the statuses a failing request may end with: refused, never
-// served open.
-var closedCodes = map[int]bool{http.StatusUnauthorized: true, http.StatusForbidden: true, http.StatusServiceUnavailable: true}
+// served open. 504 is the data plane's answer when ext_proc misses its
+// message_timeout (1 s): the request was not forwarded either.
+var closedCodes = map[int]bool{http.StatusUnauthorized: true, http.StatusForbidden: true, http.StatusServiceUnavailable: true, http.StatusGatewayTimeout: true}
 
 func (r *run) check(ctx context.Context) (*Report, error) {
 	rep := &Report{Start: r.begin, End: r.endAt, Config: r.cfg, Members: len(r.members), Samples: r.samples}
@@ -163,12 +168,16 @@ func (r *run) check(ctx context.Context) (*Report, error) {
 			k.OK++
 		case in && !w.Strict && (closedCodes[rec.Code] || rec.Code == 0 && cutTolerated(rec.Kind, w.Name)):
 			k.FailedInWindow++
+		case in && w.Strict && closedCodes[rec.Code]:
+			rep.Incidents = append(rep.Incidents, fmt.Sprintf("%s #%d as %s at %s: failed closed (%d %s) during %s, which must cost nothing", rec.Kind, rec.Seq, rec.User, rec.Start.Format(time.RFC3339Nano), rec.Code, rec.Err, w.Name))
 		case in && w.Strict:
 			rep.Availability = append(rep.Availability, fmt.Sprintf("%s #%d as %s at %s: failed (%d %s) during %s, which must cost nothing", rec.Kind, rec.Seq, rec.User, rec.Start.Format(time.RFC3339Nano), rec.Code, rec.Err, w.Name))
 		case in:
 			rep.Availability = append(rep.Availability, fmt.Sprintf("%s #%d as %s at %s: failed during %s, but not closed: %d %s", rec.Kind, rec.Seq, rec.User, rec.Start.Format(time.RFC3339Nano), w.Name, rec.Code, rec.Err))
+		case closedCodes[rec.Code]:
+			rep.Incidents = append(rep.Incidents, fmt.Sprintf("%s #%d as %s at %s: failed closed outside every fault window: %d %s", rec.Kind, rec.Seq, rec.User, rec.Start.Format(time.RFC3339Nano), rec.Code, rec.Err))
 		default:
-			rep.Availability = append(rep.Availability, fmt.Sprintf("%s #%d as %s at %s: failed outside every fault window: %d %s", rec.Kind, rec.Seq, rec.User, rec.Start.Format(time.RFC3339Nano), rec.Code, rec.Err))
+			rep.Availability = append(rep.Availability, fmt.Sprintf("%s #%d as %s at %s: failed outside every fault window, and not closed: %d %s", rec.Kind, rec.Seq, rec.User, rec.Start.Format(time.RFC3339Nano), rec.Code, rec.Err))
 		}
 		if !rec.OK() && rec.Code != rec.Expect && k.FirstErr == "" {
 			k.FirstErr = fmt.Sprintf("%d %s", rec.Code, rec.Err)
@@ -181,6 +190,10 @@ func (r *run) check(ctx context.Context) (*Report, error) {
 		rep.Kinds = append(rep.Kinds, *k)
 	}
 	sort.Slice(rep.Kinds, func(i, j int) bool { return rep.Kinds[i].Kind < rep.Kinds[j].Kind })
+	if len(rep.Incidents) > r.cfg.IncidentBudget {
+		rep.Availability = append(rep.Availability, fmt.Sprintf("%d allowed requests failed closed where no failure was due (budget %d):", len(rep.Incidents), r.cfg.IncidentBudget))
+		rep.Availability = append(rep.Availability, rep.Incidents...)
+	}
 
 	// The floor: the same get straight to the API server, against the gateway's
 	// probe outside every window.

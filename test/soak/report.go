@@ -109,7 +109,8 @@ func (r *Report) Text() string {
 	for _, sec := range []struct {
 		name string
 		list []string
-	}{{"SECURITY violations", r.Security}, {"availability violations", r.Availability}, {"stream and resource violations", r.Other}} {
+	}{{"SECURITY violations", r.Security}, {"availability violations", r.Availability}, {"stream and resource violations", r.Other},
+		{fmt.Sprintf("incidents: allowed requests that failed closed where no failure was due (budget %d)", r.Config.IncidentBudget), r.Incidents}} {
 		fmt.Fprintf(&b, "\n%s: %d\n", sec.name, len(sec.list))
 		for i, v := range sec.list {
 			if i == 20 {

@@ -70,9 +70,16 @@ type Config struct {
 	FaultEvery time.Duration
 	// Grace extends each fault window: a request that started before the window's
 	// end plus Grace may fail (closed) without counting against availability.
-	Grace  time.Duration
-	Step   time.Duration // between the writes of the config and reload faults
-	Sample time.Duration // resource sampling interval
+	Grace time.Duration
+	// IncidentBudget is how many allowed requests may fail closed where no failure
+	// is due (outside every window, or in a strict one) before availability fails.
+	// The long run allows none; the CI run a few, because on a loaded shared
+	// machine the gateway answers the odd 503/504 without any fault (an upstream
+	// connection the API server closed as it was reused, a connect or ext_proc
+	// timeout under CPU starvation): each is listed in the report either way.
+	IncidentBudget int
+	Step           time.Duration // between the writes of the config and reload faults
+	Sample         time.Duration // resource sampling interval
 	// Dir receives the report (report.txt, report.svg, records.csv) and, with
 	// KeepLogs or after a failure, the stack's logs. Default: a temporary directory.
 	Dir      string
@@ -93,7 +100,7 @@ func Short() Config {
 		Faults:      []string{"authz-kill", "extproc-kill", "xds-kill-rotate", "apiserver-kill", "config-changes"},
 		GitLabPhase: []string{"gitlab-switch", "gitlab-5xx", "gitlab-gone"},
 		Duration:    30 * time.Second, WarmUp: 6 * time.Second, Users: 40, Workers: 3, Pause: 150 * time.Millisecond,
-		Watchers: 2, Follows: 1, Kubectl: true, GitLab: true, Grace: 3 * time.Second, Step: 1500 * time.Millisecond, Sample: time.Second,
+		Watchers: 2, Follows: 1, Kubectl: true, GitLab: true, Grace: 3 * time.Second, IncidentBudget: 3, Step: 1500 * time.Millisecond, Sample: time.Second,
 	}
 }
 
