@@ -33,6 +33,10 @@ type Report struct {
 	Streams    StreamStats
 	Resources  []Slope
 	Samples    []Sample
+	// Upstream counts the requests the data plane sent the API server; Rotations
+	// are the agent-token rotations' figures.
+	Upstream  int
+	Rotations []RotationResult
 	// Floor is the probe's get straight to the API server (p50, p99), measured in
 	// the same run; ProbeClean is the gateway probe's, both outside fault windows.
 	Floor, ProbeClean [2]time.Duration
@@ -67,6 +71,15 @@ type FaultResult struct {
 	Failed map[int]int
 	// StreamsCut counts long streams (watches, logs -f) that ended in the window.
 	StreamsCut int
+}
+
+// RotationResult is one agent-token rotation: how long until the data plane sent
+// the new token upstream, and how many requests still carried the old one after
+// that (requests already past ext_proc, or an old connection's).
+type RotationResult struct {
+	At       time.Time
+	Lag      time.Duration
+	OldAfter int
 }
 
 // KindStats are the figures of one kind of request.
@@ -212,6 +225,34 @@ func (r *run) check(ctx context.Context) (*Report, error) {
 	if err := r.checkAudit(ctx, rep, inWindow); err != nil {
 		return nil, err
 	}
+
+	// The user's credential never goes upstream; each agent-token rotation takes
+	// effect (the first request after it with the new token, and how many still
+	// carried the old one after that).
+	r.upMu.Lock()
+	rep.Upstream = len(r.upstream)
+	for _, u := range r.upstream {
+		if u.token < 0 {
+			rep.Security = append(rep.Security, fmt.Sprintf("at %s the data plane sent the API server a request whose Authorization is not the agent's token", u.at.Format(time.RFC3339Nano)))
+		}
+	}
+	for _, rot := range r.rotations {
+		rr := RotationResult{At: rot.at}
+		for _, u := range r.upstream {
+			switch {
+			case u.at.Before(rot.at):
+			case rr.Lag == 0 && u.token == rot.token:
+				rr.Lag = u.at.Sub(rot.at)
+			case rr.Lag > 0 && u.token != rot.token && u.token >= 0:
+				rr.OldAfter++
+			}
+		}
+		if rr.Lag == 0 {
+			rep.Other = append(rep.Other, fmt.Sprintf("the agent-token rotation at %s never reached the data plane", rot.at.Format(time.RFC3339Nano)))
+		}
+		rep.Rotations = append(rep.Rotations, rr)
+	}
+	r.upMu.Unlock()
 
 	// 3. Recovery after each fault, from the probe.
 	for _, w := range r.faults {

@@ -49,14 +49,17 @@ var faultsByName = map[string]fault{
 		if err != nil {
 			return "", err
 		}
-		next := r.st.Cluster.AgentTokens[0]
-		if string(cur) == next {
-			next = r.st.Cluster.AgentTokens[1]
+		next := 0
+		if string(cur) == r.st.Cluster.AgentTokens[0] {
+			next = 1
 		}
 		r.st.XDS.Kill()
-		if err := stack.WriteFileAtomic(r.st.TokenFile, []byte(next), 0o600); err != nil {
+		if err := stack.WriteFileAtomic(r.st.TokenFile, []byte(r.st.Cluster.AgentTokens[next]), 0o600); err != nil {
 			return "", err
 		}
+		r.upMu.Lock()
+		r.rotations = append(r.rotations, rotation{at: time.Now(), token: next})
+		r.upMu.Unlock()
 		d, err := restartKilled(ctx, r.st.XDS)
 		return d + ", agent token rotated", err
 	}},

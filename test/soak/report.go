@@ -89,6 +89,13 @@ func (r *Report) Text() string {
 		}
 		fmt.Fprintf(&b, "%-18s %9s %9s %10s %8d  %-22s %s%s\n", f.Name, f.Start.Sub(r.Start).Round(100*time.Millisecond), f.End.Sub(f.Start).Round(100*time.Millisecond), rec, f.StreamsCut, codes(f.Failed), f.Detail, strict)
 	}
+	if len(r.Rotations) > 0 {
+		fmt.Fprintf(&b, "agent-token rotations (xds-kill-rotate) among %d upstream requests:", r.Upstream)
+		for _, rot := range r.Rotations {
+			fmt.Fprintf(&b, " new token upstream after %s (old one %d times after that);", rot.Lag.Round(time.Millisecond), rot.OldAfter)
+		}
+		b.WriteString("\n")
+	}
 	s := r.Streams
 	fmt.Fprintf(&b, "\nlong streams: %d ends (%d clean, %d cut inside fault windows), %d never reconnected, longest reconnect %s\n",
 		s.Ends, s.Clean, s.Unclean, s.NotReconnected, s.MaxReconnect.Round(time.Millisecond))

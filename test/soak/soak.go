@@ -134,6 +134,10 @@ type run struct {
 	gitlab      *gitlabSource // the GitLab phase's source, once switched
 	gitlabPhase atomic.Bool
 	faults      []FaultWindow
+	agentTokens atomic.Pointer[[]string]
+	upMu        sync.Mutex
+	upstream    []upstreamSeen // what the data plane sent the API server
+	rotations   []rotation
 	floorMu     sync.Mutex
 	floor       []time.Duration // the same get, straight to the API server as the admin
 	samples     []Sample
@@ -202,7 +206,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	cfg.Logf("starting the stack (directory: %d users, %d groups, %d projects)", len(r.model.users), r.data.Groups, r.data.Projects)
 	r.st, err = stack.Start(ctx, stack.Options{
 		WorkDir: filepath.Join(work, "stack"), AgentConfig: r.files.agentConfig, Directory: r.files.directory, PolicyDir: r.files.policyDir,
-		Binary: cfg.Binary, Kubelet: true, Metrics: true, Logf: cfg.Logf,
+		Binary: cfg.Binary, Kubelet: true, Metrics: true, Logf: cfg.Logf, Observe: r.observe,
 		// All traffic comes from 127.0.0.1: one client to the per-client rate limit,
 		// which the soak is not about (test/dataplane tests it).
 		RenderArgs: []string{"--client-rate-limit=1000000", "--client-rate-burst=1000000"},
@@ -215,6 +219,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			cfg.Logf("stopping the stack: %v", serr)
 		}
 	}()
+	r.agentTokens.Store(&r.st.Cluster.AgentTokens)
 	if err := r.onlyLoopback(); err != nil {
 		return nil, err
 	}
@@ -290,6 +295,38 @@ func (r *run) prepare() error {
 		}
 	}
 	return nil
+}
+
+// upstreamSeen is one request the data plane sent upstream: when, and which agent
+// token it carried (-1: neither of the API server's two, a credential leak).
+type upstreamSeen struct {
+	at    time.Time
+	token int
+}
+
+// rotation is an agent-token rotation: from when the token file held token.
+type rotation struct {
+	at    time.Time
+	token int
+}
+
+// observe sees every request the data plane sends upstream (test data plane).
+func (r *run) observe(u stack.UpstreamRequest) {
+	toks := r.agentTokens.Load()
+	if toks == nil {
+		return
+	}
+	seen := upstreamSeen{at: time.Now(), token: -1}
+	if auth := u.Values("authorization"); len(auth) == 1 {
+		for i, t := range *toks {
+			if auth[0] == "Bearer "+t {
+				seen.token = i
+			}
+		}
+	}
+	r.upMu.Lock()
+	r.upstream = append(r.upstream, seen)
+	r.upMu.Unlock()
 }
 
 // onlyLoopback refuses to send traffic anywhere but this machine.
