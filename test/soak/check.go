@@ -294,7 +294,18 @@ func (r *run) check(ctx context.Context) (*Report, error) {
 	r.checkStreams(rep, inWindow)
 
 	// 5. Resources after warm-up.
-	rep.Resources = slopes(r.samples, r.begin.Add(r.cfg.WarmUp), r.cfg.WarmUp, r.endAt)
+	settle := max(r.cfg.Settle, r.cfg.WarmUp)
+	var quiet []Sample // outside every fault window and the settle time after it
+	for _, s := range r.samples {
+		in := false
+		for _, w := range r.faults {
+			in = in || (!s.At.Before(w.Start) && s.At.Before(w.End.Add(r.cfg.Grace+time.Minute/4)))
+		}
+		if !in {
+			quiet = append(quiet, s)
+		}
+	}
+	rep.Resources = slopes(quiet, r.begin.Add(r.cfg.WarmUp), settle, r.endAt)
 	for _, s := range rep.Resources {
 		if !s.OK() {
 			rep.Other = append(rep.Other, fmt.Sprintf("%s %s grew by %.0f over the run (%.0f/h), more than its bound %.0f (median %.0f)", s.Service, s.Metric, s.Growth, s.PerHour, s.Bound, s.Median))
@@ -485,7 +496,9 @@ var slopeBounds = []struct {
 
 // slopes fits, per service and metric, one growth rate over every process lifetime
 // after warm-up: least squares with an intercept per PID (a restart resets memory),
-// each lifetime's first `settle` dropped (a restarted authz refills its caches).
+// each lifetime's first `settle` dropped (a restarted authz refills its decision
+// cache, ~120 KB per identity, as its users come back). The caller leaves out the
+// samples taken inside fault windows and 15 s after (a reload's new snapshot).
 func slopes(samples []Sample, from time.Time, settle time.Duration, to time.Time) []Slope {
 	var out []Slope
 	services := []string{}

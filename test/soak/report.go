@@ -21,6 +21,14 @@ func (r *Report) write(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "report.svg"), []byte(r.SVG()), 0o644); err != nil {
 		return err
 	}
+	var samples strings.Builder
+	samples.WriteString("t_s,service,pid,rss_bytes,threads,fds,goroutines\n")
+	for _, s := range r.Samples {
+		fmt.Fprintf(&samples, "%.1f,%s,%d,%d,%d,%d,%d\n", s.At.Sub(r.Start).Seconds(), s.Service, s.PID, s.RSS, s.Threads, s.FDs, s.Goroutines)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "samples.csv"), []byte(samples.String()), 0o644); err != nil {
+		return err
+	}
 	f, err := os.Create(filepath.Join(dir, "records.csv"))
 	if err != nil {
 		return err
@@ -101,7 +109,7 @@ func (r *Report) Text() string {
 		s.Ends, s.Clean, s.Unclean, s.NotReconnected, s.MaxReconnect.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  watches: %d ticker updates seen, %d skipped, %d relists (410 Gone); logs -f: %d lines, %d skipped\n", s.WatchEvents, s.Gaps, s.Relists, s.Lines, s.LineGaps)
 
-	fmt.Fprintf(&b, "\nresources after warm-up (least-squares slope, one intercept per process lifetime):\n")
+	fmt.Fprintf(&b, "\nresources after warm-up (least-squares slope, one intercept per process lifetime, each lifetime's first %s and fault windows +15 s left out):\n", max(r.Config.Settle, r.Config.WarmUp))
 	fmt.Fprintf(&b, "%-8s %-11s %8s %14s %14s %14s %s\n", "service", "metric", "samples", "median", "growth/run", "bound", "per hour")
 	for _, sl := range r.Resources {
 		mark := "ok"

@@ -80,6 +80,9 @@ type Config struct {
 	IncidentBudget int
 	Step           time.Duration // between the writes of the config and reload faults
 	Sample         time.Duration // resource sampling interval
+	// Settle is dropped from the start of each process lifetime before fitting its
+	// resources' slope (at least WarmUp).
+	Settle time.Duration
 	// Dir receives the report (report.txt, report.svg, records.csv) and, with
 	// KeepLogs or after a failure, the stack's logs. Default: a temporary directory.
 	Dir      string
@@ -108,7 +111,7 @@ func Short() Config {
 func Long(d time.Duration) Config {
 	return Config{
 		Duration: d, WarmUp: min(max(d/10, 20*time.Second), 2*time.Minute), Users: 300, Workers: 6, Pause: 100 * time.Millisecond,
-		Watchers: 8, Follows: 3, Kubectl: true, GitLab: true, Grace: 5 * time.Second, Step: 3 * time.Second, Sample: 2 * time.Second, FaultEvery: 45 * time.Second,
+		Watchers: 8, Follows: 3, Kubectl: true, GitLab: true, Grace: 5 * time.Second, Settle: 3 * time.Minute, Step: 3 * time.Second, Sample: 2 * time.Second, FaultEvery: time.Minute,
 	}
 }
 
