@@ -109,7 +109,11 @@ func (r *Report) Text() string {
 		s.Ends, s.Clean, s.Unclean, s.NotReconnected, s.MaxReconnect.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  watches: %d ticker updates seen, %d skipped, %d relists (410 Gone); logs -f: %d lines, %d skipped\n", s.WatchEvents, s.Gaps, s.Relists, s.Lines, s.LineGaps)
 
-	fmt.Fprintf(&b, "\nresources after warm-up (least-squares slope, one intercept per process lifetime, each lifetime's first %s and fault windows +15 s left out):\n", max(r.Config.Settle, r.Config.WarmUp))
+	left := ""
+	if r.Config.Settle > 0 {
+		left = " and fault windows +15 s"
+	}
+	fmt.Fprintf(&b, "\nresources after warm-up (least-squares slope, one intercept per process lifetime, each lifetime's first %s%s left out):\n", max(r.Config.Settle, r.Config.WarmUp), left)
 	fmt.Fprintf(&b, "%-8s %-11s %8s %14s %14s %14s %s\n", "service", "metric", "samples", "median", "growth/run", "bound", "per hour")
 	for _, sl := range r.Resources {
 		mark := "ok"

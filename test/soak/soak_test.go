@@ -77,7 +77,16 @@ func TestSoakShort(t *testing.T) {
 	if rep.Streams.WatchEvents == 0 || rep.Streams.Lines == 0 {
 		t.Errorf("watches saw %d updates, logs -f %d lines; want some of each", rep.Streams.WatchEvents, rep.Streams.Lines)
 	}
-	for _, f := range []string{"report.txt", "report.svg", "records.csv"} {
+	checked := 0
+	for _, s := range rep.Resources {
+		if s.Checked {
+			checked++
+		}
+	}
+	if checked < 8 { // RSS and fds of authz, extproc, xds; goroutines of authz and extproc
+		t.Errorf("%d resource slopes checked, want 8: %+v", checked, rep.Resources)
+	}
+	for _, f := range []string{"report.txt", "report.svg", "records.csv", "samples.csv"} {
 		if st, err := os.Stat(filepath.Join(cfg.Dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("the report's %s is missing or empty (%v)", f, err)
 		}
