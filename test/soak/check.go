@@ -236,11 +236,15 @@ func (r *run) check(ctx context.Context) (*Report, error) {
 			rep.Security = append(rep.Security, fmt.Sprintf("at %s the data plane sent the API server a request whose Authorization is not the agent's token", u.at.Format(time.RFC3339Nano)))
 		}
 	}
-	for _, rot := range r.rotations {
+	for i, rot := range r.rotations {
 		rr := RotationResult{At: rot.at}
+		until := r.endAt
+		if i+1 < len(r.rotations) {
+			until = r.rotations[i+1].at // the next rotation makes the old token new again
+		}
 		for _, u := range r.upstream {
 			switch {
-			case u.at.Before(rot.at):
+			case u.at.Before(rot.at) || !u.at.Before(until):
 			case rr.Lag == 0 && u.token == rot.token:
 				rr.Lag = u.at.Sub(rot.at)
 			case rr.Lag > 0 && u.token != rot.token && u.token >= 0:
