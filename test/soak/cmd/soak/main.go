@@ -20,7 +20,7 @@ import (
 
 func main() {
 	duration := flag.Duration("duration", 3*time.Minute, "traffic time, warm-up included (the run also waits out the last fault window)")
-	dir := flag.String("dir", "soak-report", "directory for report.txt, report.svg, records.csv (and the logs with -keep-logs or after a failure)")
+	dir := flag.String("dir", "soak-report", "directory for report.txt, report.svg, records.csv, samples.csv (and the logs with -keep-logs or after a failure)")
 	users := flag.Int("users", 0, "member users in the traffic (0: the long run's default)")
 	workers := flag.Int("workers", 0, "concurrent short-request workers (0: the long run's default)")
 	faults := flag.String("faults", "", "comma-separated faults, in order (default all: "+strings.Join(soak.Faults, ",")+")")
