@@ -270,3 +270,37 @@ func TestEnvoyVersionsAgree(t *testing.T) {
 		t.Errorf("docker-compose.yaml envoy image = %s, want envoyproxy/envoy:%s (go.mod)", got, want)
 	}
 }
+
+// TestAuthzMemoryLimits: the authz container's GOMEMLIMIT (authz.goMemLimit) is the Go
+// runtime's syntax and leaves headroom under the container's memory limit, so the
+// collector works harder before the kernel's OOM killer acts (go.dev/doc/gc-guide);
+// every kubegate container requests no more memory than its limit.
+func TestAuthzMemoryLimits(t *testing.T) {
+	d := deployment(t, render(t, "kg", "kubegate", minimal(t)))
+	goMem := regexp.MustCompile(`^([0-9]+)(B|KiB|MiB|GiB|TiB)$`)
+	units := map[string]int64{"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+	for _, c := range d.Spec.Template.Spec.Containers {
+		req, lim := c.Resources.Requests.Memory(), c.Resources.Limits.Memory()
+		if lim.IsZero() || req.Cmp(*lim) > 0 {
+			t.Errorf("container %s: memory request %v, limit %v: want a limit at least the request", c.Name, req, lim)
+		}
+		if c.Name != "authz" {
+			continue
+		}
+		var v string
+		for _, e := range c.Env {
+			if e.Name == "GOMEMLIMIT" {
+				v = e.Value
+			}
+		}
+		m := goMem.FindStringSubmatch(v)
+		if m == nil {
+			t.Fatalf("authz GOMEMLIMIT %q: want the Go runtime's form, e.g. 460MiB", v)
+		}
+		var n int64
+		fmt.Sscan(m[1], &n)
+		if got, max := n*units[m[2]], lim.Value()*95/100; got > max {
+			t.Errorf("authz GOMEMLIMIT %s = %d bytes: above 95%% of its memory limit %v", v, got, lim)
+		}
+	}
+}
