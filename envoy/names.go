@@ -140,3 +140,22 @@ const (
 	// (other than 0, which disables it): watches and `logs -f` sit idle for long.
 	MinStreamIdleTimeout = 1 * time.Hour
 )
+
+// APIServerServerIdleTimeout is how long kube-apiserver keeps an idle HTTP/1.1
+// connection open: its http.Server sets IdleTimeout 90 s (k8s.io/apiserver
+// pkg/server/secure_serving.go, "matches http.DefaultTransport keep-alive
+// timeout"). The server closes the connection then, with no warning on the wire.
+const APIServerServerIdleTimeout = 90 * time.Second
+
+// UpstreamIdleTimeout is the idle_timeout of the API server cluster's upstream
+// connections (HttpProtocolOptions.common_http_protocol_options). Without it Envoy
+// keeps a pooled connection idle for its default of 1 hour (protocol.proto,
+// HttpProtocolOptions.idle_timeout: "If not specified, this defaults to 1 hour"),
+// so kube-apiserver closes it first, at APIServerServerIdleTimeout, and a request
+// Envoy sends on it at that moment is reset: a 503 with no fault anywhere. Closing
+// it from Envoy's side well before the server does removes the race. The timeout
+// is "the period in which there are no active requests or streams" and "only
+// fires when there are no active streams" (Envoy's FAQ, "How do I configure
+// timeouts?", Connection timeouts), so a quiet watch, `logs -f` or exec session
+// holds its connection open however long it lasts.
+const UpstreamIdleTimeout = 60 * time.Second

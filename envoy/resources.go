@@ -400,7 +400,9 @@ func loadAssignment(cluster string, a Addr) *endpointv3.ClusterLoadAssignment {
 	}
 }
 
-func protocolOptions(http2 bool) (map[string]*anypb.Any, error) {
+// protocolOptions selects the cluster's upstream protocol; idle, when not 0, is the
+// upstream connections' idle_timeout (common_http_protocol_options).
+func protocolOptions(http2 bool, idle time.Duration) (map[string]*anypb.Any, error) {
 	explicit := &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
 		ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{
 			HttpProtocolOptions: &corev3.Http1ProtocolOptions{},
@@ -411,9 +413,13 @@ func protocolOptions(http2 bool) (map[string]*anypb.Any, error) {
 			Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
 		}
 	}
-	a, err := typed(&upstreamhttpv3.HttpProtocolOptions{
+	po := &upstreamhttpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: explicit},
-	})
+	}
+	if idle != 0 {
+		po.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(idle)}
+	}
+	a, err := typed(po)
 	if err != nil {
 		return nil, err
 	}
@@ -436,8 +442,13 @@ func thresholds(n uint32) *clusterv3.CircuitBreakers {
 // requests: an ext_proc stream can stay open for the life of the downstream request
 // (Envoy before envoy#41425 closes it only when the filter is destroyed), so a few
 // thousand open watches would otherwise make new requests fail (closed, but failing).
+//
+// No upstream idle_timeout is set: kubegate's gRPC servers close no idle
+// connection (grpc-go's keepalive.ServerParameters.MaxConnectionIdle defaults to
+// infinity, and kubegate does not set it), so Envoy's pooled connection races no
+// server-side close.
 func GRPCCluster(name string, a Addr, connectTimeout time.Duration, maxRequests uint32) (*clusterv3.Cluster, error) {
-	opts, err := protocolOptions(true)
+	opts, err := protocolOptions(true, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -487,9 +498,10 @@ func UpstreamTLS(a Addr, caFile string) *tlsv3.UpstreamTlsContext {
 
 // APIServer is the upstream cluster: TLS verified against the cluster CA, and
 // HTTP/1.1 explicitly, because an HTTP/2 upstream breaks SPDY and WebSocket
-// upgrades (kubectl exec, attach, port-forward, cp).
+// upgrades (kubectl exec, attach, port-forward, cp). Idle pooled connections are
+// closed after UpstreamIdleTimeout, before kube-apiserver closes them itself.
 func APIServer(a Addr, caFile string, connectTimeout time.Duration, maxRequests uint32) (*clusterv3.Cluster, error) {
-	opts, err := protocolOptions(false)
+	opts, err := protocolOptions(false, UpstreamIdleTimeout)
 	if err != nil {
 		return nil, err
 	}

@@ -66,6 +66,7 @@ const (
 	RuleUpstreamHTTP11        = "upstream-http11"
 	RuleUpstreamTLS           = "upstream-tls"
 	RuleUpstreamNoClientCert  = "upstream-no-client-cert"
+	RuleUpstreamIdleTimeout   = "upstream-idle-timeout"
 	RuleGRPCClusterHTTP2      = "grpc-cluster-http2"
 	RuleClusterRefs           = "cluster-refs"
 	RuleAdminLoopback         = "admin-loopback"
@@ -115,6 +116,7 @@ var RuleDocs = []RuleDoc{
 	{RuleUpstreamHTTP11, "the API server cluster speaks HTTP/1.1 (HTTP/2 breaks exec, attach, port-forward)"},
 	{RuleUpstreamTLS, "the API server cluster uses TLS verified against a CA and the server's name"},
 	{RuleUpstreamNoClientCert, "the API server cluster presents no client certificate (a front-proxy one would make the API server trust X-Remote-User/X-Remote-Group from the client)"},
+	{RuleUpstreamIdleTimeout, fmt.Sprintf("the API server cluster closes idle upstream connections (common_http_protocol_options.idle_timeout set, not 0, below kube-apiserver's %v; kubegate renders %v), so Envoy never reuses one the server has just closed", APIServerServerIdleTimeout, UpstreamIdleTimeout)},
 	{RuleGRPCClusterHTTP2, "clusters of ext_authz, ext_proc and SDS speak HTTP/2"},
 	{RuleClusterRefs, "every referenced cluster exists, once"},
 	{RuleAdminLoopback, "the admin interface listens on loopback or a unix socket"},
@@ -970,6 +972,8 @@ func (c *checker) upstream(cl *clusterv3.Cluster, p string) {
 		c.fs.add(op+".explicit_http_config", RuleUpstreamHTTP11, "HTTP/2 or HTTP/3 to the API server breaks SPDY and WebSocket upgrades; use http_protocol_options (HTTP/1.1)")
 	}
 
+	c.upstreamIdle(cl, o, op)
+
 	if len(cl.GetTransportSocketMatches()) > 0 {
 		c.fs.add(p+".transport_socket_matches", RuleUpstreamTLS, "transport socket matches can pick a plain-text socket per endpoint; use one transport_socket")
 	}
@@ -1003,6 +1007,28 @@ func (c *checker) upstream(cl *clusterv3.Cluster, p string) {
 		c.fs.add(tp+".sni", RuleUpstreamTLS, "set sni to the API server's DNS name")
 	}
 	c.noClientCert(ctx, tp+".common_tls_context")
+}
+
+// upstreamIdle requires the API server cluster to close idle pooled connections
+// before kube-apiserver does (UpstreamIdleTimeout says why). The deprecated
+// Cluster.common_http_protocol_options still applies when the typed options do
+// not set it (cluster.proto), so it is read too.
+func (c *checker) upstreamIdle(cl *clusterv3.Cluster, o *upstreamhttpv3.HttpProtocolOptions, op string) {
+	fp := op + ".common_http_protocol_options.idle_timeout"
+	d := o.GetCommonHttpProtocolOptions().GetIdleTimeout()
+	//lint:ignore SA1019 the deprecated field still sets the upstream idle timeout (cluster.proto), so the rule must see it
+	if old := cl.GetCommonHttpProtocolOptions(); d == nil && old.GetIdleTimeout() != nil {
+		d = old.GetIdleTimeout()
+		fp = strings.TrimSuffix(op, fmt.Sprintf(".typed_extension_protocol_options[%q]", UpstreamHTTPOptionsKey)) + ".common_http_protocol_options.idle_timeout"
+	}
+	switch {
+	case d == nil:
+		c.fs.add(fp, RuleUpstreamIdleTimeout, "unset: Envoy keeps idle API server connections for its default of 1h, kube-apiserver closes them after %v, and a request sent on one it has just closed fails with a 503; set it to %v", APIServerServerIdleTimeout, UpstreamIdleTimeout)
+	case d.AsDuration() == 0:
+		c.fs.add(fp, RuleUpstreamIdleTimeout, "0 disables it: kube-apiserver closes idle connections after %v, and a request Envoy sends on one it has just closed fails with a 503; set it to %v", APIServerServerIdleTimeout, UpstreamIdleTimeout)
+	case d.AsDuration() >= APIServerServerIdleTimeout:
+		c.fs.add(fp, RuleUpstreamIdleTimeout, "%v is not below kube-apiserver's idle timeout of %v: Envoy would reuse connections the server is closing, and those requests fail with a 503; set it to %v", d.AsDuration(), APIServerServerIdleTimeout, UpstreamIdleTimeout)
+	}
 }
 
 // noClientCert refuses a client certificate towards the API server. If it were a

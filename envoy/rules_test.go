@@ -3,6 +3,7 @@ package envoy
 import (
 	"strings"
 	"testing"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -17,6 +18,7 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -89,6 +91,12 @@ func cluster(t *testing.T, b *bootstrapv3.Bootstrap, name string) *clusterv3.Clu
 func withAPIServerTLS(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*tlsv3.UpstreamTlsContext)) {
 	t.Helper()
 	edit(t, cluster(t, b, APIServerCluster).TransportSocket.GetTypedConfig(), fn)
+}
+
+// withAPIServerOptions edits the API server cluster's upstream HTTP protocol options.
+func withAPIServerOptions(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*upstreamhttpv3.HttpProtocolOptions)) {
+	t.Helper()
+	edit(t, cluster(t, b, APIServerCluster).TypedExtensionProtocolOptions[UpstreamHTTPOptionsKey], fn)
 }
 
 // headerList is a ListStringMatcher of one pattern.
@@ -357,8 +365,30 @@ func ruleCases(t *testing.T) []struct {
 			})
 		}},
 		{"HTTP/2 to the API server", RuleUpstreamHTTP11, func(b *bootstrapv3.Bootstrap) {
+			withAPIServerOptions(t, b, func(o *upstreamhttpv3.HttpProtocolOptions) {
+				o.GetExplicitHttpConfig().ProtocolConfig = &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+				}
+			})
+		}},
+		{"API server idle timeout unset", RuleUpstreamIdleTimeout, func(b *bootstrapv3.Bootstrap) {
+			withAPIServerOptions(t, b, func(o *upstreamhttpv3.HttpProtocolOptions) { o.CommonHttpProtocolOptions = nil })
+		}},
+		{"API server idle timeout disabled", RuleUpstreamIdleTimeout, func(b *bootstrapv3.Bootstrap) {
+			withAPIServerOptions(t, b, func(o *upstreamhttpv3.HttpProtocolOptions) {
+				o.CommonHttpProtocolOptions.IdleTimeout = durationpb.New(0)
+			})
+		}},
+		{"API server idle timeout equal to the server's", RuleUpstreamIdleTimeout, func(b *bootstrapv3.Bootstrap) {
+			withAPIServerOptions(t, b, func(o *upstreamhttpv3.HttpProtocolOptions) {
+				o.CommonHttpProtocolOptions.IdleTimeout = durationpb.New(APIServerServerIdleTimeout)
+			})
+		}},
+		{"API server idle timeout of Envoy's default in the deprecated field", RuleUpstreamIdleTimeout, func(b *bootstrapv3.Bootstrap) {
 			c := cluster(t, b, APIServerCluster)
-			c.TypedExtensionProtocolOptions = cluster(t, b, AuthzCluster).TypedExtensionProtocolOptions
+			c.TypedExtensionProtocolOptions = nil
+			//lint:ignore SA1019 the deprecated field is what this case tests
+			c.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(time.Hour)}
 		}},
 		{"plain-text API server", RuleUpstreamTLS, func(b *bootstrapv3.Bootstrap) {
 			cluster(t, b, APIServerCluster).TransportSocket = nil
@@ -435,6 +465,42 @@ func TestEachRuleAlone(t *testing.T) {
 				if !strings.HasPrefix(f.Path, "$") || f.Message == "" {
 					t.Errorf("finding without path or message: %+v", f)
 				}
+			}
+		})
+	}
+}
+
+// TestUpstreamIdleTimeoutBounds checks the edges of upstream-idle-timeout: any
+// timeout below kube-apiserver's passes, and the finding names the field.
+func TestUpstreamIdleTimeoutBounds(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		idle  *durationpb.Duration
+		clean bool
+	}{
+		{"rendered", durationpb.New(UpstreamIdleTimeout), true},
+		{"one second", durationpb.New(time.Second), true},
+		{"just below the server's", durationpb.New(APIServerServerIdleTimeout - time.Millisecond), true},
+		{"the server's", durationpb.New(APIServerServerIdleTimeout), false},
+		{"Envoy's default", durationpb.New(time.Hour), false},
+		{"disabled", durationpb.New(0), false},
+		{"unset", nil, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := Bootstrap(testOptions(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			withAPIServerOptions(t, b, func(o *upstreamhttpv3.HttpProtocolOptions) { o.CommonHttpProtocolOptions.IdleTimeout = tt.idle })
+			fs := CheckBootstrap(b)
+			if tt.clean {
+				if len(fs) > 0 {
+					t.Fatalf("want no finding, got:\n%s", FormatFindings(fs))
+				}
+				return
+			}
+			if len(fs) != 1 || fs[0].Rule != RuleUpstreamIdleTimeout || !strings.HasSuffix(fs[0].Path, ".common_http_protocol_options.idle_timeout") {
+				t.Fatalf("want one %s finding at ...common_http_protocol_options.idle_timeout, got:\n%s", RuleUpstreamIdleTimeout, FormatFindings(fs))
 			}
 		})
 	}

@@ -139,7 +139,9 @@ func newEnvoyValidateCommand() *cobra.Command {
 unknown field is an error, with a did-you-mean), Envoy's protoc-gen-validate
 constraints inside every typed_config, and kubegate's rules (filter order, fail
 closed, body modes, metadata forwarding, mutation rules, upgrades, timeouts, TLS,
-cluster references; --list-rules prints them all).
+the API server cluster's upstream idle timeout (below kube-apiserver's 90s, so
+Envoy never reuses a connection the server has just closed), cluster references;
+--list-rules prints them all).
 
 FILE may also be the Istio EnvoyFilter of the Helm chart's mesh.mode=istio
 (kubectl get envoyfilter NAME -o yaml): its patches must only ADD one listener and

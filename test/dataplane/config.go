@@ -53,6 +53,9 @@ const (
 	// http_connection_manager.proto stream_idle_timeout: "If not specified, this
 	// defaults to 5 minutes."
 	defaultStreamIdleTimeout = 5 * time.Minute
+	// protocol.proto HttpProtocolOptions.idle_timeout: "If not specified, this
+	// defaults to 1 hour. To disable idle timeouts explicitly set this to 0."
+	defaultUpstreamIdleTimeout = time.Hour
 	// http_connection_manager.proto max_request_headers_kb: default 60 KiB;
 	// protocol.proto HttpProtocolOptions.max_headers_count: default 100.
 	defaultMaxRequestHeadersKB = 60
@@ -189,6 +192,9 @@ type clusterConfig struct {
 	tls            *upstreamTLS
 	maxRequests    int
 	maxConnections int
+	// idleTimeout closes a pooled upstream connection that has carried no request
+	// for that long (common_http_protocol_options.idle_timeout); 0: never.
+	idleTimeout time.Duration
 }
 
 type upstreamTLS struct {
@@ -450,6 +456,11 @@ func (p *parser) hcm(h *hcmv3.HttpConnectionManager, path string) hcmConfig {
 	if v := h.GetCommonHttpProtocolOptions().GetMaxHeadersCount(); v != nil {
 		hc.maxHeadersCount = int(v.GetValue())
 	}
+	if h.GetCommonHttpProtocolOptions().GetIdleTimeout() != nil {
+		// Emulated for upstream clusters only (router.go); downstream connections are
+		// Go's http.Server's.
+		p.fail(path+".common_http_protocol_options.idle_timeout", "the downstream connection idle timeout is not emulated")
+	}
 	if d := h.GetRequestTimeout(); d != nil && d.AsDuration() != 0 {
 		p.fail(path+".request_timeout", "a non-zero request_timeout is not emulated")
 	}
@@ -705,6 +716,7 @@ func (p *parser) cluster(cl *clusterv3.Cluster, path string) *clusterConfig {
 		connectTimeout: duration(cl.GetConnectTimeout(), defaultConnectTimeout),
 		maxRequests:    defaultCircuitBreaker,
 		maxConnections: defaultCircuitBreaker,
+		idleTimeout:    defaultUpstreamIdleTimeout,
 	}
 	switch cl.GetType() {
 	case clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS:
@@ -751,6 +763,7 @@ func (p *parser) cluster(cl *clusterv3.Cluster, path string) *clusterConfig {
 			if o.GetExplicitHttpConfig() == nil {
 				p.fail(path+".typed_extension_protocol_options", "only explicit_http_config is emulated")
 			}
+			p.upstreamHTTPOptions(c, o.GetCommonHttpProtocolOptions(), path+".typed_extension_protocol_options.common_http_protocol_options")
 		}
 	}
 	for k := range cl.GetTypedExtensionProtocolOptions() {
@@ -767,6 +780,29 @@ func (p *parser) cluster(cl *clusterv3.Cluster, path string) *clusterConfig {
 		}
 	}
 	return c
+}
+
+// upstreamHTTPOptions reads a cluster's common_http_protocol_options: of them only
+// idle_timeout is emulated (router.go closes idle pooled connections after it).
+func (p *parser) upstreamHTTPOptions(c *clusterConfig, o *corev3.HttpProtocolOptions, path string) {
+	if o == nil {
+		return
+	}
+	if o.GetMaxHeadersCount() != nil {
+		p.fail(path+".max_headers_count", "a limit on upstream response headers is not emulated")
+	}
+	if o.GetHeadersWithUnderscoresAction() != corev3.HttpProtocolOptions_ALLOW {
+		p.fail(path+".headers_with_underscores_action", "for upstream responses it is not emulated")
+	}
+	if d := o.GetIdleTimeout(); d != nil {
+		c.idleTimeout = d.AsDuration()
+		if c.http2 {
+			// An HTTP/2 cluster carries gRPC (router.go refuses it as an upstream), and
+			// the stand-in's gRPC channel does not time out idle connections as Envoy's
+			// pool would.
+			p.fail(path+".idle_timeout", "the idle timeout of an HTTP/2 (gRPC) cluster is not emulated; kubegate sets it only on the API server cluster")
+		}
+	}
 }
 
 func (p *parser) upstreamTLS(u *tlsv3.UpstreamTlsContext, path string) *upstreamTLS {

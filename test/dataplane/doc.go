@@ -87,7 +87,9 @@
 //     content-length or chunked framing); circuit breakers (503 overflow with
 //     x-envoy-overloaded); 503 "upstream connect error ..." local replies;
 //     streamed responses flushed chunk by chunk; 101 upgrades passed through
-//     byte for byte; stream_idle_timeout.
+//     byte for byte; stream_idle_timeout; a cluster's upstream
+//     common_http_protocol_options.idle_timeout (pooled connections with no
+//     request closed after it, default 1h, 0 never; codec_client.cc).
 //
 // Known differences from Envoy, none of which kubegate's filters can observe
 // except as noted: Go's server does not keep the order of distinct request header

@@ -74,6 +74,9 @@ type upstreamConn struct {
 	// idleRead delivers the result of the read that watches an idle connection:
 	// Envoy notices a peer's close from the connection's read event.
 	idleRead chan error
+	// idleTimer closes the connection once it has been idle for the cluster's
+	// idle_timeout; nil when the timeout is 0 (disabled).
+	idleTimer *time.Timer
 }
 
 // get returns a live idle connection or a new one.
@@ -82,6 +85,11 @@ func (c *upstreamCluster) get(ctx context.Context) (*upstreamConn, error) {
 	for len(c.idle) > 0 {
 		uc := c.idle[len(c.idle)-1]
 		c.idle = c.idle[:len(c.idle)-1]
+		// Taken off the list under the lock, so a timer firing now finds nothing
+		// to close (expire).
+		if uc.idleTimer != nil {
+			uc.idleTimer.Stop()
+		}
 		if uc.reclaim() {
 			c.mu.Unlock()
 			return uc, nil
@@ -107,7 +115,14 @@ func (c *upstreamCluster) get(ctx context.Context) (*upstreamConn, error) {
 }
 
 // put parks a connection, watching it with a read: data or EOF while idle means
-// it cannot be reused.
+// it cannot be reused. It is closed after the cluster's idle_timeout with no
+// request: "The idle timeout is defined as the period in which there are no
+// active requests. When the idle timeout is reached the connection will be
+// closed" (protocol.proto, HttpProtocolOptions.idle_timeout; Envoy's codec client
+// arms the timer when its last active request completes and disarms it when a new
+// one starts, source/common/http/codec_client.cc). A connection carrying a
+// request, however quiet (a watch, `logs -f`, an upgraded exec stream), is never
+// parked, so the timeout cannot cut it.
 func (c *upstreamCluster) put(uc *upstreamConn) {
 	uc.idleRead = make(chan error, 1)
 	go func() {
@@ -116,7 +131,23 @@ func (c *upstreamCluster) put(uc *upstreamConn) {
 	}()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if d := c.cfg.idleTimeout; d > 0 {
+		uc.idleTimer = time.AfterFunc(d, func() { c.expire(uc) })
+	}
 	c.idle = append(c.idle, uc)
+}
+
+// expire closes uc if it is still parked: its idle_timeout has passed.
+func (c *upstreamCluster) expire(uc *upstreamConn) {
+	c.mu.Lock()
+	i := slices.Index(c.idle, uc)
+	if i >= 0 {
+		c.idle = slices.Delete(c.idle, i, i+1)
+	}
+	c.mu.Unlock()
+	if i >= 0 {
+		uc.Close()
+	}
 }
 
 // reclaim stops the idle read and reports whether the connection is still good:
@@ -133,6 +164,9 @@ func (c *upstreamCluster) closeIdle() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, uc := range c.idle {
+		if uc.idleTimer != nil {
+			uc.idleTimer.Stop()
+		}
 		uc.Close()
 	}
 	c.idle = nil

@@ -69,10 +69,12 @@ var emulated = map[protoreflect.FullName][]string{
 	"envoy.config.core.v3.HeaderValue":                                                                {"key", "value"},
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig": {"upgrade_type", "enabled"},
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter":                          {"name", "typed_config"},
-	"envoy.config.core.v3.HttpProtocolOptions":                                                        {"max_headers_count", "headers_with_underscores_action"},
-	"envoy.config.accesslog.v3.AccessLog":                                                             {"name", "typed_config"},
-	"envoy.extensions.access_loggers.stream.v3.StdoutAccessLog":                                       {"log_format"},
-	"envoy.config.core.v3.SubstitutionFormatString":                                                   {"text_format_source"},
+	// Shared by the HCM (downstream) and a cluster's protocol options (upstream):
+	// config.go refuses idle_timeout in the HCM and the header fields in a cluster.
+	"envoy.config.core.v3.HttpProtocolOptions":                  {"max_headers_count", "headers_with_underscores_action", "idle_timeout"},
+	"envoy.config.accesslog.v3.AccessLog":                       {"name", "typed_config"},
+	"envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": {"log_format"},
+	"envoy.config.core.v3.SubstitutionFormatString":             {"text_format_source"},
 
 	// Routes.
 	"envoy.config.route.v3.RouteConfiguration":   {"name", "virtual_hosts"},
@@ -133,7 +135,7 @@ var emulated = map[protoreflect.FullName][]string{
 	"envoy.config.cluster.v3.CircuitBreakers.Thresholds":                        {"priority", "max_connections", "max_pending_requests", "max_requests"},
 	"envoy.config.core.v3.HealthCheck":                                          {"timeout", "interval", "unhealthy_threshold", "healthy_threshold", "grpc_health_check"},
 	"envoy.config.core.v3.HealthCheck.GrpcHealthCheck":                          {},
-	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":                    {"explicit_http_config"},
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":                    {"explicit_http_config", "common_http_protocol_options"},
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": {"http_protocol_options", "http2_protocol_options"},
 	"envoy.config.core.v3.Http1ProtocolOptions":                                 {},
 	// Read for the listener (HCM http2_protocol_options); a cluster that sets any
