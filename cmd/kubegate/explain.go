@@ -17,7 +17,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -360,7 +359,7 @@ func (o *explainOptions) askCluster(ctx context.Context, r *explain.Report, gate
 		if err != nil {
 			return err
 		}
-		c, err := kubernetes.NewForConfig(cfg)
+		c, err := explain.NewClient(cfg)
 		if err != nil {
 			return usageError("--kubeconfig: %v", err)
 		}
@@ -370,7 +369,7 @@ func (o *explainOptions) askCluster(ctx context.Context, r *explain.Report, gate
 		}
 		r.Cluster = a
 	case gatewayCfg != nil && x.Gateway.Decision.Allowed:
-		c, err := kubernetes.NewForConfig(gatewayCfg)
+		c, err := explain.NewClient(gatewayCfg)
 		if err != nil {
 			return usageError("--gateway-kubeconfig: %v", err)
 		}

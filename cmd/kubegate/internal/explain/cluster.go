@@ -14,10 +14,8 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 	"k8s.io/apiserver/pkg/authentication/user"
-	"k8s.io/client-go/kubernetes"
 
 	"kubegate.dev/kubegate/policy"
 )
@@ -93,7 +91,7 @@ type BindingMatch struct {
 }
 
 // Ask creates a SubjectAccessReview for s on req, then reads the bindings.
-func Ask(ctx context.Context, c kubernetes.Interface, s Subject, req policy.Request) (*ClusterAnswer, error) {
+func Ask(ctx context.Context, c *Client, s Subject, req policy.Request) (*ClusterAnswer, error) {
 	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: s.User, Groups: s.Groups}}
 	if len(s.Extra) > 0 {
 		sar.Spec.Extra = map[string]authorizationv1.ExtraValue{}
@@ -106,7 +104,7 @@ func Ask(ctx context.Context, c kubernetes.Interface, s Subject, req policy.Requ
 	} else {
 		sar.Spec.NonResourceAttributes = &authorizationv1.NonResourceAttributes{Path: req.Path, Verb: req.Verb}
 	}
-	got, err := c.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+	got, err := c.CreateSubjectAccessReview(ctx, sar)
 	if err != nil {
 		if apierrors.IsForbidden(err) {
 			return nil, fmt.Errorf("the --kubeconfig identity may not create SubjectAccessReviews (it needs create on subjectaccessreviews.authorization.k8s.io): %w", err)
@@ -139,9 +137,8 @@ func resourceAttributes(req policy.Request) *authorizationv1.ResourceAttributes 
 // authorizer visits them: every ClusterRoleBinding, and the RoleBindings of the
 // request's namespace (k8s.io/kubernetes plugin/pkg/auth/authorizer/rbac
 // rule_resolver.go VisitRulesFor).
-func matchingBindings(ctx context.Context, c kubernetes.Interface, s Subject, req policy.Request) ([]BindingMatch, error) {
-	rbac := c.RbacV1()
-	crbs, err := rbac.ClusterRoleBindings().List(ctx, metav1.ListOptions{})
+func matchingBindings(ctx context.Context, c *Client, s Subject, req policy.Request) ([]BindingMatch, error) {
+	crbs, err := c.ListClusterRoleBindings(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("listing ClusterRoleBindings: %w", err)
 	}
@@ -156,7 +153,7 @@ func matchingBindings(ctx context.Context, c kubernetes.Interface, s Subject, re
 		out = append(out, m)
 	}
 	if req.Namespace != "" {
-		rbs, err := rbac.RoleBindings(req.Namespace).List(ctx, metav1.ListOptions{})
+		rbs, err := c.ListRoleBindings(ctx, req.Namespace)
 		if err != nil {
 			return out, fmt.Errorf("listing RoleBindings in %s: %w", req.Namespace, err)
 		}
@@ -181,18 +178,18 @@ func matchingBindings(ctx context.Context, c kubernetes.Interface, s Subject, re
 }
 
 // judge reads the binding's role and says whether a rule grants req.
-func (m *BindingMatch) judge(ctx context.Context, c kubernetes.Interface, ref rbacv1.RoleRef, namespace string, req policy.Request) {
+func (m *BindingMatch) judge(ctx context.Context, c *Client, ref rbacv1.RoleRef, namespace string, req policy.Request) {
 	var rules []rbacv1.PolicyRule
 	switch ref.Kind {
 	case "ClusterRole":
-		r, err := c.RbacV1().ClusterRoles().Get(ctx, ref.Name, metav1.GetOptions{})
+		r, err := c.GetClusterRole(ctx, ref.Name)
 		if err != nil {
 			m.Why = fmt.Sprintf("its ClusterRole %s cannot be read: %v", ref.Name, err)
 			return
 		}
 		rules = r.Rules
 	case "Role":
-		r, err := c.RbacV1().Roles(namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+		r, err := c.GetRole(ctx, namespace, ref.Name)
 		if err != nil {
 			m.Why = fmt.Sprintf("its Role %s/%s cannot be read: %v", namespace, ref.Name, err)
 			return
@@ -328,14 +325,14 @@ func describeRequest(req policy.Request) string {
 // system:basic-user), through whatever c points at — the gateway, which
 // impersonates the caller. The bindings are read when the caller may list them;
 // s, when known, is the identity the gateway sends, to match their subjects.
-func AskSelf(ctx context.Context, c kubernetes.Interface, s *Subject, req policy.Request) (*ClusterAnswer, error) {
+func AskSelf(ctx context.Context, c *Client, s *Subject, req policy.Request) (*ClusterAnswer, error) {
 	ssar := &authorizationv1.SelfSubjectAccessReview{}
 	if req.IsResourceRequest {
 		ssar.Spec.ResourceAttributes = resourceAttributes(req)
 	} else {
 		ssar.Spec.NonResourceAttributes = &authorizationv1.NonResourceAttributes{Path: req.Path, Verb: req.Verb}
 	}
-	got, err := c.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, ssar, metav1.CreateOptions{})
+	got, err := c.CreateSelfSubjectAccessReview(ctx, ssar)
 	if err != nil {
 		return nil, err
 	}
