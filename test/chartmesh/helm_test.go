@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"kubegate.dev/kubegate/test/chart"
 )
 
 // repoRoot is the kubegate checkout this test runs in.
@@ -36,16 +38,13 @@ func repoRoot(t testing.TB) string {
 
 func chartDir(t testing.TB) string { return filepath.Join(repoRoot(t), "deploy", "helm", "kubegate") }
 
-// helmBin is the helm CLI test/tools/build.sh builds and caches (helm v3.22.0).
+// helmBin is the helm CLI test/tools/build.sh builds and caches (helm v3.22.0),
+// found by the chart tests' own locator.
 func helmBin(t testing.TB) string {
 	t.Helper()
-	out, err := exec.Command("bash", filepath.Join(repoRoot(t), "test", "tools", "build.sh"), "--print-helm-dir").Output()
+	bin, err := chart.Helm(repoRoot(t))
 	if err != nil {
-		t.Fatalf("test/tools/build.sh --print-helm-dir: %v", err)
-	}
-	bin := filepath.Join(strings.TrimSpace(string(out)), "helm")
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("no helm at %s: run test/tools/build.sh once (it builds helm into its cache; set KUBEGATE_TOOLS_DIR to share a cache)", bin)
+		t.Fatal(err)
 	}
 	return bin
 }
