@@ -48,6 +48,16 @@ type Reloader struct {
 	reloads     *prometheus.CounterVec
 	lastSuccess prometheus.Gauge
 	last        [sha256.Size]byte
+	baselined   bool
+}
+
+// Baseline records the files' content as the content the first snapshot is built
+// from. Call it before that build: a file that changes during the build (or
+// before Run has its watch in place) then differs from the baseline and is
+// reloaded. Without Baseline, Run takes the files as they are when it starts.
+func (r *Reloader) Baseline() {
+	r.last, _ = r.digest()
+	r.baselined = true
 }
 
 // ReloadMetrics registers the reload counters. Call once, before Run.
@@ -73,7 +83,7 @@ func (r *Reloader) ReloadMetrics(reg prometheus.Registerer) error {
 }
 
 // Run watches until ctx ends. The snapshot in service when Run starts is taken to
-// match the files as they are now.
+// match the files as Baseline saw them (or as they are now, without Baseline).
 func (r *Reloader) Run(ctx context.Context) error {
 	if r.Log == nil {
 		r.Log = slog.New(slog.DiscardHandler)
@@ -87,9 +97,12 @@ func (r *Reloader) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	r.last, _ = r.digest()
-
-	w := &filewatch.Watcher{Paths: r.Paths, Poll: r.Poll, Debounce: r.Debounce, Log: r.Log, Ready: r.Ready}
+	if !r.baselined {
+		r.Baseline()
+	}
+	// CheckOnStart compares the files with the baseline once the watch is in place:
+	// a change in between fires no event the watcher sees.
+	w := &filewatch.Watcher{Paths: r.Paths, Poll: r.Poll, Debounce: r.Debounce, Log: r.Log, Ready: r.Ready, CheckOnStart: true}
 	if err := w.Run(ctx, func() { r.reload(ctx) }); err != nil {
 		return fmt.Errorf("watching the configuration: %w", err)
 	}

@@ -100,6 +100,31 @@ func TestReloadOnFileChange(t *testing.T) {
 	eventually(t, "user mode after the rename", func() bool { return f.accessAs(t) == "user" })
 }
 
+// kubegate authz takes its baseline, builds the first snapshot (seconds for a large
+// directory) and only then watches: an edit in that gap fires no event anyone sees.
+// The baseline and the look Run takes once its watch is in place catch it.
+func TestEditDuringStartUpIsReloaded(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	writeFile(t, cfg, userModeConfig)
+	r := &Reloader{Paths: []string{cfg}, Debounce: 20 * time.Millisecond, Ready: make(chan struct{})}
+	r.Baseline()
+	f := start(t, cfg, "") // the first snapshot, from the file as the baseline saw it
+	writeFile(t, cfg, agentModeConfig)
+	r.Server = f.server
+	r.Build = func(context.Context) (*Snapshot, error) { return snapshotOrError(cfg, f.backend) }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	eventually(t, "agent mode from the edit made before the watch", func() bool { return f.accessAs(t) == "agent" })
+}
+
 // TestReloadConfigMapSymlinkSwap follows how a Kubernetes ConfigMap volume updates:
 // config.yaml → ..data/config.yaml, ..data → ..<timestamp>, and the ..data symlink
 // is replaced by a rename (kubelet's AtomicWriter).

@@ -171,6 +171,9 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 		return fmt.Errorf("cannot start: %w", err)
 	}
 	defer o.backends.Close()
+	reloader := &extauthz.Reloader{Paths: o.watched(), Build: o.build, Log: log, Poll: o.reloadPoll}
+	// Before the build: an edit made while it reads the files is then a change.
+	reloader.Baseline()
 	snap, err := o.build(ctx)
 	if err != nil {
 		return fmt.Errorf("cannot start: %w", err)
@@ -179,7 +182,7 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	reloader := &extauthz.Reloader{Server: srv, Paths: o.watched(), Build: o.build, Log: log, Poll: o.reloadPoll}
+	reloader.Server = srv
 	if err := reloader.ReloadMetrics(reg); err != nil {
 		return err
 	}

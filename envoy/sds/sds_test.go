@@ -270,6 +270,36 @@ func TestRotationIsPushed(t *testing.T) {
 	}
 }
 
+// kubegate xds reads the token, then starts watching: a kubelet rotation in
+// between fires its events before any watch exists. The watcher looks once when its
+// watch is in place, so that rotation is served, not left to the next poll.
+func TestRotationBeforeTheWatchIsServed(t *testing.T) {
+	tok := newProjectedToken(t, "token-1")
+	first, err := ReadToken(tok.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok.rotate("token-2")
+	got := make(chan string, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &Watcher{Path: tok.path(), OnToken: func(t string) { got <- t }}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, first) }()
+	select {
+	case tok := <-got:
+		if tok != "token-2" {
+			t.Fatalf("OnToken(%q), want token-2", tok)
+		}
+	case <-time.After(rotationDeadline):
+		t.Fatal("the rotation made before the watch started was never reported")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestNoVersionWhileTokenIsBad(t *testing.T) {
 	tok := newProjectedToken(t, "good-1")
 	s := startStack(t, tok.path())

@@ -42,7 +42,9 @@ func (w *Watcher) Run(ctx context.Context, last string) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	warn := &filewatch.Repeats{Every: w.WarnEvery}
-	fw := &filewatch.Watcher{Paths: []string{w.Path}, Poll: w.Poll, Debounce: watchDebounce, Log: log}
+	// CheckOnStart: the caller read last before Run; a rotation in between would
+	// otherwise wait for the next poll (or, with polling off, the next rotation).
+	fw := &filewatch.Watcher{Paths: []string{w.Path}, Poll: w.Poll, Debounce: watchDebounce, Log: log, CheckOnStart: true}
 	err := fw.Run(ctx, func() {
 		tok, err := ReadToken(w.Path)
 		if err != nil {

@@ -58,6 +58,11 @@ type Watcher struct {
 	Log *slog.Logger
 	// Ready, if set, is closed once the directories are watched.
 	Ready chan struct{}
+	// CheckOnStart calls OnChange once as soon as the directories are watched. A
+	// caller reads its files before Run; a change between that read and the watch
+	// fires no event it will ever see, and without polling it would serve the old
+	// content until the next change.
+	CheckOnStart bool
 }
 
 // Run watches until ctx ends, calling onChange (from this goroutine only) after each
@@ -93,6 +98,9 @@ func (w *Watcher) Run(ctx context.Context, onChange func()) error {
 	}
 	if w.Ready != nil {
 		close(w.Ready)
+	}
+	if w.CheckOnStart {
+		onChange()
 	}
 
 	var tick <-chan time.Time

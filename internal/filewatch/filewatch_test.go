@@ -227,3 +227,27 @@ func TestRepeats(t *testing.T) {
 		})
 	}
 }
+
+// A caller reads its file, then starts the watcher; a swap in between fires before
+// any watch exists. CheckOnStart makes the first look happen once the watch is in
+// place, so that swap is not lost; without it, nothing comes (the race the SDS
+// watcher lost under load in CI).
+func TestCheckOnStartSeesAChangeBeforeTheWatch(t *testing.T) {
+	for _, check := range []bool{true, false} {
+		v := newVolume(t, "token", "v0")
+		v.swap("token", "v1") // after the caller's read, before Run
+		var calls atomic.Int64
+		ready := make(chan struct{})
+		w := &Watcher{Paths: []string{filepath.Join(v.dir, "token")}, Debounce: 20 * time.Millisecond, Ready: ready, CheckOnStart: check}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx, func() { calls.Add(1) }) }()
+		<-ready
+		time.Sleep(quiet)
+		cancel()
+		must(t, <-done)
+		if got, want := calls.Load(), map[bool]int64{true: 1, false: 0}[check]; got != want {
+			t.Errorf("CheckOnStart=%v: %d calls with no event after the watch, want %d", check, got, want)
+		}
+	}
+}
