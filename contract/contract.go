@@ -77,6 +77,17 @@ const (
 	HeaderImpersonateExtraPrefix = "impersonate-extra-"
 )
 
+// HeaderUpstream names the Envoy cluster (the agent's API server) an allowed
+// request goes to. kubegate authz sets it, overwriting, on every OK answer, to
+// UpstreamCluster of the agent the credential was verified for; Envoy's route
+// picks its cluster from it (cluster_header) once ext_authz has cleared the route
+// cache. A client's own copy is removed before ext_authz runs, so a request that
+// ext_authz did not route has no cluster and fails closed.
+const HeaderUpstream = "x-kubegate-upstream"
+
+// UpstreamCluster is the Envoy cluster name of an agent's API server.
+func UpstreamCluster(agentID int64) string { return fmt.Sprintf("kubegate_apiserver_%d", agentID) }
+
 // HeaderError marks a response as the gateway's own (not the cluster's) and names
 // the reason; kubegate authz sets it on every denial and Envoy's local reply for a
 // missing agent token sets it too.
