@@ -37,6 +37,27 @@ const (
 // DeniedHttpResponse, so the request never continues.
 const ExplainPrefix = "/kubegate/explain/"
 
+// AgentsPath is the gateway's agent list endpoint (`kubegate agent list --gateway`):
+// GET AgentsPath, authenticated like a request under PathPrefix, answers an
+// AgentList of the agents whose user_access lets the caller in (like GitLab's
+// userAccessAuthorizedAgents). Envoy routes it to a direct_response, as
+// ExplainPrefix; kubegate authz answers it from Check, so it never reaches a cluster.
+const AgentsPath = "/kubegate/agents"
+
+// AgentList is the body of an AgentsPath answer (JSON).
+type AgentList struct {
+	Agents []AgentInfo `json:"agents"`
+}
+
+// AgentInfo is one agent the caller can reach.
+type AgentInfo struct {
+	ID              int64  `json:"id"`
+	Name            string `json:"name"`
+	ConfigProjectID int64  `json:"config_project_id"`
+	// AccessAs is "agent" or "user": how the caller's requests reach the cluster.
+	AccessAs string `json:"access_as"`
+}
+
 // Names of the request parts a user's credential is read from (access.md §2).
 // Every one is removed before the request goes upstream (ext_authz's
 // headers_to_remove and query_parameters_to_remove), and they are the only
