@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -28,6 +29,24 @@ const (
 	PathPrefix = "/k8s-proxy/"
 	ProxyPath  = "/k8s-proxy"
 )
+
+// APIRootPaths are the Kubernetes API's own top-level paths. The gateway serves
+// them as they are, without PathPrefix, through the same ext_authz → ext_proc
+// chain: kubectl's --raw (`kubectl get --raw /readyz`) ignores the path of the
+// kubeconfig's server URL, so it asks for /readyz, not /k8s-proxy/readyz. A path
+// is one of them when it equals a root or continues it after a "/".
+// PathPrefix stays the documented server URL (KAS-compatible kubeconfigs).
+var APIRootPaths = []string{"/api", "/apis", "/version", "/healthz", "/livez", "/readyz", "/openapi", "/.well-known/openid-configuration", "/openid/v1/jwks"}
+
+// IsAPIRootPath reports whether path (without its query) is under one of APIRootPaths.
+func IsAPIRootPath(path string) bool {
+	for _, root := range APIRootPaths {
+		if path == root || strings.HasPrefix(path, root+"/") {
+			return true
+		}
+	}
+	return false
+}
 
 // ExplainPrefix is the gateway's explain endpoint (`kubegate explain --via-gateway`):
 // GET <ExplainPrefix><METHOD>/<API path>[?query] answers, for the caller's own
