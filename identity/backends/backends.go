@@ -66,6 +66,7 @@ type Options struct {
 	CacheTTL        time.Duration
 	CacheFailureTTL time.Duration
 	CacheSize       int
+	CacheBytes      int64
 }
 
 // DefaultOptions returns the flags' defaults.
@@ -83,6 +84,7 @@ func DefaultOptions() Options {
 		CacheTTL:                  cache.DefaultTTL,
 		CacheFailureTTL:           cache.DefaultFailureTTL,
 		CacheSize:                 cache.DefaultMaxEntries,
+		CacheBytes:                cache.DefaultMaxBytes,
 	}
 }
 
@@ -124,6 +126,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"how long a rejected credential stays rejected without asking again (0 disables); an unavailable source is never cached")
 	fs.IntVar(&o.CacheSize, "cache-size", o.CacheSize,
 		"most entries in each identity cache (authentication, memberships)")
+	fs.Int64Var(&o.CacheBytes, "cache-bytes", o.CacheBytes,
+		"memory bound, in bytes, of each identity cache (authentication, memberships; at least 1 MiB); entries are weighed by what they hold, so large membership answers are evicted first rather than letting the cache grow with them")
 }
 
 // Validate checks the options against each other; every problem is reported at once.
@@ -184,6 +188,9 @@ func (o *Options) Validate() error {
 	if o.CacheSize <= 0 {
 		errs = append(errs, errors.New("--cache-size must be positive"))
 	}
+	if o.CacheBytes < cache.MinMaxBytes {
+		errs = append(errs, fmt.Errorf("--cache-bytes must be at least %d (1 MiB)", cache.MinMaxBytes))
+	}
 	return errors.Join(errs...)
 }
 
@@ -209,7 +216,7 @@ func Build(ctx context.Context, o Options, reg prometheus.Registerer, log *slog.
 		log = slog.New(slog.DiscardHandler)
 	}
 	b := &Backends{source: o.Source, oidcLookup: oidc.UserIDMode(o.OIDCUserID) == oidc.UserIDFromLookup}
-	copts := cache.Options{TTL: o.CacheTTL, FailureTTL: o.CacheFailureTTL, MaxEntries: o.CacheSize, Registerer: reg}
+	copts := cache.Options{TTL: o.CacheTTL, FailureTTL: o.CacheFailureTTL, MaxEntries: o.CacheSize, MaxBytes: o.CacheBytes, Registerer: reg}
 
 	var gl *gitlab.Backend
 	var remote identity.Union

@@ -94,6 +94,7 @@ func TestFlags(t *testing.T) {
 		{name: "huge skew", args: []string{"--oidc-clock-skew=1h"}, wantErr: "between 0 and 5m"},
 		{name: "negative TTL", args: []string{"--cache-ttl=-1s"}, wantErr: "must not be negative"},
 		{name: "zero cache size", args: []string{"--cache-size=0"}, wantErr: "--cache-size must be positive"},
+		{name: "tiny cache bytes", args: []string{"--cache-bytes=1000"}, wantErr: "--cache-bytes must be at least 1048576"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

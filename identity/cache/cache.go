@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/maypok86/otter/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,7 +36,20 @@ const (
 	DefaultFailureTTL  = 5 * time.Second
 	DefaultMaxEntries  = 10000
 	DefaultLoadTimeout = 30 * time.Second
+	// DefaultMaxBytes bounds each cache's memory. With DefaultMaxEntries, an entry
+	// counts as at least 6.4 KiB, so the entry count stays at most 10,000; a
+	// membership answer of 50 listed entries with long paths weighs about 5 KiB.
+	DefaultMaxBytes = 64 << 20
+	// MinMaxBytes is the smallest byte bound accepted: below it a real-size
+	// membership answer would evict others on every request.
+	MinMaxBytes = 1 << 20
 )
+
+// entryOverhead is what one cached entry costs besides its value's own strings and
+// slices: the 32-byte key (held twice, by otter's node and its hash table), the
+// entry struct, otter's node (links, expiry, frequency) and the table slot. It is
+// an estimate rounded up; the weigher only has to be proportional and not low.
+const entryOverhead = 160
 
 // Options configures a cache. The zero TTLs disable caching (coalescing still
 // applies); DefaultOptions gives access.md's defaults.
@@ -48,6 +62,11 @@ type Options struct {
 	// MaxEntries bounds the number of entries (per cache); least valuable entries are
 	// evicted first. Zero means DefaultMaxEntries.
 	MaxEntries int
+	// MaxBytes bounds the memory of the cache's entries (per cache), estimated
+	// from each entry's strings and slices plus a fixed overhead. Both bounds hold:
+	// each entry weighs at least MaxBytes/MaxEntries, so the count cannot pass
+	// MaxEntries either. Zero means DefaultMaxBytes.
+	MaxBytes int64
 	// LoadTimeout bounds one call of the wrapped source, which runs detached from any
 	// single caller (it is shared by all callers of the key). Zero means
 	// DefaultLoadTimeout. Sources have their own, usually shorter, timeouts.
@@ -61,7 +80,7 @@ type Options struct {
 
 // DefaultOptions returns access.md §5's defaults: 30 s for successes, 5 s for failures.
 func DefaultOptions() Options {
-	return Options{TTL: DefaultTTL, FailureTTL: DefaultFailureTTL, MaxEntries: DefaultMaxEntries}
+	return Options{TTL: DefaultTTL, FailureTTL: DefaultFailureTTL, MaxEntries: DefaultMaxEntries, MaxBytes: DefaultMaxBytes}
 }
 
 func (o Options) validate() (Options, error) {
@@ -73,6 +92,15 @@ func (o Options) validate() (Options, error) {
 	}
 	if o.MaxEntries == 0 {
 		o.MaxEntries = DefaultMaxEntries
+	}
+	if o.MaxBytes < 0 {
+		return o, errors.New("cache: the byte bound must not be negative")
+	}
+	if o.MaxBytes == 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.MaxBytes < MinMaxBytes {
+		return o, fmt.Errorf("cache: the byte bound %d is below the minimum of %d (1 MiB)", o.MaxBytes, MinMaxBytes)
 	}
 	if o.LoadTimeout <= 0 {
 		o.LoadTimeout = DefaultLoadTimeout
@@ -141,9 +169,16 @@ type store[V any] struct {
 	now func() time.Time
 }
 
-func newStore[V any](o Options) (*store[V], error) {
+// newStore makes a store bounded by o.MaxBytes, weighing each entry by size(value)
+// plus entryOverhead and at least MaxBytes/MaxEntries (which bounds the count).
+func newStore[V any](o Options, size func(V) int) (*store[V], error) {
+	floor := max(o.MaxBytes/int64(o.MaxEntries), 1)
 	c, err := otter.New(&otter.Options[[sha256.Size]byte, entry[V]]{
-		MaximumSize: o.MaxEntries,
+		MaximumWeight: uint64(o.MaxBytes),
+		Weigher: func(_ [sha256.Size]byte, e entry[V]) uint32 {
+			w := max(int64(size(e.value))+entryOverhead, floor)
+			return uint32(min(w, int64(^uint32(0))))
+		},
 		// Reclaim memory at the entry's own deadline. Validity is decided on read
 		// against the same clock, so this only frees space.
 		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[[sha256.Size]byte, entry[V]]) time.Duration {
@@ -240,11 +275,11 @@ func NewAuthenticator(inner identity.Authenticator, opts Options) (*Authenticato
 	if err != nil {
 		return nil, err
 	}
-	s, err := newStore[authAnswer](opts)
+	s, err := newStore(opts, authAnswer.size)
 	if err != nil {
 		return nil, err
 	}
-	r, err := newStore[authAnswer](opts)
+	r, err := newStore(opts, authAnswer.size)
 	if err != nil {
 		s.close()
 		return nil, err
@@ -321,6 +356,19 @@ func (a *Authenticator) Authenticate(ctx context.Context, cred identity.Credenti
 	return ans.result()
 }
 
+// size is the bytes an answer holds beyond its struct: the username, and a
+// rejection's messages.
+func (ans authAnswer) size() int {
+	n := int(unsafe.Sizeof(ans)) + len(ans.id.User.Username) + len(ans.id.AccessType)
+	if ans.err != nil {
+		n += int(unsafe.Sizeof(*ans.err)) + len(ans.err.Public) + len(ans.err.Reason)
+		if ans.err.Err != nil {
+			n += len(ans.err.Err.Error()) // the cause chain holds at least its text
+		}
+	}
+	return n
+}
+
 // result returns a copy: callers must not be able to change what other callers get.
 func (ans authAnswer) result() (*identity.Identity, bool, error) {
 	switch {
@@ -355,7 +403,7 @@ func NewMemberships(inner identity.MembershipResolver, opts Options) (*Membershi
 	if err != nil {
 		return nil, err
 	}
-	s, err := newStore[[]identity.Membership](opts)
+	s, err := newStore(opts, membershipsSize)
 	if err != nil {
 		return nil, err
 	}
@@ -408,6 +456,16 @@ func (c *Memberships) Memberships(ctx context.Context, u identity.User, listed i
 		return nil, ans.err
 	}
 	return clone(ans.ms), nil
+}
+
+// membershipsSize is the bytes a membership answer holds: the slice's backing
+// array and each entry's path.
+func membershipsSize(ms []identity.Membership) int {
+	n := int(unsafe.Sizeof(ms)) + cap(ms)*int(unsafe.Sizeof(identity.Membership{}))
+	for _, m := range ms {
+		n += len(m.Path)
+	}
+	return n
 }
 
 func clone(ms []identity.Membership) []identity.Membership {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -565,4 +566,72 @@ func TestAcceptedIdentityNotCachedPastExpiry(t *testing.T) {
 			t.Fatalf("after %v: %d backend calls, want %d (the cached identity outlived its token)", step.after, got, step.wantCalls)
 		}
 	}
+}
+
+// The byte bound holds on its own (entries far below MaxEntries), and the weigher
+// does not under-count what an entry really keeps alive on the heap.
+func TestBoundedByBytes(t *testing.T) {
+	listed := identity.Listed{}
+	for i := range 50 {
+		listed.Projects = append(listed.Projects, fmt.Sprintf("an-organisation/a-department/team-%02d/service-%02d", i, i))
+	}
+	fill := func(t *testing.T, o Options, users int) *Memberships {
+		c, err := NewMemberships(&resolver{}, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		for i := range users {
+			if _, err := c.Memberships(context.Background(), identity.User{ID: int64(i + 1), Username: fmt.Sprint("user-", i)}, listed); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.store.c.CleanUp()
+		return c
+	}
+	answer, _ := (&resolver{}).Memberships(context.Background(), identity.User{}, listed)
+	weight := int64(membershipsSize(clone(answer))) + entryOverhead
+
+	t.Run("the byte bound evicts", func(t *testing.T) {
+		o := DefaultOptions()
+		o.MaxBytes, o.MaxEntries = MinMaxBytes, 1_000_000
+		c := fill(t, o, 2000)
+		n := int64(c.store.c.EstimatedSize())
+		if n == 0 || n*weight > o.MaxBytes {
+			t.Fatalf("%d entries of %d bytes each = %d bytes, bound %d", n, weight, n*weight, o.MaxBytes)
+		}
+	})
+	t.Run("the entry bound still holds", func(t *testing.T) {
+		o := DefaultOptions()
+		o.MaxEntries = 10 // each entry then weighs at least MaxBytes/10
+		c := fill(t, o, 200)
+		if n := c.store.c.EstimatedSize(); n > 10 {
+			t.Fatalf("%d entries, bound 10", n)
+		}
+	})
+	t.Run("the weigher is not low", func(t *testing.T) {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		const users = 2000
+		c := fill(t, DefaultOptions(), users)
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if n := c.store.c.EstimatedSize(); n != users {
+			t.Fatalf("%d entries cached, want all %d", n, users)
+		}
+		perEntry := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / users
+		t.Logf("heap per cached answer %d bytes, weighed %d", perEntry, weight)
+		if weight < perEntry*8/10 {
+			t.Fatalf("an answer weighs %d bytes but keeps %d alive: the byte bound would be passed", weight, perEntry)
+		}
+		runtime.KeepAlive(c)
+	})
+	t.Run("below the minimum is refused", func(t *testing.T) {
+		o := DefaultOptions()
+		o.MaxBytes = MinMaxBytes - 1
+		if _, err := NewMemberships(&resolver{}, o); err == nil || !strings.Contains(err.Error(), "minimum") {
+			t.Fatalf("err = %v, want the minimum named", err)
+		}
+	})
 }
