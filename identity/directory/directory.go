@@ -2,6 +2,7 @@ package directory
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -436,20 +438,33 @@ func (d *Directory) Memberships(_ context.Context, u identity.User, listed ident
 		return nil, identity.Rejected(identity.ReasonInvalid, fmt.Errorf("user id %d is %s in the directory, not %s: the identity comes from an earlier directory", u.ID, du.Username, u.Username))
 	}
 	idx := d.indexFor(&listed)
-	levels := make([]identity.AccessLevel, len(idx.entries))
+	// The user's direct memberships reach a few positions of the listing each;
+	// collect those (pos, level) hits in a stack buffer, not a level per listed
+	// entry (1,000 at real size: 8 KB allocated per request), then sort them into
+	// the listing's order and keep the highest level per position.
+	var buf [128]hit
+	hits := buf[:0]
 	for _, m := range du.directG {
 		for _, pos := range idx.byGroup[m.group] {
-			levels[pos] = max(levels[pos], m.level)
+			hits = append(hits, hit{pos, m.level})
 		}
 	}
 	for _, m := range du.directP {
 		for _, pos := range idx.byProject[m.project] {
-			levels[pos] = max(levels[pos], m.level)
+			hits = append(hits, hit{pos, m.level})
 		}
 	}
-	n := 0
-	for _, l := range levels {
-		if l > identity.NoAccess {
+	slices.SortFunc(hits, func(a, b hit) int { return cmp.Compare(a.pos, b.pos) })
+	merged, n := hits[:0], 0 // one hit per position, with its highest level
+	for _, h := range hits {
+		if k := len(merged); k > 0 && merged[k-1].pos == h.pos {
+			merged[k-1].level = max(merged[k-1].level, h.level)
+			continue
+		}
+		merged = append(merged, h)
+	}
+	for _, h := range merged {
+		if h.level > identity.NoAccess {
 			n++
 		}
 	}
@@ -457,13 +472,19 @@ func (d *Directory) Memberships(_ context.Context, u identity.User, listed ident
 		return nil, nil
 	}
 	out := make([]identity.Membership, 0, n)
-	for pos, l := range levels {
-		if l > identity.NoAccess {
-			e := idx.entries[pos]
-			out = append(out, identity.Membership{Kind: e.kind, ID: e.id, Path: e.path, AccessLevel: l})
+	for _, h := range merged {
+		if h.level > identity.NoAccess {
+			e := idx.entries[h.pos]
+			out = append(out, identity.Membership{Kind: e.kind, ID: e.id, Path: e.path, AccessLevel: h.level})
 		}
 	}
 	return out, nil
+}
+
+// hit is one listed position a direct membership reaches, with its level.
+type hit struct {
+	pos   int32
+	level identity.AccessLevel
 }
 
 // listedIndex is a listing resolved against the directory. Positions number the
