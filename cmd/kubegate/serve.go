@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -132,7 +133,13 @@ func (s *grpcService) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer(s.options...)
+	// Stream workers: without them gRPC starts a goroutine per call, whose stack
+	// starts small and is grown (copied) again on every call as the pipeline goes
+	// deep; a fixed set of workers keeps grown stacks. When all are busy gRPC
+	// still starts a goroutine, so no call waits for a worker (server.go,
+	// serveStreams).
+	opts := append([]grpc.ServerOption{grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0)))}, s.options...)
+	g := grpc.NewServer(opts...)
 	s.register(g)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
