@@ -69,6 +69,9 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// Logf, if set, receives progress messages (StartForTest uses t.Logf).
 	Logf func(format string, args ...any)
+	// AgentUser names the agent identity (default AgentUser). Two clusters behind
+	// one gateway get different names, so each audit log shows whose token came.
+	AgentUser string
 }
 
 // Cluster is a running control plane. Its exported fields are read-only.
@@ -84,7 +87,7 @@ type Cluster struct {
 	// AgentTokens are two distinct valid tokens of AgentUser, so a test can rotate the
 	// agent's token while the gateway runs.
 	AgentTokens []string
-	// AgentUser is the agent identity's user name (AgentUser).
+	// AgentUser is the agent identity's user name (Options.AgentUser, default AgentUser).
 	AgentUser string
 	// AuditLogPath is the API server's JSON audit log; "" unless Options.AuditLog.
 	AuditLogPath string
@@ -147,6 +150,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 
 	c := &Cluster{AgentUser: AgentUser, WorkDir: opts.WorkDir}
+	if opts.AgentUser != "" {
+		c.AgentUser = opts.AgentUser
+	}
 	if c.WorkDir == "" {
 		if c.WorkDir, err = os.MkdirTemp("", "kubegate-cluster-"); err != nil {
 			return nil, fmt.Errorf("creating the cluster's work directory: %w", err)
@@ -431,7 +437,7 @@ func (c *Cluster) writeTokenFile() (string, error) {
 	fmt.Fprintf(&b, "%s,%s,%s,\"system:masters\"\n", c.AdminToken, AdminUser, AdminUser)
 	for _, tok := range c.AgentTokens {
 		// No groups: the API server adds only system:authenticated.
-		fmt.Fprintf(&b, "%s,%s,%s\n", tok, AgentUser, AgentUser)
+		fmt.Fprintf(&b, "%s,%s,%s\n", tok, c.AgentUser, c.AgentUser)
 	}
 	path := filepath.Join(c.WorkDir, "tokens.csv")
 	return path, os.WriteFile(path, []byte(b.String()), 0o600)

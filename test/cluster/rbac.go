@@ -79,10 +79,10 @@ func (c *Cluster) applyAgentRBAC(ctx context.Context, manifest []byte, timeout t
 	binding := &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: AgentBinding},
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: ImpersonatorClusterRole},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: AgentUser}},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: c.AgentUser}},
 	}
 	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("binding %s to %s: %w", ImpersonatorClusterRole, AgentUser, err)
+		return fmt.Errorf("binding %s to %s: %w", ImpersonatorClusterRole, c.AgentUser, err)
 	}
 
 	// Ask as the agent about the role's first rule: allowed means the authorizer has
@@ -111,7 +111,7 @@ func (c *Cluster) applyAgentRBAC(ctx context.Context, manifest []byte, timeout t
 			if err == nil {
 				err = errors.New(got.Status.Reason)
 			}
-			return fmt.Errorf("%s still may not %s %s %s after %s (%v)", AgentUser, r.Verbs[0], r.APIGroups[0], r.Resources[0], timeout, err)
+			return fmt.Errorf("%s still may not %s %s %s after %s (%v)", c.AgentUser, r.Verbs[0], r.APIGroups[0], r.Resources[0], timeout, err)
 		}
 		select {
 		case <-ctx.Done():
