@@ -15,9 +15,12 @@ package backends
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -26,6 +29,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
+	gitlabapi "gitlab.com/gitlab-org/api/client-go"
 
 	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/cache"
@@ -46,6 +50,9 @@ type Options struct {
 
 	GitLabURL       string
 	GitLabTokenFile string
+	// GitLabCAFile is a PEM bundle GitLab's serving certificate is verified
+	// against instead of the system's roots (a GitLab behind a private CA).
+	GitLabCAFile string
 	// GitLabInsecureHTTPForTests allows an http:// --gitlab-url, which sends the
 	// service token and users' tokens in clear text: for a local test GitLab only.
 	GitLabInsecureHTTPForTests bool
@@ -100,6 +107,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"INSECURE: allow an http:// --gitlab-url, sending kubegate's service token and users' tokens unencrypted; only for a GitLab stand-in on loopback in tests")
 	fs.StringVar(&o.GitLabTokenFile, "gitlab-token-file", o.GitLabTokenFile,
 		"file holding kubegate's GitLab service token (read_api; an administrator's token with --gitlab-pat-check=admin)")
+	fs.StringVar(&o.GitLabCAFile, "gitlab-ca-file", o.GitLabCAFile,
+		"PEM file of the CA(s) GitLab's certificate is verified against, instead of the system's roots (a GitLab with a private CA)")
 	fs.StringVar(&o.GitLabPATCheck, "gitlab-pat-check", o.GitLabPATCheck,
 		"how personal access tokens are checked: admin (POST /admin/token with an administrator service token; self-managed GitLab 17.8+) or self (the user's token asks GET /personal_access_tokens/self; GitLab.com)")
 	fs.DurationVar(&o.GitLabTimeout, "gitlab-timeout", o.GitLabTimeout,
@@ -135,8 +144,8 @@ func (o *Options) Validate() error {
 	var errs []error
 	switch o.Source {
 	case SourceDirectory:
-		if o.GitLabURL != "" || o.GitLabTokenFile != "" {
-			errs = append(errs, errors.New("--gitlab-url and --gitlab-token-file need --identity-source=gitlab (the directory is the source now)"))
+		if o.GitLabURL != "" || o.GitLabTokenFile != "" || o.GitLabCAFile != "" {
+			errs = append(errs, errors.New("--gitlab-url, --gitlab-token-file and --gitlab-ca-file need --identity-source=gitlab (the directory is the source now)"))
 		}
 	case SourceGitLab:
 		if o.GitLabURL == "" {
@@ -200,6 +209,7 @@ type Backends struct {
 	source     string
 	oidcLookup bool                        // OIDC usernames are looked up in the identity source (--oidc-user-id=lookup)
 	remote     identity.Authenticator      // cached GitLab and/or OIDC authenticators; nil if none
+	configAPI  *gitlabapi.Client           // reads agent configurations from GitLab; nil for the directory
 	members    identity.MembershipResolver // cached GitLab memberships; nil for the directory
 	dir        atomic.Pointer[directory.Directory]
 	closers    []func()
@@ -225,9 +235,21 @@ func Build(ctx context.Context, o Options, reg prometheus.Registerer, log *slog.
 		if err != nil {
 			return nil, err
 		}
-		gl, err = gitlab.New(gitlab.Config{URL: o.GitLabURL, Token: token, PATCheck: gitlab.PATCheck(o.GitLabPATCheck),
+		hc, err := gitlabHTTPClient(o.GitLabCAFile, o.GitLabTimeout)
+		if err != nil {
+			return nil, err
+		}
+		gcfg := gitlab.Config{URL: o.GitLabURL, Token: token, PATCheck: gitlab.PATCheck(o.GitLabPATCheck),
 			Timeout: o.GitLabTimeout, RateLimit: o.GitLabRateLimit, TokenRateLimit: o.GitLabTokenRateLimit,
-			TokenChecksInFlight: o.GitLabTokenChecksInFlight, Registerer: reg})
+			TokenChecksInFlight: o.GitLabTokenChecksInFlight, HTTPClient: hc}
+		// Agent configurations are read with the same settings and transport, from
+		// a request budget of their own: polling N config projects must not use up
+		// the users' budget, nor users the polling's.
+		if b.configAPI, err = gitlab.NewAPIClient(gcfg); err != nil {
+			return nil, err
+		}
+		gcfg.Registerer = reg
+		gl, err = gitlab.New(gcfg)
 		if err != nil {
 			return nil, err
 		}
@@ -289,6 +311,37 @@ func Build(ctx context.Context, o Options, reg prometheus.Registerer, log *slog.
 		b.members = cm
 	}
 	return b, nil
+}
+
+// gitlabHTTPClient is the transport to GitLab: nil (the backend's pooled default,
+// system roots) without a CA file, else the same defaults verifying against the
+// file's CAs.
+func gitlabHTTPClient(caFile string, timeout time.Duration) (*http.Client, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("--gitlab-ca-file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--gitlab-ca-file %s holds no PEM certificate: give the CA that signed GitLab's certificate", caFile)
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 32
+	t.ResponseHeaderTimeout = timeout
+	t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: t}, nil
+}
+
+// AgentConfigClient returns the GitLab client agent configurations are read with
+// (agentconfig.GitLab): the identity source's URL, service token, CA and timeout,
+// with a request budget of its own (--gitlab-rate-limit). ok is false unless
+// --identity-source=gitlab: agent configurations come from GitLab only when GitLab
+// is the identity source.
+func (b *Backends) AgentConfigClient() (client *gitlabapi.Client, ok bool) {
+	return b.configAPI, b.configAPI != nil
 }
 
 // readToken reads the service token file: one token, surrounding whitespace ignored.

@@ -2,11 +2,15 @@ package backends
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spf13/pflag"
+	gitlabapi "gitlab.com/gitlab-org/api/client-go"
 
 	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/directory"
@@ -375,4 +380,84 @@ func TestDirectoryReloadRenumbersUsers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAgentConfigClient: the client agent configurations are read with comes from
+// the identity source's settings, its CA file included, and exists only with the
+// GitLab identity source.
+func TestAgentConfigClient(t *testing.T) {
+	// A GitLab behind a private CA, answering the repository files API's HEAD the
+	// way https://docs.gitlab.com/api/repository_files/ documents it.
+	var token atomic.Value
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token.Store(r.Header.Get("Private-Token"))
+		w.Header().Set("X-Gitlab-Blob-Id", "79f7bbd25901e8334750839545a9bd021f0e4c83")
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("glpat-service-token-0000000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	head := func(t *testing.T, args ...string) error {
+		t.Helper()
+		o, err := parse(t, append([]string{"--identity-source=gitlab", "--gitlab-url=" + srv.URL, "--gitlab-token-file=" + tokenFile}, args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := Build(context.Background(), o, prometheus.NewRegistry(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		c, ok := b.AgentConfigClient()
+		if !ok {
+			t.Fatal("no agent configuration client with --identity-source=gitlab")
+		}
+		ref := "HEAD"
+		f, _, err := c.RepositoryFiles.GetFileMetaData(1, ".gitlab/agents/a/config.yaml", &gitlabapi.GetFileMetaDataOptions{Ref: &ref})
+		if err == nil && f.BlobID == "" {
+			t.Error("no blob id read")
+		}
+		return err
+	}
+	t.Run("with --gitlab-ca-file", func(t *testing.T) {
+		if err := head(t, "--gitlab-ca-file="+caFile); err != nil {
+			t.Fatal(err)
+		}
+		if token.Load() != "glpat-service-token-0000000" {
+			t.Errorf("GitLab saw token %q; want the service token", token.Load())
+		}
+	})
+	t.Run("without it, the private CA is not trusted", func(t *testing.T) {
+		if err := head(t); err == nil || !strings.Contains(err.Error(), "certificate") {
+			t.Fatalf("err %v; want a certificate error", err)
+		}
+	})
+	t.Run("a CA file without a certificate", func(t *testing.T) {
+		o, _ := parse(t, "--identity-source=gitlab", "--gitlab-url="+srv.URL, "--gitlab-token-file="+tokenFile, "--gitlab-ca-file="+tokenFile)
+		if _, err := Build(context.Background(), o, prometheus.NewRegistry(), nil); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
+			t.Fatalf("err %v", err)
+		}
+	})
+	t.Run("the directory has none", func(t *testing.T) {
+		b, err := Build(context.Background(), DefaultOptions(), prometheus.NewRegistry(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		if _, ok := b.AgentConfigClient(); ok {
+			t.Error("an agent configuration client without GitLab")
+		}
+	})
+	t.Run("--gitlab-ca-file needs the GitLab source", func(t *testing.T) {
+		if _, err := parse(t, "--gitlab-ca-file="+caFile); err == nil || !strings.Contains(err.Error(), "--gitlab-ca-file") {
+			t.Fatalf("err %v", err)
+		}
+	})
 }

@@ -144,21 +144,21 @@ var (
 	_ identity.MembershipResolver = (*Backend)(nil)
 )
 
-// New validates cfg and builds the backend. It does not contact GitLab.
-func New(cfg Config) (*Backend, error) {
+// complete validates cfg and fills in the defaults of its zero fields.
+func (cfg Config) complete() (Config, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("gitlab: URL %q must be an absolute http(s) URL such as https://gitlab.example.com", cfg.URL)
+		return cfg, fmt.Errorf("gitlab: URL %q must be an absolute http(s) URL such as https://gitlab.example.com", cfg.URL)
 	}
 	if strings.TrimSpace(cfg.Token) == "" {
-		return nil, errors.New("gitlab: the service token is empty: put a GitLab token (read_api; an administrator's for --gitlab-pat-check=admin) in the token file")
+		return cfg, errors.New("gitlab: the service token is empty: put a GitLab token (read_api; an administrator's for --gitlab-pat-check=admin) in the token file")
 	}
 	switch cfg.PATCheck {
 	case "":
 		cfg.PATCheck = PATCheckAdmin
 	case PATCheckAdmin, PATCheckSelf:
 	default:
-		return nil, fmt.Errorf("gitlab: PAT check %q must be %q (token information API, administrator service token) or %q (the user's token asks about itself)", cfg.PATCheck, PATCheckAdmin, PATCheckSelf)
+		return cfg, fmt.Errorf("gitlab: PAT check %q must be %q (token information API, administrator service token) or %q (the user's token asks about itself)", cfg.PATCheck, PATCheckAdmin, PATCheckSelf)
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
@@ -187,7 +187,29 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	return cfg, nil
+}
 
+// NewAPIClient builds a GitLab client the way New builds its own: the same URL and
+// token checks, answers bounded in size, no redirects followed, cfg.Timeout as the
+// bound on one exchange, the same safe retries; with a request budget of its own
+// (cfg.RateLimit, burst one second's worth; negative: none). kubegate authz reads
+// agent configurations from the config projects (agentconfig.GitLab) with it, so
+// that the identity source's settings are the one way kubegate reaches GitLab.
+func NewAPIClient(cfg Config) (*gl.Client, error) {
+	cfg, err := cfg.complete()
+	if err != nil {
+		return nil, err
+	}
+	return newClient(cfg, httpClient(cfg), cfg.RateLimit)
+}
+
+// New validates cfg and builds the backend. It does not contact GitLab.
+func New(cfg Config) (*Backend, error) {
+	cfg, err := cfg.complete()
+	if err != nil {
+		return nil, err
+	}
 	hc := httpClient(cfg)
 	client, err := newClient(cfg, hc, cfg.RateLimit)
 	if err != nil {

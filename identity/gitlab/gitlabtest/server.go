@@ -18,6 +18,8 @@
 //     https://docs.gitlab.com/api/members/#get-a-member-of-a-group-or-project-including-inherited-and-invited-members
 //     (the effective level: the highest of the direct membership and every ancestor
 //     group's; 404 when the user has none)
+//   - GET and HEAD /api/v4/projects/:id/repository/files/:file_path —
+//     https://docs.gitlab.com/api/repository_files/ (repository.go)
 //
 // Latency: by default the stand-in answers as fast as the loopback allows, which no
 // GitLab does. SetLatency adds a fixed delay to every answer (waited out before the
@@ -56,6 +58,8 @@ type Server struct {
 	groups   map[string]*namespace
 	projects map[string]*project
 	direct   map[memberKey]int // direct memberships: access level
+	repos    map[int64]*repository
+	commits  int
 	calls    map[string]int
 	fault    func(w http.ResponseWriter, r *http.Request) bool
 	latency  time.Duration
@@ -109,6 +113,7 @@ func New(now time.Time) *Server {
 		groups:   map[string]*namespace{},
 		projects: map[string]*project{},
 		direct:   map[memberKey]int{},
+		repos:    map[int64]*repository{},
 		calls:    map[string]int{},
 		stop:     make(chan struct{}),
 	}
@@ -123,10 +128,16 @@ func New(now time.Time) *Server {
 	mux.HandleFunc("GET /api/v4/groups/{id}/members/all/{uid}", s.member("groups"))
 	mux.HandleFunc("GET /api/v4/projects/{id}/members/{uid}", s.directMember("projects"))
 	mux.HandleFunc("GET /api/v4/groups/{id}/members/{uid}", s.directMember("groups"))
+	// GET patterns also match HEAD (net/http ServeMux); the handler answers HEAD
+	// with headers only, as GitLab documents (repository.go).
+	mux.HandleFunc("GET /api/v4/projects/{id}/repository/files/{file}", s.repositoryFile)
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		_, pattern := mux.Handler(r)
 		s.calls[pattern]++
+		if rest, ok := strings.CutPrefix(pattern, "GET "); ok && r.Method == http.MethodHead {
+			s.calls["HEAD "+rest]++ // also counted apart, for tests of conditional reads
+		}
 		fault, latency := s.fault, s.latency
 		s.mu.Unlock()
 		if latency > 0 {
@@ -269,7 +280,8 @@ func (s *Server) SetFault(f func(w http.ResponseWriter, r *http.Request) bool) {
 }
 
 // Calls reports how many requests reached each route pattern, e.g.
-// "POST /api/v4/admin/token".
+// "POST /api/v4/admin/token". A HEAD request counts under its GET pattern and also
+// under the same pattern with HEAD.
 func (s *Server) Calls(pattern string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -281,8 +293,10 @@ func (s *Server) TotalCalls() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for _, c := range s.calls {
-		n += c
+	for p, c := range s.calls {
+		if !strings.HasPrefix(p, "HEAD ") {
+			n += c
+		}
 	}
 	return n
 }
