@@ -401,58 +401,81 @@ func kubeconfigFor(file, contextName, flag string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// askGateway asks the gateway's explain endpoint with the kubeconfig's credential
-// (its exec plugin or token, through client-go's transport). The kubeconfig's
-// server is https://<gateway>/k8s-proxy; the endpoint is beside it.
+// askGateway asks the gateway's explain endpoint with the kubeconfig's credential.
 func askGateway(ctx context.Context, cfg *rest.Config, method, path string) (*extauthz.Explanation, error) {
-	u, err := url.Parse(cfg.Host)
-	if err != nil || u.Host == "" {
-		return nil, usageError("--gateway-kubeconfig: server %q is not a URL", cfg.Host)
-	}
-	base, ok := strings.CutSuffix(strings.TrimSuffix(u.Path, "/"), contract.ProxyPath)
-	if !ok {
-		return nil, usageError("--gateway-kubeconfig: server %s does not end in %s: is this the kubeconfig update-kubeconfig wrote for the gateway?", cfg.Host, contract.ProxyPath)
-	}
 	apiPath, rawQuery, _ := strings.Cut(path, "?")
-	u.Path, u.RawPath, u.RawQuery = base+contract.ExplainPrefix+method+apiPath, "", rawQuery
-	hc, err := rest.HTTPClientFor(cfg)
+	ans, err := gatewayGet(ctx, cfg, "--gateway-kubeconfig", contract.ExplainPrefix+method+apiPath, rawQuery)
 	if err != nil {
-		return nil, usageError("--gateway-kubeconfig: %v", err)
+		return nil, err
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return nil, usageError("%v", err)
-	}
-	hreq.Header.Set("Accept", "application/json")
-	resp, err := hc.Do(hreq)
-	if err != nil {
-		return nil, unanswered(fmt.Errorf("asking the gateway at %s: %w", u.Host, err))
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if err != nil {
-		return nil, unanswered(fmt.Errorf("reading the gateway's answer: %w", err))
-	}
-	if resp.StatusCode != http.StatusOK || resp.Header.Get(contract.HeaderError) != string(extauthz.ReasonExplained) {
-		var st metav1.Status
-		msg := strings.TrimSpace(string(body))
-		if json.Unmarshal(body, &st) == nil && st.Message != "" {
-			msg = st.Message
-		}
-		err := fmt.Errorf("the gateway refused to explain (%d %s): %s", resp.StatusCode, resp.Header.Get(contract.HeaderError), msg)
+	if ans.status != http.StatusOK || ans.header.Get(contract.HeaderError) != string(extauthz.ReasonExplained) {
+		err := fmt.Errorf("the gateway refused to explain (%d %s): %s", ans.status, ans.header.Get(contract.HeaderError), ans.message())
 		switch {
-		case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		case ans.status == http.StatusUnauthorized || ans.status == http.StatusForbidden:
 			return nil, &exitError{code: explainRefused, err: err}
-		case resp.StatusCode == http.StatusBadRequest:
+		case ans.status == http.StatusBadRequest:
 			return nil, &exitError{code: explainUsage, err: err}
-		case resp.StatusCode == http.StatusNotFound:
+		case ans.status == http.StatusNotFound:
 			return nil, unanswered(fmt.Errorf("%w (a gateway older than the explain endpoint answers 404)", err))
 		}
 		return nil, unanswered(err)
 	}
 	var x extauthz.Explanation
-	if err := json.Unmarshal(body, &x); err != nil {
+	if err := json.Unmarshal(ans.body, &x); err != nil {
 		return nil, unanswered(fmt.Errorf("the gateway's explanation is not readable: %w", err))
 	}
 	return &x, nil
+}
+
+// gatewayAnswer is the gateway's answer to one of its own endpoints.
+type gatewayAnswer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// message is what a person should read of a refusal: the Kubernetes Status's
+// message when the body is one (every kubegate denial is), else the body.
+func (a gatewayAnswer) message() string {
+	var st metav1.Status
+	if json.Unmarshal(a.body, &st) == nil && st.Message != "" {
+		return st.Message
+	}
+	return strings.TrimSpace(string(a.body))
+}
+
+// gatewayGet sends GET <gateway>path?rawQuery with cfg's credential (its exec
+// plugin or token, through client-go's transport, so exactly what kubectl would
+// send) and TLS settings. cfg's server is https://<gateway>/k8s-proxy, as
+// update-kubeconfig writes it; the gateway's own endpoints are beside the prefix.
+// flag names where cfg came from, for messages.
+func gatewayGet(ctx context.Context, cfg *rest.Config, flag, path, rawQuery string) (gatewayAnswer, error) {
+	u, err := url.Parse(cfg.Host)
+	if err != nil || u.Host == "" {
+		return gatewayAnswer{}, usageError("%s: server %q is not a URL", flag, cfg.Host)
+	}
+	base, ok := strings.CutSuffix(strings.TrimSuffix(u.Path, "/"), contract.ProxyPath)
+	if !ok {
+		return gatewayAnswer{}, usageError("%s: server %s does not end in %s: is this the kubeconfig update-kubeconfig wrote for the gateway?", flag, cfg.Host, contract.ProxyPath)
+	}
+	u.Path, u.RawPath, u.RawQuery = base+path, "", rawQuery
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return gatewayAnswer{}, usageError("%s: %v", flag, err)
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return gatewayAnswer{}, usageError("%v", err)
+	}
+	hreq.Header.Set("Accept", "application/json")
+	resp, err := hc.Do(hreq)
+	if err != nil {
+		return gatewayAnswer{}, unanswered(fmt.Errorf("asking the gateway at %s: %w", u.Host, err))
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return gatewayAnswer{}, unanswered(fmt.Errorf("reading the gateway's answer: %w", err))
+	}
+	return gatewayAnswer{status: resp.StatusCode, header: resp.Header, body: body}, nil
 }

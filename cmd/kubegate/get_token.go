@@ -194,16 +194,19 @@ func (o *getTokenOptions) validate(flags *pflag.FlagSet) error {
 	return o.creds.validate(flags)
 }
 
+// source is where the token comes from: the --token-file as is, or GitLab (tokens
+// cached in cacheDir, shared by every kubegate process of the user).
+func (c *credentialFlags) source(getenv func(string) string, cacheDir string, stderr io.Writer) (usertoken.Source, error) {
+	if c.tokenFile != "" {
+		return usertoken.StaticFile{Path: c.tokenFile}, nil
+	}
+	return c.gitlab(getenv, &tokencache.Cache{Dir: cacheDir}, stderr)
+}
+
 func (o *getTokenOptions) run(ctx context.Context) error {
-	var src usertoken.Source
-	if o.creds.tokenFile != "" {
-		src = usertoken.StaticFile{Path: o.creds.tokenFile}
-	} else {
-		g, err := o.creds.gitlab(o.getenv, &tokencache.Cache{Dir: o.cacheDir}, o.stderr)
-		if err != nil {
-			return err
-		}
-		src = g
+	src, err := o.creds.source(o.getenv, o.cacheDir, o.stderr)
+	if err != nil {
+		return err
 	}
 	tok, err := src.Token(ctx)
 	if err != nil {

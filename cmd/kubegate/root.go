@@ -41,5 +41,6 @@ service account or the impersonated GitLab user, and its RBAC has the last word.
 	root.AddCommand(newEnvoyCommand(), newXDSCommand())
 	root.AddCommand(newAuthzCommand(), newExtProcCommand())
 	root.AddCommand(newUpdateKubeconfigCommand(), newGetTokenCommand())
+	root.AddCommand(newAgentCommand())
 	return root
 }

@@ -9,15 +9,18 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"kubegate.dev/kubegate/cmd/kubegate/internal/kubeconfig"
+	"kubegate.dev/kubegate/identity/tokencache"
 	"kubegate.dev/kubegate/identity/usertoken"
 )
 
@@ -31,6 +34,7 @@ type updateKubeconfigOptions struct {
 	contextName string
 	caFile      string
 	project     string
+	allAgents   bool
 	creds       credentialFlags
 
 	// Filled by complete and validate.
@@ -39,6 +43,7 @@ type updateKubeconfigOptions struct {
 	access     clientcmd.ConfigAccess
 	serverURL  *url.URL
 	caData     []byte
+	cacheDir   string
 	stdout     io.Writer
 	stderr     io.Writer
 }
@@ -70,11 +75,22 @@ With --gitlab-url, update-kubeconfig first checks that GitLab is reachable and
 accepts your token, and with --project that the agent exists in that project and
 you are a Developer there. GitLab has no API to look an agent up by its id alone, so
 without --project the agent id is not checked until kubectl first uses it (a wrong
-id is then a 401 from the gateway).`,
+id is then a 401 from the gateway).
+
+--all-agents asks the gateway which of its agents you can reach (its agent list,
+as 'kubegate agent list' shows it), authenticating as --agent with the credential
+flags, and writes a user and context per agent, named
+kubegate-<host>-<agent-name>-agent-<id>, beside the shared cluster entry; the
+single-agent names above are not touched. Running it again updates them; agents
+you can no longer reach keep their entries until you delete them.`,
 		Example: `  # GitLab creates short-lived tokens for you (GITLAB_TOKEN: your token with the api scope)
   kubegate update-kubeconfig --server https://kubegate.example.com --agent 1 \
       --gitlab-url https://gitlab.example.com --project group-1/project-1 --use-context
   kubectl get pods
+
+  # One context for each agent you can reach through a gateway serving several
+  kubegate update-kubeconfig --server https://kubegate.example.com --agent 1 \
+      --gitlab-url https://gitlab.example.com --all-agents
 
   # The sandbox: a static demo token
   kubegate update-kubeconfig --server https://127.0.0.1:8443 --ca sandbox/ca.crt \
@@ -98,6 +114,7 @@ id is then a 401 from the gateway).`,
 	f.StringVar(&o.contextName, "context", "", "name of the context; default kubegate-<host>-agent-<agent>")
 	f.StringVar(&o.caFile, "ca", "", "PEM file of the CA that signed the gateway's certificate, embedded in the kubeconfig; default: keep the cluster entry's CA, or the system's roots")
 	f.StringVar(&o.project, "project", "", "full path of the agent's configuration project (with --gitlab-url): check there that the agent exists")
+	f.BoolVar(&o.allAgents, "all-agents", false, "write a context for every agent the gateway lets you reach (asked as --agent), named kubegate-<host>-<agent-name>-agent-<id>")
 	o.creds.add(f)
 	return cmd
 }
@@ -119,6 +136,20 @@ func (o *updateKubeconfigOptions) complete(cmd *cobra.Command) error {
 	return nil
 }
 
+// completeAllAgents finds the token cache get-token uses, so that the token made
+// to ask the gateway is the one kubectl's get-token reuses.
+func (o *updateKubeconfigOptions) completeAllAgents() error {
+	if o.creds.gitlabURL == "" {
+		return nil
+	}
+	dir, err := tokencache.DefaultDir()
+	if err != nil {
+		return err
+	}
+	o.cacheDir = dir
+	return nil
+}
+
 func (o *updateKubeconfigOptions) validate(flags *pflag.FlagSet) error {
 	if o.server == "" {
 		return errors.New("--server is required: the gateway's https address, such as https://kubegate.example.com")
@@ -136,6 +167,9 @@ func (o *updateKubeconfigOptions) validate(flags *pflag.FlagSet) error {
 	}
 	if err := o.creds.validate(flags); err != nil {
 		return err
+	}
+	if o.allAgents && (flags.Changed("context") || o.useContext) {
+		return errors.New("--all-agents writes one context per agent: --context and --use-context name one; drop them (kubectl config use-context picks one afterwards)")
 	}
 	if o.project != "" && o.creds.gitlabURL == "" {
 		return errors.New("--project checks the agent in GitLab and needs --gitlab-url")
@@ -169,24 +203,15 @@ func (o *updateKubeconfigOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if o.allAgents {
+		return o.runAllAgents(ctx, credArgs)
+	}
 	names := kubeconfig.DefaultNames(o.serverURL, o.agentID)
 	if o.contextName != "" {
 		names.Context = o.contextName
 	}
-	entry := kubeconfig.Entry{
-		Names:  names,
-		Server: o.serverURL.String(),
-		CAData: o.caData,
-		Exec: clientcmdapi.ExecConfig{
-			APIVersion:      usertoken.APIVersionV1,
-			Command:         o.executable,
-			Args:            append([]string{"get-token", "--agent", strconv.FormatInt(o.agentID, 10)}, credArgs...),
-			InteractiveMode: clientcmdapi.NeverExecInteractiveMode,
-			InstallHint: "kubectl reaches this cluster through kubegate's gateway and runs 'kubegate get-token' for a credential.\n" +
-				"Install kubegate at the path above, or run 'kubegate update-kubeconfig' again with the kubegate you have.",
-		},
-		UseContext: o.useContext,
-	}
+	entry := o.entry(names, o.agentID, credArgs)
+	entry.UseContext = o.useContext
 	res, err := kubeconfig.Update(o.access, entry)
 	if err != nil {
 		return err
@@ -200,6 +225,88 @@ func (o *updateKubeconfigOptions) run(ctx context.Context) error {
 		fmt.Fprintf(o.stdout, "Current context: %q.\n", names.Context)
 	}
 	return nil
+}
+
+// agentNameRule is GitLab's rule for agent names (lowercase alphanumerics and '-',
+// alphanumeric at both ends, at most 63 characters).
+var agentNameRule = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// entry is the cluster, user and context for one agent.
+func (o *updateKubeconfigOptions) entry(names kubeconfig.Names, agentID int64, credArgs []string) kubeconfig.Entry {
+	return kubeconfig.Entry{
+		Names:  names,
+		Server: o.serverURL.String(),
+		CAData: o.caData,
+		Exec: clientcmdapi.ExecConfig{
+			APIVersion:      usertoken.APIVersionV1,
+			Command:         o.executable,
+			Args:            append([]string{"get-token", "--agent", strconv.FormatInt(agentID, 10)}, credArgs...),
+			InteractiveMode: clientcmdapi.NeverExecInteractiveMode,
+			InstallHint: "kubectl reaches this cluster through kubegate's gateway and runs 'kubegate get-token' for a credential.\n" +
+				"Install kubegate at the path above, or run 'kubegate update-kubeconfig' again with the kubegate you have.",
+		},
+	}
+}
+
+// runAllAgents asks the gateway's agent list with the credential get-token would
+// give kubectl for --agent, then writes a user and context per agent listed.
+func (o *updateKubeconfigOptions) runAllAgents(ctx context.Context, credArgs []string) error {
+	if err := o.completeAllAgents(); err != nil {
+		return err
+	}
+	src, err := o.creds.source(o.getenv, o.cacheDir, o.stderr)
+	if err != nil {
+		return err
+	}
+	tok, err := src.Token(ctx)
+	if err != nil {
+		return err
+	}
+	cfg := &rest.Config{Host: o.serverURL.String(), BearerToken: usertoken.GatewayCredential(o.agentID, tok)}
+	cfg.CAData = o.caData
+	if cfg.CAData == nil {
+		cfg.CAData, cfg.CAFile = o.existingCA()
+	}
+	list, err := listAgents(ctx, cfg, "--server")
+	if err != nil {
+		return err
+	}
+	if len(list.Agents) == 0 {
+		fmt.Fprintf(o.stdout, "The gateway at %s lets you reach no agent: nothing written.\n", o.serverURL.Host)
+		return nil
+	}
+	for _, a := range list.Agents {
+		if !agentNameRule.MatchString(a.Name) {
+			return fmt.Errorf("the gateway names agent %d %q, which is not a GitLab agent name and cannot name a kubeconfig context: nothing written", a.ID, a.Name)
+		}
+	}
+	for _, a := range list.Agents {
+		names := kubeconfig.AgentNames(o.serverURL, a.ID, a.Name)
+		res, err := kubeconfig.Update(o.access, o.entry(names, a.ID, credArgs))
+		if err != nil {
+			return err
+		}
+		state := "written to"
+		if !res.Changed {
+			state = "already up to date in"
+		}
+		fmt.Fprintf(o.stdout, "Context %q %s %s: agent %d (%s, access as %s) through %s.\n", names.Context, state, res.File, a.ID, a.Name, a.AccessAs, o.serverURL)
+	}
+	return nil
+}
+
+// existingCA is the CA the kubeconfig's cluster entry for the gateway already has
+// (update-kubeconfig keeps it when --ca is not given), so the agent list is asked
+// over the TLS kubectl will use.
+func (o *updateKubeconfigOptions) existingCA() ([]byte, string) {
+	start, err := o.access.GetStartingConfig()
+	if err != nil {
+		return nil, ""
+	}
+	if c := start.Clusters[kubeconfig.DefaultNames(o.serverURL, o.agentID).Cluster]; c != nil && sameServer(c.Server, o.serverURL.String()) {
+		return c.CertificateAuthorityData, c.CertificateAuthority
+	}
+	return nil, ""
 }
 
 // checkGitLab finds out now, rather than at the first kubectl command, whether GitLab

@@ -27,6 +27,12 @@ const EnvExecInfo = "KUBERNETES_EXEC_INFO"
 // kubectl asks for a new credential before the gateway starts refusing the old one.
 const ExpiryBuffer = 5 * time.Minute
 
+// GatewayCredential is the bearer token the gateway reads for agentID:
+// pat:<agent-id>:<token> (access.md §2).
+func GatewayCredential(agentID int64, tok Token) string {
+	return "pat:" + strconv.FormatInt(agentID, 10) + ":" + tok.Secret
+}
+
 // ExecCredential renders the ExecCredential for agentID and tok, in the apiVersion
 // execInfo (the value of KUBERNETES_EXEC_INFO, possibly empty) asks for. The token is
 // pat:<agent-id>:<token> (access.md §2); the expiry, when the token's is known, is
@@ -38,7 +44,7 @@ func ExecCredential(agentID int64, tok Token, execInfo string) ([]byte, error) {
 	}
 	cred := clientauthv1.ExecCredential{
 		Status: &clientauthv1.ExecCredentialStatus{
-			Token: "pat:" + strconv.FormatInt(agentID, 10) + ":" + tok.Secret,
+			Token: GatewayCredential(agentID, tok),
 		},
 	}
 	cred.APIVersion = version

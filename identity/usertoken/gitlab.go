@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -249,11 +250,66 @@ func (g *GitLab) CurrentUser(ctx context.Context) (string, error) {
 // ErrAgentNotFound is returned by CheckAgent when GitLab does not show the agent.
 var ErrAgentNotFound = errors.New("agent not found")
 
-// Agent is what CheckAgent learns about an agent.
+// Agent is what CheckAgent and ListAgents learn about an agent.
 type Agent struct {
-	ID      int64
-	Name    string
-	Project string // the configuration project's full path
+	ID        int64
+	Name      string
+	Project   string // the configuration project's full path
+	ProjectID int64  // the configuration project's id
+	CreatedAt time.Time
+}
+
+func agentOf(a *gl.Agent) Agent {
+	out := Agent{ID: a.ID, Name: a.Name, Project: a.ConfigProject.PathWithNamespace, ProjectID: a.ConfigProject.ID}
+	if a.CreatedAt != nil {
+		out.CreatedAt = a.CreatedAt.UTC()
+	}
+	return out
+}
+
+// maxAgentPages bounds ListAgents: 100 agents a page, so 100,000 agents, far more
+// than a project has; a GitLab (or something in front of it) that keeps announcing
+// another page is refused rather than followed for ever.
+const maxAgentPages = 1000
+
+// ListAgents lists a project's agents, every page of
+// GET /projects/:id/cluster_agents
+// (https://docs.gitlab.com/api/cluster_agents/#list-the-agents-for-a-project, the
+// Developer role in that project), as glab cluster agent list does. Pages are
+// followed as https://docs.gitlab.com/api/rest/#pagination documents: X-Next-Page,
+// or the Link header's rel="next" when a proxy dropped the X- headers; the pages
+// asked for must advance. The whole listing is bounded by the timeout.
+func (g *GitLab) ListAgents(ctx context.Context, project string) ([]Agent, error) {
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
+	defer cancel()
+	opt := &gl.ListAgentsOptions{ListOptions: gl.ListOptions{Page: 1, PerPage: 100}}
+	var out []Agent
+	for range maxAgentPages {
+		agents, resp, err := g.client.ClusterAgents.ListAgents(project, opt, gl.WithContext(ctx))
+		if err != nil {
+			if resp != nil && resp.StatusCode == http.StatusNotFound {
+				return nil, &statusError{status: http.StatusNotFound, err: fmt.Errorf("GitLab at %s shows no project %s (or you are not a Developer or higher there, which listing its agents needs): check --project", g.url, project)}
+			}
+			return nil, g.explain(ctx, "list the agents of project "+project+" (GET /projects/:id/cluster_agents)", resp, err, nil)
+		}
+		for _, a := range agents {
+			out = append(out, agentOf(a))
+		}
+		next := resp.NextPage
+		if next == 0 && resp.NextLink != "" {
+			if u, err := url.Parse(resp.NextLink); err == nil {
+				next, _ = strconv.ParseInt(u.Query().Get("page"), 10, 64)
+			}
+		}
+		switch {
+		case next == 0:
+			return out, nil
+		case next <= opt.Page:
+			return nil, fmt.Errorf("GitLab at %s answered page %d of the agents of %s with a next page %d: the listing does not advance, so it was stopped", g.url, opt.Page, project, next)
+		}
+		opt.Page = next
+	}
+	return nil, fmt.Errorf("GitLab at %s kept announcing more pages of the agents of %s after %d pages: the listing was stopped", g.url, project, maxAgentPages)
 }
 
 // CheckAgent looks an agent up in its configuration project:
@@ -273,7 +329,7 @@ func (g *GitLab) CheckAgent(ctx context.Context, project string, agentID int64) 
 		}
 		return Agent{}, g.explain(ctx, "look up agent "+fmt.Sprint(agentID)+" in project "+project, resp, err, nil)
 	}
-	return Agent{ID: a.ID, Name: a.Name, Project: a.ConfigProject.PathWithNamespace}, nil
+	return agentOf(a), nil
 }
 
 // createHints say what to do when GitLab refuses to create a token, by status.
@@ -316,5 +372,24 @@ func (g *GitLab) explain(ctx context.Context, what string, resp *gl.Response, er
 	default:
 		hint = "see GitLab's message"
 	}
-	return fmt.Errorf("GitLab at %s refused to %s (%d %s%s): %s", g.url, what, status, http.StatusText(status), detail, hint)
+	return &statusError{status: status, err: fmt.Errorf("GitLab at %s refused to %s (%d %s%s): %s", g.url, what, status, http.StatusText(status), detail, hint)}
+}
+
+// statusError is a refusal by GitLab, with its HTTP status.
+type statusError struct {
+	status int
+	err    error
+}
+
+func (e *statusError) Error() string { return e.err.Error() }
+func (e *statusError) Unwrap() error { return e.err }
+
+// HTTPStatus is the HTTP status GitLab refused with, 0 when err is not such a
+// refusal (GitLab unreachable, or no GitLab call at all).
+func HTTPStatus(err error) int {
+	var se *statusError
+	if errors.As(err, &se) {
+		return se.status
+	}
+	return 0
 }

@@ -16,6 +16,14 @@ package gitlabtest
 //     ("get a single personal access token"): a user sees their own tokens, revoked or
 //     expired ones included (revoked, active); anyone else's is a 404. (:id "self" is
 //     left to the server's self-inform route.)
+//   - GET /api/v4/projects/:id/cluster_agents —
+//     https://docs.gitlab.com/api/cluster_agents/#list-the-agents-for-a-project
+//     The project's agents, by id, same record as below and the same Developer
+//     rule; paged as https://docs.gitlab.com/api/rest/#offset-based-pagination says:
+//     page (default 1) and per_page (default 20, at most 100), and the headers
+//     X-Page, X-Per-Page, X-Next-Page and X-Prev-Page (empty at the ends), X-Total,
+//     X-Total-Pages and Link (rel prev, next, first, last). A page past the last is
+//     an empty list.
 //   - GET /api/v4/projects/:id/cluster_agents/:agent_id —
 //     https://docs.gitlab.com/api/cluster_agents/#get-details-about-an-agent
 //     Needs the Developer role or higher in the project; GitLab answers 404 both for an
@@ -34,6 +42,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -66,6 +75,7 @@ func (s *Server) EnableUserAPI() *UserAPI {
 	u.mux.HandleFunc("POST /api/v4/user/personal_access_tokens", u.createToken)
 	u.mux.HandleFunc("GET /api/v4/user", u.currentUser)
 	u.mux.HandleFunc("GET /api/v4/projects/{id}/cluster_agents/{agent}", u.agent)
+	u.mux.HandleFunc("GET /api/v4/projects/{id}/cluster_agents", u.listAgents)
 	u.mux.HandleFunc("GET /api/v4/personal_access_tokens/{id}", u.tokenByID)
 	s.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
 		_, pattern := u.mux.Handler(r)
@@ -257,11 +267,78 @@ func (u *UserAPI) agent(w http.ResponseWriter, r *http.Request) {
 		message(w, http.StatusNotFound, "404 Not found")
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
+	writeJSON(w, http.StatusOK, agentJSON(p, id, name))
+}
+
+func agentJSON(p *project, id int64, name string) map[string]any {
+	return map[string]any{
 		"id": id, "name": name, "created_at": "2025-01-02T03:04:05.000Z", "created_by_user_id": 1,
 		"config_project": map[string]any{"id": p.id, "path_with_namespace": p.path,
 			"path": p.path[strings.LastIndex(p.path, "/")+1:], "name": p.path[strings.LastIndex(p.path, "/")+1:]},
-	})
+	}
+}
+
+func (u *UserAPI) listAgents(w http.ResponseWriter, r *http.Request) {
+	u.s.mu.Lock()
+	defer u.s.mu.Unlock()
+	user := u.authorize(w, r, "api", "read_api")
+	if user == nil {
+		return
+	}
+	p := u.s.findProject(r.PathValue("id"))
+	if p == nil || u.s.effectiveLevel("projects", p.id, p.ns, user.ID) < 30 {
+		message(w, http.StatusNotFound, "404 Project Not Found")
+		return
+	}
+	var ids []int64
+	for k := range u.agents {
+		if k.projectID == p.id {
+			ids = append(ids, k.agentID)
+		}
+	}
+	slices.Sort(ids)
+	q := r.URL.Query()
+	page, err := strconv.Atoi(q.Get("page"))
+	if err != nil || page < 1 {
+		page = 1
+	}
+	perPage, err := strconv.Atoi(q.Get("per_page"))
+	if err != nil || perPage < 1 {
+		perPage = 20
+	}
+	perPage = min(perPage, 100)
+	pages := max(1, (len(ids)+perPage-1)/perPage)
+	out := []map[string]any{}
+	for _, id := range ids[min(len(ids), (page-1)*perPage):min(len(ids), page*perPage)] {
+		out = append(out, agentJSON(p, id, u.agents[agentKey{p.id, id}]))
+	}
+	link := func(n int, rel string) string {
+		v := *r.URL
+		qq := v.Query()
+		qq.Set("page", strconv.Itoa(n))
+		qq.Set("per_page", strconv.Itoa(perPage))
+		v.RawQuery = qq.Encode()
+		return fmt.Sprintf("<http://%s%s>; rel=\"%s\"", r.Host, v.RequestURI(), rel)
+	}
+	h := w.Header()
+	h.Set("X-Page", strconv.Itoa(page))
+	h.Set("X-Per-Page", strconv.Itoa(perPage))
+	h.Set("X-Total", strconv.Itoa(len(ids)))
+	h.Set("X-Total-Pages", strconv.Itoa(pages))
+	h.Set("X-Next-Page", "")
+	h.Set("X-Prev-Page", "")
+	var links []string
+	if page > 1 && page <= pages {
+		h.Set("X-Prev-Page", strconv.Itoa(page-1))
+		links = append(links, link(page-1, "prev"))
+	}
+	if page < pages {
+		h.Set("X-Next-Page", strconv.Itoa(page+1))
+		links = append(links, link(page+1, "next"))
+	}
+	links = append(links, link(1, "first"), link(pages, "last"))
+	h.Set("Link", strings.Join(links, ", "))
+	writeJSON(w, http.StatusOK, out)
 }
 
 // effectiveLevel is a user's access level in a project or group: the highest of the

@@ -46,6 +46,20 @@ func DefaultNames(server *url.URL, agentID int64) Names {
 	return Names{Cluster: cluster, User: user, Context: user}
 }
 
+// AgentNames are the names update-kubeconfig --all-agents gives one agent of a
+// gateway that serves several: cluster kubegate-<host> (the gateway, shared with
+// DefaultNames'), user and context kubegate-<host>-<agent-name>-agent-<id>. They
+// never equal DefaultNames' kubegate-<host>-agent-<id> (the part after the host
+// would have to be both "agent-<digits>" and "<name>-agent-<digits>" with a
+// non-empty name), so listing all agents leaves a single-agent entry, perhaps
+// written with other credentials, alone.
+func AgentNames(server *url.URL, agentID int64, agentName string) Names {
+	n := DefaultNames(server, agentID)
+	n.User = n.Cluster + "-" + agentName + "-agent-" + strconv.FormatInt(agentID, 10)
+	n.Context = n.User
+	return n
+}
+
 // ServerURL turns the gateway's base URL into the kubeconfig server: the base with
 // /k8s-proxy appended. A base that already ends in /k8s-proxy is taken as is, so a
 // KAS-style address (https://kas.example.com/k8s-proxy) works too. Only https is

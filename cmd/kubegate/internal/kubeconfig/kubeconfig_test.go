@@ -236,6 +236,34 @@ func TestDefaultNames(t *testing.T) {
 	}
 }
 
+func TestAgentNames(t *testing.T) {
+	u, _ := url.Parse("https://gw.example.com/k8s-proxy")
+	tests := []struct {
+		agent int64
+		name  string
+		want  Names
+	}{
+		{1, "prod", Names{"kubegate-gw.example.com", "kubegate-gw.example.com-prod-agent-1", "kubegate-gw.example.com-prod-agent-1"}},
+		// A GitLab agent may well be named agent-2: its names still differ from the
+		// single-agent ones of agent 2 and of agent 1.
+		{1, "agent-2", Names{"kubegate-gw.example.com", "kubegate-gw.example.com-agent-2-agent-1", "kubegate-gw.example.com-agent-2-agent-1"}},
+		{2, "agent", Names{"kubegate-gw.example.com", "kubegate-gw.example.com-agent-agent-2", "kubegate-gw.example.com-agent-agent-2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := AgentNames(u, tt.agent, tt.name)
+			if got != tt.want {
+				t.Fatalf("AgentNames = %+v, want %+v", got, tt.want)
+			}
+			for id := int64(1); id <= 3; id++ {
+				if single := DefaultNames(u, id); single.Context == got.Context || single.User == got.User {
+					t.Errorf("%+v collides with the single-agent names of agent %d", got, id)
+				}
+			}
+		})
+	}
+}
+
 // access is the ConfigAccess update-kubeconfig builds: --kubeconfig when given,
 // otherwise KUBECONFIG (set by the test) and ~/.kube/config.
 func access(explicit string) clientcmd.ConfigAccess {
