@@ -285,6 +285,10 @@ func (g *GitLab) read(ctx context.Context) (*Version, string, error) {
 		fe := g.fail(ctx, "GET", resp, err)
 		return nil, fe.Result, fe
 	}
+	if f.FilePath != "" && f.FilePath != g.path {
+		return nil, ResultMalformed, g.failure(ResultMalformed, resp.StatusCode, 0,
+			fmt.Errorf("GitLab answered with the file %q instead of %s", f.FilePath, g.path))
+	}
 	data, err := decodeContent(f, g.cfg.MaxSize)
 	if errors.Is(err, errTooLarge) {
 		return nil, ResultTooLarge, g.tooLarge(int64(base64.StdEncoding.DecodedLen(len(f.Content))))

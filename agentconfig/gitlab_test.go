@@ -288,6 +288,15 @@ func TestGitLabFailuresKeepTheVersionInService(t *testing.T) {
 			}))
 			return func() { s.SetFault(nil); s.PushFile(project, "main", ConfigPath(agentName), configV1) }
 		}, "content_sha256"},
+		{"another file in the answer", ResultMalformed, 200, func(s *gitlabtest.Server) func() {
+			s.PushFile(project, "main", ConfigPath(agentName), configV2)
+			s.SetFault(onGET(func(w http.ResponseWriter, _ *http.Request) bool {
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = fmt.Fprint(w, `{"file_path":".gitlab/agents/other/config.yaml","encoding":"base64","content":"aGVsbG8=","blob_id":"x"}`)
+				return true
+			}))
+			return func() { s.SetFault(nil); s.PushFile(project, "main", ConfigPath(agentName), configV1) }
+		}, "instead of .gitlab/agents/prod/config.yaml"},
 		{"HEAD without blob id", ResultMalformed, 200, func(s *gitlabtest.Server) func() {
 			s.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
 				w.WriteHeader(200)
