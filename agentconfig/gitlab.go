@@ -27,19 +27,21 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	gl "gitlab.com/gitlab-org/api/client-go"
+
+	"kubegate.dev/kubegate/gateway"
 )
 
 // Defaults of GitLabConfig's zero fields.
 const (
-	// DefaultGitLabInterval is how often the file is checked for a change.
-	DefaultGitLabInterval = time.Minute
+	// DefaultGitLabInterval is how often the file is checked for a change: the
+	// gateway configuration's default.
+	DefaultGitLabInterval = gateway.DefaultGitLabInterval
 	// DefaultGitLabTimeout bounds one read (the HEAD, and the GET when there is one).
 	DefaultGitLabTimeout = 10 * time.Second
 	// DefaultMaxConfigSize bounds the file. GitLab's answer is the content
@@ -66,11 +68,6 @@ const (
 	ResultTooLarge     = "too_large"    // the file exceeds the bound
 	ResultMalformed    = "malformed"    // an answer that is not what the API documents
 )
-
-// agentNameRule is GitLab's rule for agent names (lowercase alphanumerics and '-',
-// alphanumeric at both ends, at most 63 characters). It also keeps the file path
-// inside .gitlab/agents/: no '/', no "..".
-var agentNameRule = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // ConfigPath is where GitLab keeps an agent's configuration in its config project.
 func ConfigPath(agentName string) string { return ".gitlab/agents/" + agentName + "/config.yaml" }
@@ -123,7 +120,8 @@ func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 	if cfg.Client == nil {
 		errs = append(errs, errors.New("agent configurations are read from GitLab only with --identity-source=gitlab: set it (with --gitlab-url and --gitlab-token-file) or give the agent a file source"))
 	}
-	if !agentNameRule.MatchString(cfg.AgentName) {
+	// GitLab's rule for agent names also keeps the path inside .gitlab/agents/.
+	if !gateway.ValidAgentName(cfg.AgentName) {
 		errs = append(errs, fmt.Errorf("agent name %q is not a GitLab agent name (lowercase letters, digits and '-', at most 63): it names .gitlab/agents/<name>/config.yaml", cfg.AgentName))
 	}
 	if cfg.ProjectID <= 0 {
@@ -161,6 +159,18 @@ func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 		agent: strconv.FormatInt(cfg.AgentID, 10), refresh: make(chan struct{}, 1)}
 	cfg.Metrics.stale.WithLabelValues(g.agent).Set(1) // nothing read yet
 	return g, nil
+}
+
+// NewGitLabFor builds the GitLab source of one agent of the gateway configuration
+// (its agent_config.gitlab: ref, interval). client is the identity source's
+// (backends.Backends.AgentConfigClient); metrics are shared by all agents.
+func NewGitLabFor(a gateway.Agent, client *gl.Client, metrics *GitLabMetrics, log *slog.Logger) (*GitLab, error) {
+	src := a.AgentConfig.GitLab
+	if src == nil {
+		return nil, fmt.Errorf("agent %d (%s): its agent_config is not read from GitLab", a.ID, a.Name)
+	}
+	return NewGitLab(GitLabConfig{Client: client, AgentID: a.ID, AgentName: a.Name, ProjectID: a.ConfigProjectID,
+		Ref: src.Ref, Interval: src.Interval.Duration, Metrics: metrics, Log: log})
 }
 
 // ProjectID is the config project the source reads from (the webhook matches push

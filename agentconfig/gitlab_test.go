@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	gl "gitlab.com/gitlab-org/api/client-go"
 
+	"kubegate.dev/kubegate/gateway"
 	"kubegate.dev/kubegate/identity/gitlab"
 	"kubegate.dev/kubegate/identity/gitlab/gitlabtest"
 )
@@ -449,5 +450,45 @@ func TestGitLabMetricsRegister(t *testing.T) {
 	}
 	if err := m.Register(reg); err == nil {
 		t.Error("registering twice succeeded")
+	}
+}
+
+// TestNewGitLabFor: an agent of the gateway configuration with agent_config.gitlab
+// is read from its config project at its ref, every interval.
+func TestNewGitLabFor(t *testing.T) {
+	s := newServer(t)
+	s.SetDefaultBranch(project, "release")
+	s.PushFile(project, "main", ConfigPath(agentName), configV1)
+	s.PushFile(project, "release", ConfigPath(agentName), configV2)
+	c := newClient(t, s.URL, 5*time.Second)
+	a := gateway.Agent{ID: agentID, Name: agentName, ConfigProjectID: projectID, AgentConfig: gateway.AgentConfigSource{
+		GitLab: &gateway.GitLabSource{Ref: "main", Interval: gateway.Duration{Duration: 20 * time.Millisecond}}}}
+	m := NewGitLabMetrics()
+	src, err := NewGitLabFor(a, c, m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan Version, 1)
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, func(v Version) { got <- v }, func(err error) { t.Error(err) }) }()
+	if v := <-got; !bytes.Equal(v.Data, configV1) {
+		t.Errorf("read %q; want the main branch's", v.Data)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(m.fetches.WithLabelValues(fmt.Sprint(agentID), ResultUnchanged)) < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(m.fetches.WithLabelValues(fmt.Sprint(agentID), ResultUnchanged)); n < 2 {
+		t.Errorf("%v re-reads; want the interval's", n)
+	}
+
+	a.AgentConfig = gateway.AgentConfigSource{File: "/etc/kubegate/prod.yaml"}
+	if _, err := NewGitLabFor(a, c, m, nil); err == nil {
+		t.Error("a file source made a GitLab source")
 	}
 }

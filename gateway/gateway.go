@@ -119,6 +119,11 @@ const MaxAgents = 1000
 // starting and ending with an alphanumeric, at most 63 characters.
 var agentName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
+// ValidAgentName reports whether name follows GitLab's rule for agent names. It is
+// also what keeps .gitlab/agents/<name>/config.yaml inside .gitlab/agents/ and a
+// kubeconfig context name made from it plain.
+func ValidAgentName(name string) bool { return agentName.MatchString(name) }
+
 // Error lists every problem of a configuration, each with its field path.
 type Error struct {
 	File     string

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -20,6 +19,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"kubegate.dev/kubegate/cmd/kubegate/internal/kubeconfig"
+	"kubegate.dev/kubegate/gateway"
 	"kubegate.dev/kubegate/identity/tokencache"
 	"kubegate.dev/kubegate/identity/usertoken"
 )
@@ -227,10 +227,6 @@ func (o *updateKubeconfigOptions) run(ctx context.Context) error {
 	return nil
 }
 
-// agentNameRule is GitLab's rule for agent names (lowercase alphanumerics and '-',
-// alphanumeric at both ends, at most 63 characters).
-var agentNameRule = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-
 // entry is the cluster, user and context for one agent.
 func (o *updateKubeconfigOptions) entry(names kubeconfig.Names, agentID int64, credArgs []string) kubeconfig.Entry {
 	return kubeconfig.Entry{
@@ -276,7 +272,7 @@ func (o *updateKubeconfigOptions) runAllAgents(ctx context.Context, credArgs []s
 		return nil
 	}
 	for _, a := range list.Agents {
-		if !agentNameRule.MatchString(a.Name) {
+		if !gateway.ValidAgentName(a.Name) {
 			return fmt.Errorf("the gateway names agent %d %q, which is not a GitLab agent name and cannot name a kubeconfig context: nothing written", a.ID, a.Name)
 		}
 	}
