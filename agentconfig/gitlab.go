@@ -445,7 +445,7 @@ func NewGitLabMetrics() *GitLabMetrics {
 		}, []string{"agent"}),
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kubegate_agent_config_gitlab_webhooks_total",
-			Help: "GitLab webhook calls, by result: refresh (a push to a config project; its agents are re-read), ignored (another event or project), unauthorized (wrong or missing X-Gitlab-Token), bad_request.",
+			Help: "GitLab webhook calls, by result: refresh (a push to a config project; its agents are re-read), ignored (another event or project), unauthorized (wrong or missing X-Gitlab-Token; nothing read), bad_request.",
 		}, []string{"result"}),
 	}
 }

@@ -10,6 +10,11 @@ package agentconfig
 // and treats other answers as failures (repeated ones disable the webhook), so
 // events that do not concern kubegate are answered 200 and ignored.
 //
+// An administrator can instead send every project's pushes with one system hook
+// (https://docs.gitlab.com/administration/system_hooks/, "Push events": X-Gitlab-Event
+// "System Hook", the body's event_name "push" and project_id); those are accepted
+// too, with the same token check.
+//
 // The webhook only makes the sources check sooner: what they read is still the
 // file in the project, through the API with kubegate's own token, so a forged push
 // event at worst costs a HEAD request per agent of the project it names. The token
@@ -36,6 +41,7 @@ const (
 	HeaderGitLabEvent = "X-Gitlab-Event"
 	HeaderGitLabToken = "X-Gitlab-Token"
 	EventPush         = "Push Hook"
+	EventSystem       = "System Hook"
 )
 
 // MaxWebhookBody bounds a webhook's body. A push event lists at most 20 commits
@@ -93,6 +99,7 @@ func NewWebhook(secret string, sources []Refresher, metrics *GitLabMetrics, log 
 // pushEvent is the part of a push event's body the webhook reads.
 type pushEvent struct {
 	ObjectKind string `json:"object_kind"`
+	EventName  string `json:"event_name"`
 	ProjectID  int64  `json:"project_id"`
 }
 
@@ -129,13 +136,22 @@ func (h *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.answer(w, http.StatusBadRequest, "bad_request", "the body could not be read")
 		return
 	}
-	if r.Header.Get(HeaderGitLabEvent) != EventPush {
-		h.answer(w, http.StatusOK, "ignored", "ignored: only Push Hook events concern kubegate")
+	event := r.Header.Get(HeaderGitLabEvent)
+	if event != EventPush && event != EventSystem {
+		h.answer(w, http.StatusOK, "ignored", "ignored: only Push Hook (and System Hook push) events concern kubegate")
 		return
 	}
 	var ev pushEvent
-	if err := json.Unmarshal(body, &ev); err != nil || ev.ObjectKind != "push" || ev.ProjectID <= 0 {
-		h.answer(w, http.StatusBadRequest, "bad_request", "not a push event: the body needs object_kind push and a project_id")
+	if err := json.Unmarshal(body, &ev); err != nil {
+		h.answer(w, http.StatusBadRequest, "bad_request", "the body is not a GitLab event (JSON)")
+		return
+	}
+	switch {
+	case event == EventSystem && ev.EventName != "push":
+		h.answer(w, http.StatusOK, "ignored", "ignored: a system hook event other than push")
+		return
+	case event == EventPush && ev.ObjectKind != "push", ev.ProjectID <= 0:
+		h.answer(w, http.StatusBadRequest, "bad_request", "not a push event: the body needs object_kind (system hooks: event_name) push and a project_id")
 		return
 	}
 	targets := h.targets[ev.ProjectID]
