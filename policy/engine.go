@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	"github.com/maypok86/otter/v2"
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -43,6 +44,10 @@ type Engine struct {
 	operator *operatorPolicy // nil without operator modules
 	terms    *terms          // the operator input's shared terms (nil without modules)
 	cache    *otter.Cache[string, *identityDecision]
+	// prefix starts every key this Engine puts in cache: empty with a cache of its
+	// own, a number unique to the Engine in a DecisionCache shared with others.
+	prefix string
+	shared bool
 	// onLoad, when set (tests only), runs at the start of every built-in
 	// computation with the identity's username.
 	onLoad func(username string)
@@ -64,12 +69,62 @@ type identityDecision struct {
 // Option adjusts an Engine.
 type Option func(*engineOptions)
 
-type engineOptions struct{ cacheBytes int64 }
+type engineOptions struct {
+	cacheBytes int64
+	shared     *DecisionCache
+}
 
 // WithCacheBytes bounds the memory the per-identity decisions may take (default
 // DefaultCacheBytes; at least 1 MiB). A cache at its bound evicts the least
 // valuable decisions; an evicted identity's next request computes its decision again.
 func WithCacheBytes(n int64) Option { return func(o *engineOptions) { o.cacheBytes = n } }
+
+// WithDecisionCache keeps the Engine's decisions in c, shared with the other
+// engines built with it, instead of a cache of its own: one memory bound for every
+// agent of a gateway (`kubegate authz --decision-cache-bytes`). It overrides
+// WithCacheBytes. Call Release on an Engine taken out of service.
+func WithDecisionCache(c *DecisionCache) Option { return func(o *engineOptions) { o.shared = c } }
+
+// DecisionCache is a per-identity decision cache several engines share, each under
+// keys of its own, with one bound in bytes for all of them.
+type DecisionCache struct {
+	cache *otter.Cache[string, *identityDecision]
+	next  atomic.Uint64 // numbers the engines' key prefixes
+}
+
+// NewDecisionCache makes a shared cache bounded by bytes (at least 1 MiB).
+func NewDecisionCache(bytes int64) (*DecisionCache, error) {
+	if bytes < minCacheBytes {
+		return nil, fmt.Errorf("policy: the decision cache bound %d bytes is below the minimum of %d (1 MiB)", bytes, minCacheBytes)
+	}
+	return &DecisionCache{cache: newDecisionCache(bytes)}, nil
+}
+
+func newDecisionCache(bytes int64) *otter.Cache[string, *identityDecision] {
+	return otter.Must(&otter.Options[string, *identityDecision]{
+		MaximumWeight: uint64(bytes),
+		Weigher:       func(k string, d *identityDecision) uint32 { return uint32(len(k)) + d.weight },
+	})
+}
+
+// Release drops the Engine's decisions from a shared DecisionCache, so a replaced
+// Engine's entries do not hold memory until they are evicted (a request still in
+// flight on it may add one back; the bound still holds). Without a shared cache it
+// does nothing: the Engine's own cache goes with it.
+func (e *Engine) Release() {
+	if !e.shared {
+		return
+	}
+	var mine []string
+	for k := range e.cache.Keys() {
+		if strings.HasPrefix(k, e.prefix) {
+			mine = append(mine, k)
+		}
+	}
+	for _, k := range mine {
+		e.cache.Invalidate(k)
+	}
+}
 
 // NewEngine prepares the built-in decision for cfg and compiles the operator modules.
 func NewEngine(ctx context.Context, agent Agent, cfg *AgentConfig, modules []Module, opts ...Option) (*Engine, error) {
@@ -80,18 +135,21 @@ func NewEngine(ctx context.Context, agent Agent, cfg *AgentConfig, modules []Mod
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.cacheBytes < minCacheBytes {
-		return nil, fmt.Errorf("policy: the decision cache bound %d bytes is below the minimum of %d (1 MiB)", o.cacheBytes, minCacheBytes)
-	}
 	e := &Engine{
 		agent:   agent,
 		config:  cfg,
 		listed:  listed(cfg),
 		builtin: newBuiltin(agent, cfg),
-		cache: otter.Must(&otter.Options[string, *identityDecision]{
-			MaximumWeight: uint64(o.cacheBytes),
-			Weigher:       func(k string, d *identityDecision) uint32 { return uint32(len(k)) + d.weight },
-		}),
+	}
+	switch {
+	case o.shared != nil:
+		// A prefix-free number: no key of one engine is a prefix of another's.
+		e.cache, e.shared = o.shared.cache, true
+		e.prefix = string(binary.AppendUvarint(nil, o.shared.next.Add(1)))
+	case o.cacheBytes < minCacheBytes:
+		return nil, fmt.Errorf("policy: the decision cache bound %d bytes is below the minimum of %d (1 MiB)", o.cacheBytes, minCacheBytes)
+	default:
+		e.cache = newDecisionCache(o.cacheBytes)
 	}
 	if len(modules) > 0 {
 		var err error
@@ -146,6 +204,19 @@ func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
 	return Decision{Allowed: true, Reason: ReasonAllowed, AccessAs: id.accessAs, Impersonate: id.impersonate, Request: in.Request}, nil
 }
 
+// Admits reports whether the built-in policy lets in's identity, with its
+// memberships, in at all (a Developer or higher membership of a listed entry),
+// and in which mode: the rule every decision starts with, read from the same
+// cached computation, without a request (the agent list endpoint). Operator
+// modules, which judge requests, are not consulted.
+func (e *Engine) Admits(ctx context.Context, in Input) (AccessAs, bool, error) {
+	d, err := e.identityDecision(ctx, in)
+	if err != nil {
+		return "", false, err
+	}
+	return d.accessAs, d.allowed, nil
+}
+
 // identityDecision returns the cached built-in decision for in's identity and
 // memberships, computing it on a miss. otter's Get runs one computation per key at a
 // time: concurrent first requests of one identity (after a reload, say) wait for
@@ -176,7 +247,8 @@ func (e *Engine) identityDecision(ctx context.Context, in Input) (*identityDecis
 // the key small (~10 bytes per membership) without losing exactness.
 func (e *Engine) cacheKey(in Input) string {
 	id := in.Identity
-	b := make([]byte, 0, 32+len(id.AccessType)+len(id.User.Username)+8*len(in.Memberships))
+	b := make([]byte, 0, 32+len(e.prefix)+len(id.AccessType)+len(id.User.Username)+8*len(in.Memberships))
+	b = append(b, e.prefix...)
 	b = binary.AppendVarint(b, id.AgentID)
 	b = appendString(b, string(id.AccessType))
 	b = binary.AppendVarint(b, id.User.ID)
