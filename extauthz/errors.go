@@ -26,18 +26,19 @@ const (
 	ReasonAmbiguousQuery      Reason = "ambiguous_query"      // the query is not in the canonical form (query.go)
 	ReasonForeignCredential   Reason = "foreign_credential"   // a credential the API server would try besides the agent's
 	ReasonMisconfigured       Reason = "gateway_misconfigured"
+	ReasonAgentNotReady       Reason = "agent_not_ready" // the credential's agent has no valid agent configuration yet
 )
 
 // statusFor maps an outcome reason to the HTTP status of access.md §4.
 func statusFor(r Reason) int {
 	switch r {
-	case ReasonAllowed, ReasonExplained:
+	case ReasonAllowed, ReasonExplained, ReasonAgentsListed:
 		return http.StatusOK
 	case ReasonOutsidePrefix, ReasonBadRequest, ReasonAmbiguousQuery, ReasonForeignCredential:
 		return http.StatusBadRequest
 	case ReasonClientImpersonation, Reason(policy.ReasonNotMember), Reason(policy.ReasonPolicyDenied):
 		return http.StatusForbidden
-	case Reason(identity.ReasonUnavailable), Reason(identity.ReasonBusy):
+	case Reason(identity.ReasonUnavailable), Reason(identity.ReasonBusy), ReasonAgentNotReady:
 		return http.StatusServiceUnavailable
 	case Reason(policy.ReasonPolicyError), ReasonMisconfigured:
 		return http.StatusInternalServerError
@@ -50,11 +51,13 @@ func statusFor(r Reason) int {
 // publicReason is the reason the client may see in X-Kubegate-Error. Once a
 // credential reached the identity source, the client learns only "unauthorized":
 // telling revoked from expired from unknown would let it enumerate tokens and users
-// (access.md §4). The full reason stays in the audit log and metrics.
+// (access.md §4). An agent the gateway does not serve is "unauthorized" too, so
+// that agent ids cannot be enumerated. The full reason stays in the audit log and
+// metrics.
 func publicReason(r Reason) string {
 	switch identity.Reason(r) {
 	case identity.ReasonInvalid, identity.ReasonExpired, identity.ReasonRevoked,
-		identity.ReasonScope, identity.ReasonInactive, identity.ReasonCSRF:
+		identity.ReasonScope, identity.ReasonInactive, identity.ReasonCSRF, identity.ReasonWrongAgent:
 		return "unauthorized"
 	}
 	return string(r)

@@ -118,7 +118,9 @@ var explainMethods = map[string]bool{
 // the request never continues (ext_authz_grpc_impl.cc GrpcClientImpl::onSuccess: a
 // non-OK status with denied_response takes its status code, 200 included, and
 // body). There is no parameter naming a user: the answer is the credential's own.
-func explainCheck(ctx context.Context, agent policy.Agent, snap *Snapshot, r *httpRequest) (outcome, *authv3.CheckResponse) {
+//
+// The answer is for the agent the credential names, with that agent's engine.
+func explainCheck(ctx context.Context, s *Server, r *httpRequest) (outcome, *authv3.CheckResponse) {
 	refuse := func(o outcome) (outcome, *authv3.CheckResponse) { return o, denyResponse(o.reason, o.message, false) }
 	if r.Method != http.MethodGet {
 		return refuse(deny(ReasonBadRequest, fmt.Sprintf("the explain endpoint answers GET %s<METHOD>/<API path>, not %s", ExplainPrefix, r.Method)))
@@ -129,11 +131,12 @@ func explainCheck(ctx context.Context, agent policy.Agent, snap *Snapshot, r *ht
 		return refuse(deny(ReasonBadRequest, fmt.Sprintf("the explain endpoint's path is %s<METHOD>/<API path>, METHOD one of GET, HEAD, POST, PUT, PATCH, DELETE (for example %sGET/api/v1/namespaces/default/pods)", ExplainPrefix, ExplainPrefix)))
 	}
 	inner := &httpRequest{ID: r.ID, Method: method, Target: PathPrefix + target, Header: r.Header}
-	o, _, ok := identify(ctx, agent, snap, inner)
+	o, rt, _, ok := identify(ctx, s, inner)
 	if !ok {
 		return refuse(o)
 	}
-	x, err := Explain(ctx, agent, snap.Engine, snap.Memberships, *o.identity, o.request)
+	x, err := Explain(ctx, rt.slot.spec.Agent, rt.engine, rt.shared.Memberships, *o.identity, o.request)
+	x.Agent.Name = rt.slot.spec.Name
 	var ie *identity.Error
 	switch {
 	case errors.As(err, &ie):
@@ -149,15 +152,21 @@ func explainCheck(ctx context.Context, agent policy.Agent, snap *Snapshot, r *ht
 		return refuse(o)
 	}
 	o.reason = ReasonExplained
-	return o, &authv3.CheckResponse{
-		// Any non-OK gRPC status makes Envoy answer the request itself.
-		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied), Message: string(ReasonExplained)},
+	return o, answerResponse(ReasonExplained, body)
+}
+
+// answerResponse is the gateway's own 200 answer with a JSON body (the explain and
+// agent list endpoints). It is a DeniedHttpResponse: any non-OK gRPC status makes
+// Envoy answer the request itself, so it never continues upstream.
+func answerResponse(reason Reason, body []byte) *authv3.CheckResponse {
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied), Message: string(reason)},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
 			Status: &typev3.HttpStatus{Code: typev3.StatusCode_OK},
 			Headers: []*corev3.HeaderValueOption{
 				{Header: &corev3.HeaderValue{Key: "content-type", Value: "application/json"}},
 				{Header: &corev3.HeaderValue{Key: "cache-control", Value: "no-store"}},
-				{Header: &corev3.HeaderValue{Key: HeaderError, Value: string(ReasonExplained)}},
+				{Header: &corev3.HeaderValue{Key: HeaderError, Value: string(reason)}},
 			},
 			Body: string(body),
 		}},

@@ -2,6 +2,7 @@ package extauthz
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -28,25 +29,36 @@ type Snapshot struct {
 
 // outcome is the pipeline's result, free of protobuf.
 type outcome struct {
-	reason   Reason
-	message  string // shown to the client on denials
-	credType identity.AccessType
-	identity *identity.Identity
-	request  policy.Request
-	decision *policy.Decision // set when allowed
-	cause    error            // for the log only; never shown, never holds a secret
+	reason    Reason
+	message   string // shown to the client on denials
+	credType  identity.AccessType
+	credAgent int64      // the agent id the credential names (the log's agent; 0 when none)
+	agent     *agentSlot // the served agent the request was routed to (nil: none yet)
+	identity  *identity.Identity
+	request   policy.Request
+	decision  *policy.Decision // set when allowed
+	cause     error            // for the log only; never shown, never holds a secret
 }
 
 func deny(r Reason, msg string) outcome { return outcome{reason: r, message: msg} }
 
+// route is what one request is decided with: the served agent the credential
+// named, that agent's engine in service, and the shared identity source as it was
+// when the request started.
+type route struct {
+	slot   *agentSlot
+	engine *policy.Engine
+	shared *Shared
+}
+
 // check runs the pipeline of access.md §2–§4 for one request. Every early return is a
 // denial; only the last line allows.
-func check(ctx context.Context, agent policy.Agent, snap *Snapshot, r *httpRequest) outcome {
-	o, memberships, ok := identify(ctx, agent, snap, r)
+func check(ctx context.Context, s *Server, r *httpRequest) outcome {
+	o, rt, memberships, ok := identify(ctx, s, r)
 	if !ok {
 		return o
 	}
-	d, err := snap.Engine.Decide(ctx, policy.Input{Identity: *o.identity, Memberships: memberships, Request: o.request})
+	d, err := rt.engine.Decide(ctx, policy.Input{Identity: *o.identity, Memberships: memberships, Request: o.request})
 	if err != nil || !d.Allowed {
 		o.reason, o.message, o.cause = Reason(d.Reason), d.Message, err
 		if o.reason == "" || d.Allowed { // defensive: an error never allows
@@ -58,52 +70,87 @@ func check(ctx context.Context, agent policy.Agent, snap *Snapshot, r *httpReque
 	return o
 }
 
-// identify is the pipeline up to the decision: the request parsed as the API server
-// will see it, the credential read and authenticated for this agent, the caller's
-// memberships resolved. ok is false when it refused the request; o then says why.
-// Check and the explain endpoint (explain.go) share it, so both refuse exactly alike.
-func identify(ctx context.Context, agent policy.Agent, snap *Snapshot, r *httpRequest) (o outcome, memberships []identity.Membership, ok bool) {
+// identify is the pipeline up to the decision: the caller authenticated
+// (authenticate), the agent's engine in service, the caller's memberships of what
+// that agent lists resolved. ok is false when it refused the request; o then says
+// why. Check and the explain endpoint (explain.go) share it, so both refuse
+// exactly alike.
+func identify(ctx context.Context, s *Server, r *httpRequest) (o outcome, rt route, memberships []identity.Membership, ok bool) {
+	o, rt, ok = authenticate(ctx, s, r)
+	if !ok {
+		return o, rt, nil, false
+	}
+	if rt.engine = rt.slot.engine.Load(); rt.engine == nil {
+		// Known only to a caller with a valid credential: no enumeration.
+		o.reason, o.message = ReasonAgentNotReady, fmt.Sprintf("the gateway cannot serve agent %d yet: its agent configuration has not loaded; try again later, and tell the gateway's operator if it persists", rt.slot.spec.Agent.ID)
+		o.cause = errors.New("no valid agent configuration has been loaded for this agent (see the agent configuration errors in this log)")
+		return o, rt, nil, false
+	}
+	memberships, err := rt.shared.Memberships.Memberships(ctx, o.identity.User, rt.engine.Listed())
+	if err != nil {
+		return o.with(identityDenial(identity.AsError(err))), rt, nil, false
+	}
+	return o, rt, memberships, true
+}
+
+// authenticate parses the request the way the API server will see it, reads the
+// credential, picks the served agent it names and authenticates it against the
+// shared identity source. rt.engine is not set.
+//
+// An agent id the gateway does not serve is refused only after the credential was
+// checked, with exactly the answer of an invalid credential: a client can learn
+// neither which agents exist (from a differing answer or an unsupported
+// credential type's message) nor, by timing, that the check was skipped.
+func authenticate(ctx context.Context, s *Server, r *httpRequest) (o outcome, rt route, ok bool) {
 	if name, found := clientImpersonation(r.Header); found {
-		return deny(ReasonClientImpersonation, fmt.Sprintf("impersonation through the gateway is not allowed: remove the %s header (and kubectl's --as/--as-group); the gateway sets the identity the cluster sees", name)), nil, false
+		return deny(ReasonClientImpersonation, fmt.Sprintf("impersonation through the gateway is not allowed: remove the %s header (and kubectl's --as/--as-group); the gateway sets the identity the cluster sees", name)), rt, false
 	}
 	req, query, o, ok := parseTarget(r)
 	if !ok {
-		return o, nil, false
+		return o, rt, false
 	}
 	if msg := identity.ForeignCredential(r.Header, query); msg != "" {
-		return deny(ReasonForeignCredential, msg), nil, false
+		return deny(ReasonForeignCredential, msg), rt, false
 	}
 	cred, err := identity.ParseCredential(r.Header, query)
 	if err != nil {
-		return identityDenial(identity.AsError(err)), nil, false
+		return identityDenial(identity.AsError(err)), rt, false
 	}
 	o = outcome{credType: cred.Type, request: req}
 	if cred.AgentID == 0 {
-		cred.AgentID = agent.ID // the bare OIDC form names no agent: the gateway's own applies
+		// The bare OIDC form names no agent: it is the gateway's own only when the
+		// gateway serves one.
+		if len(s.order) != 1 {
+			o.reason, o.message = Reason(identity.ReasonMalformed), "this gateway serves several agents: send the ID token as oidc:<agent-id>:<id-token> (Authorization: Bearer oidc:<agent-id>:<id-token>) to say which"
+			return o, rt, false
+		}
+		cred.AgentID = s.order[0].spec.Agent.ID
 	}
-	if cred.AgentID != agent.ID {
-		o.reason, o.message = Reason(identity.ReasonWrongAgent), fmt.Sprintf("the credential is for agent %d, which this gateway does not serve", cred.AgentID)
-		return o, nil, false
-	}
-	id, accepted, err := snap.Authenticator.Authenticate(ctx, cred)
+	o.credAgent = cred.AgentID
+	rt.shared = s.shared.Load()
+	id, accepted, err := rt.shared.Authenticator.Authenticate(ctx, cred)
 	switch {
 	case err != nil:
-		return o.with(identityDenial(identity.AsError(err))), nil, false
+		return o.with(identityDenial(identity.AsError(err))), rt, false
 	case !accepted || id == nil:
 		o.reason, o.message = Reason(identity.ReasonUnsupported), fmt.Sprintf("this gateway does not accept %s credentials", cred.Type)
-		return o, nil, false
-	case id.AgentID != agent.ID:
+		return o, rt, false
+	}
+	slot, served := s.agents[cred.AgentID]
+	switch {
+	case !served:
+		o.reason, o.message = Reason(identity.ReasonWrongAgent), identity.Unauthorized
+		o.cause = fmt.Errorf("the credential names agent %d, which this gateway does not serve", cred.AgentID)
+		return o, rt, false
+	case id.AgentID != cred.AgentID:
 		// An authenticator must not hand back another agent's identity; if one
 		// does, refuse rather than trust it.
 		o.reason, o.message = Reason(identity.ReasonWrongAgent), identity.Unauthorized
-		return o, nil, false
+		o.cause = fmt.Errorf("the identity source answered for agent %d to a credential for agent %d", id.AgentID, cred.AgentID)
+		return o, rt, false
 	}
-	o.identity = id
-	memberships, err = snap.Memberships.Memberships(ctx, id.User, snap.Engine.Listed())
-	if err != nil {
-		return o.with(identityDenial(identity.AsError(err))), nil, false
-	}
-	return o, memberships, true
+	o.identity, o.agent, rt.slot = id, slot, slot
+	return o, rt, true
 }
 
 // with copies a denial's reason, message and cause into o, keeping what o knows

@@ -81,13 +81,13 @@ func TestQueryRefusalsCountedNeverLogged(t *testing.T) {
 		{"WebSocket bearer", podsPath, []hdr{pat(aliceToken), {"sec-websocket-protocol", "base64url.bearer.authorization.k8s.io." + secret + ",v5.channel.k8s.io"}}, ReasonForeignCredential},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			before := testutil.ToFloat64(f.server.metrics.decisions.WithLabelValues("denied", string(tt.reason)))
+			before := testutil.ToFloat64(f.server.metrics.decisions.WithLabelValues("", "denied", string(tt.reason)))
 			resp := f.check(t, checkRequest("GET", tt.path, tt.headers...))
 			d := denied(t, resp)
 			if d.code != 400 || d.reason != string(tt.reason) || strings.Contains(resp.String(), secret) {
 				t.Fatalf("got %+v", d)
 			}
-			if got := testutil.ToFloat64(f.server.metrics.decisions.WithLabelValues("denied", string(tt.reason))); got != before+1 {
+			if got := testutil.ToFloat64(f.server.metrics.decisions.WithLabelValues("", "denied", string(tt.reason))); got != before+1 {
 				t.Fatalf("kubegate_authz_decisions_total{reason=%q} went from %v to %v", tt.reason, before, got)
 			}
 		})

@@ -17,8 +17,11 @@ import (
 	"kubegate.dev/kubegate/internal/filewatch"
 )
 
-// Reloader rebuilds the Server's Snapshot when any of its input files change and
-// swaps it in. It reacts only to events about those files (package filewatch: their
+// Reloader rebuilds what the Server decides with when any of its input files
+// change and swaps it in: the whole Snapshot of a one-agent Server (Build), or
+// whatever Reload rebuilds (kubegate authz: the directory and operator modules
+// every agent shares, Server.SwapShared; each agent's configuration has its own
+// agentconfig.Source, Server.RunAgent). It reacts only to events about those files (package filewatch: their
 // names, a Kubernetes "..data" swap, anything inside the policy directory), not to
 // other files in their directories, such as its own log. A build that fails (a typo in the agent config, a bad directory, a
 // Rego error) is logged and counted, and the last good snapshot stays in service
@@ -28,8 +31,16 @@ type Reloader struct {
 	// Paths are the files and directories the snapshot is built from (agent config,
 	// directory file, policy directory).
 	Paths []string
-	// Build makes a new snapshot from the files.
+	// Build makes a new snapshot from the files, for Server.Swap (one-agent
+	// servers).
 	Build func(ctx context.Context) (*Snapshot, error)
+	// Reload, if set, is used instead of Build and Swap: it rebuilds from the
+	// files and installs the result, or returns an error and changes nothing.
+	Reload func(ctx context.Context) error
+	// Metrics receive the reloads (nil: ReloadMetrics makes them), under the
+	// agent label Label (default SharedLabel).
+	Metrics *ReloadMetrics
+	Label   string
 	Log   *slog.Logger
 	// Poll re-reads the inputs this often even without file events (0: never). Some
 	// bind mounts deliver no inotify events.
@@ -44,11 +55,9 @@ type Reloader struct {
 	// zero means filewatch.DefaultRepeatEvery.
 	FailureLogEvery time.Duration
 
-	failures    filewatch.Repeats
-	reloads     *prometheus.CounterVec
-	lastSuccess prometheus.Gauge
-	last        [sha256.Size]byte
-	baselined   bool
+	failures  filewatch.Repeats
+	last      [sha256.Size]byte
+	baselined bool
 }
 
 // Baseline records the files' content as the content the first snapshot is built
@@ -60,26 +69,22 @@ func (r *Reloader) Baseline() {
 	r.baselined = true
 }
 
-// ReloadMetrics registers the reload counters. Call once, before Run.
+// ReloadMetrics makes and registers reload metrics of the Reloader's own, for a
+// Reloader not given the Server's (Metrics). Call once, before Run.
 func (r *Reloader) ReloadMetrics(reg prometheus.Registerer) error {
-	r.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "kubegate_authz_reloads_total",
-		Help: "Reloads of agent config, directory and policy, by result (success, failure, unchanged).",
-	}, []string{"result"})
-	r.lastSuccess = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "kubegate_authz_last_reload_success_timestamp_seconds",
-		Help: "When the snapshot in service was built.",
-	})
-	r.lastSuccess.SetToCurrentTime()
-	if reg == nil {
-		return nil
+	m, err := NewReloadMetrics(reg)
+	if err != nil {
+		return err
 	}
-	for _, c := range []prometheus.Collector{r.reloads, r.lastSuccess} {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("reload metrics: %w", err)
-		}
-	}
+	r.Metrics = m
 	return nil
+}
+
+func (r *Reloader) label() string {
+	if r.Label == "" {
+		return SharedLabel
+	}
+	return r.Label
 }
 
 // Run watches until ctx ends. The snapshot in service when Run starts is taken to
@@ -92,11 +97,13 @@ func (r *Reloader) Run(ctx context.Context) error {
 		r.Debounce = 200 * time.Millisecond
 	}
 	r.failures.Every = r.FailureLogEvery
-	if r.reloads == nil {
+	if r.Metrics == nil {
 		if err := r.ReloadMetrics(nil); err != nil {
 			return err
 		}
 	}
+	// The snapshot in service was built just before Run.
+	r.Metrics.lastSuccess.WithLabelValues(r.label()).SetToCurrentTime()
 	if !r.baselined {
 		r.Baseline()
 	}
@@ -112,15 +119,20 @@ func (r *Reloader) Run(ctx context.Context) error {
 func (r *Reloader) reload(ctx context.Context) {
 	sum, err := r.digest()
 	if err == nil && sum == r.last {
-		r.reloads.WithLabelValues("unchanged").Inc()
+		r.Metrics.unchanged(r.label())
 		return
 	}
-	snap, berr := r.Build(ctx)
-	if berr == nil {
-		berr = r.Server.Swap(snap)
+	var berr error
+	if r.Reload != nil {
+		berr = r.Reload(ctx)
+	} else {
+		var snap *Snapshot
+		if snap, berr = r.Build(ctx); berr == nil {
+			berr = r.Server.Swap(snap)
+		}
 	}
 	if berr != nil {
-		r.reloads.WithLabelValues("failure").Inc()
+		r.Metrics.failure(r.label())
 		if ok, suppressed := r.failures.Allow(); ok {
 			r.Log.Error("configuration reload failed; the last good configuration stays in service", "err", berr.Error(), "suppressed", suppressed)
 		}
@@ -128,8 +140,7 @@ func (r *Reloader) reload(ctx context.Context) {
 	}
 	r.failures.Reset()
 	r.last = sum
-	r.reloads.WithLabelValues("success").Inc()
-	r.lastSuccess.SetToCurrentTime()
+	r.Metrics.success(r.label())
 	r.Log.Info("configuration reloaded")
 }
 

@@ -125,10 +125,10 @@ func TestReloadRetainsNoOldSnapshots(t *testing.T) {
 			round++
 			write(round)
 			r.reload(t.Context())
-			if r.Server.state.Load() == snap {
+			if r.Server.current() == snap {
 				t.Fatalf("round %d: the reload did not swap in a new snapshot", round)
 			}
-			snap = r.Server.state.Load()
+			snap = r.Server.current()
 			for _, u := range users {
 				resp, err := srv.Check(t.Context(), checkRequest("GET", podsPath, pat(data.Tokens[u])))
 				if err != nil {

@@ -86,7 +86,7 @@ func TestReloadOnFileChange(t *testing.T) {
 
 	// A broken edit keeps the last good configuration and counts a failure.
 	writeFile(t, cfg, "user_access:\n  access_as: {agent: {}, user: {}}\n")
-	eventually(t, "the failed reload to be counted", func() bool { return testutil.ToFloat64(r.reloads.WithLabelValues("failure")) >= 1 })
+	eventually(t, "the failed reload to be counted", func() bool { return testutil.ToFloat64(r.Metrics.reloads.WithLabelValues(SharedLabel, "failure")) >= 1 })
 	if got := f.accessAs(t); got != "agent" {
 		t.Fatalf("after a bad edit the mode is %s; the last good config must stay", got)
 	}
@@ -164,7 +164,7 @@ func TestReloadSkipsUnchangedFiles(t *testing.T) {
 		return snapshotOrError(cfg, f.backend)
 	})
 	writeFile(t, cfg, userModeConfig) // same bytes: an event, but nothing to do
-	eventually(t, "the event to be handled", func() bool { return testutil.ToFloat64(r.reloads.WithLabelValues("unchanged")) >= 1 })
+	eventually(t, "the event to be handled", func() bool { return testutil.ToFloat64(r.Metrics.reloads.WithLabelValues(SharedLabel, "unchanged")) >= 1 })
 	if n := builds.Load(); n != 0 {
 		t.Fatalf("rebuilt %d times for identical content (a rebuild flushes the decision cache)", n)
 	}
@@ -243,7 +243,7 @@ func TestReloadFailureLogIsRateLimited(t *testing.T) {
 	for i := range 5 {
 		writeFile(t, cfg, fmt.Sprintf("user_access:\n  access_as: {agent: {}, user: {}}\n# %d\n", i))
 		n := float64(i + 1)
-		eventually(t, "the failed reload to be counted", func() bool { return testutil.ToFloat64(r.reloads.WithLabelValues("failure")) >= n })
+		eventually(t, "the failed reload to be counted", func() bool { return testutil.ToFloat64(r.Metrics.reloads.WithLabelValues(SharedLabel, "failure")) >= n })
 	}
 	mu.Lock()
 	defer mu.Unlock()

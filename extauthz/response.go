@@ -1,6 +1,7 @@
 package extauthz
 
 import (
+	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -32,29 +33,49 @@ var (
 	credentialQuery   = contract.CredentialQuery
 )
 
-// allowResponse is Envoy's OK answer: scrub the credential, and hand the decision to
-// ext_proc in dynamic metadata. ident is the decision's encoded identity (nil in
-// agent mode); in user mode the answer also sets Impersonate-User itself, so a
-// request ext_proc never touches still goes upstream as the user, without groups,
-// and never as the agent (see package handoff). Envoy applies OkHttpResponse.headers
-// before headers_to_remove (ext_authz.cc Filter::onComplete).
+// allowResponse is Envoy's OK answer: route the request to the agent's cluster,
+// scrub the credential, and hand the decision to ext_proc in dynamic metadata.
+// ident is the decision's encoded identity (nil in agent mode); in user mode the
+// answer also sets Impersonate-User itself, so a request ext_proc never touches
+// still goes upstream as the user, without groups, and never as the agent (see
+// package handoff). Envoy applies OkHttpResponse.headers before headers_to_remove
+// (ext_authz.cc Filter::onComplete).
+//
+// The upstream header (contract.HeaderUpstream) is set on every OK answer,
+// overwriting any copy: Envoy's route picks the agent's cluster from it
+// (cluster_header) once ext_authz has cleared the route cache. An outcome with no
+// served agent cannot become an OK answer.
 func allowResponse(o outcome, decisionID string, ident *handoff.Identity) (*authv3.CheckResponse, error) {
+	if o.agent == nil {
+		return nil, errors.New("an allowed request has no agent to route to")
+	}
 	md, err := handoff.Encode(decisionID, string(o.decision.AccessAs), ident)
 	if err != nil {
 		return nil, err
 	}
 	ok := &authv3.OkHttpResponse{
+		Headers:                 []*corev3.HeaderValueOption{upstreamHeader(o.agent.spec.Agent.ID)},
 		HeadersToRemove:         credentialHeaders,
 		QueryParametersToRemove: credentialQuery,
 	}
 	if ident != nil {
-		ok.Headers = []*corev3.HeaderValueOption{ident.UserHeader()}
+		ok.Headers = append(ok.Headers, ident.UserHeader())
 	}
 	return &authv3.CheckResponse{
 		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
 		DynamicMetadata: md,
 	}, nil
+}
+
+// upstreamHeader routes a request to agent id's cluster. OVERWRITE_IF_EXISTS_OR_ADD
+// replaces every copy already on the request rather than adding one beside it
+// (base.proto HeaderValueOption.HeaderAppendAction).
+func upstreamHeader(agentID int64) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: contract.HeaderUpstream, Value: contract.UpstreamCluster(agentID)},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
 }
 
 // denyResponse is a Kubernetes Status answered by Envoy on kubegate's behalf, or, for

@@ -203,7 +203,9 @@ func TestCredentials(t *testing.T) {
 		{name: "huge agent id", headers: []hdr{bearer("pat:99999999999999999999:" + aliceToken)}, wantCode: 401, wantReason: "malformed_credential", wantMessage: "out of range"},
 		{name: "empty token", headers: []hdr{bearer("pat:1:")}, wantCode: 401, wantReason: "malformed_credential"},
 		{name: "token with extra colons is one token", headers: []hdr{bearer("pat:1:" + aliceToken + ":x:y")}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
-		{name: "wrong agent", headers: []hdr{bearer("pat:2:" + aliceToken)}, wantCode: 401, wantReason: "wrong_agent", wantMessage: "agent 2"},
+		// An agent the gateway does not serve answers as an invalid token does
+		// (TestUnservedAgentIsAnInvalidToken compares the whole answers).
+		{name: "wrong agent", headers: []hdr{bearer("pat:2:" + aliceToken)}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
 		{name: "unknown token", headers: []hdr{pat("kg-sandbox-nobody-token")}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
 		{name: "revoked token", headers: []hdr{pat(token("erin"))}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
 		{name: "token without k8s_proxy", headers: []hdr{pat(token("frank"))}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
@@ -211,7 +213,7 @@ func TestCredentials(t *testing.T) {
 		{name: "blocked user", headers: []hdr{pat(token("mallory"))}, wantCode: 401, wantReason: "unauthorized", wantMessage: "Unauthorized", backend: true},
 		{name: "bare OIDC not accepted here", headers: []hdr{bearer(jws)}, wantCode: 401, wantReason: "unsupported_credential", wantMessage: "does not accept oidc_id_token", backend: true},
 		{name: "prefixed OIDC not accepted here", headers: []hdr{bearer("oidc:1:" + jws)}, wantCode: 401, wantReason: "unsupported_credential", backend: true},
-		{name: "OIDC for another agent", headers: []hdr{bearer("oidc:7:" + jws)}, wantCode: 401, wantReason: "wrong_agent"},
+		{name: "OIDC for another agent answers as for this one", headers: []hdr{bearer("oidc:7:" + jws)}, wantCode: 401, wantReason: "unsupported_credential", backend: true},
 		{name: "session cookie not accepted here", headers: []hdr{{"cookie", "kubegate_session=s"}, {"gitlab-agent-id", "1"}, {"x-csrf-token", "c"}}, wantCode: 401, wantReason: "unsupported_credential", wantMessage: "does not accept session_cookie", backend: true},
 		{name: "session cookie via query", headers: []hdr{{"cookie", "kubegate_session=s"}}, path: podsPath + "?gitlab-agent-id=1&gitlab-csrf-token=c", wantCode: 401, wantReason: "unsupported_credential", backend: true},
 		{name: "session cookie without CSRF", headers: []hdr{{"cookie", "kubegate_session=s"}, {"gitlab-agent-id", "1"}}, wantCode: 401, wantReason: "malformed_credential", wantMessage: "CSRF"},
@@ -313,15 +315,11 @@ func TestRequestsAndResponses(t *testing.T) {
 			fmt.Sprint(ok.GetQueryParametersToRemove()) != "[gitlab-agent-id gitlab-csrf-token]" {
 			t.Fatalf("credential scrubbing: %v %v", ok.GetHeadersToRemove(), ok.GetQueryParametersToRemove())
 		}
-		// Only Impersonate-User, set (not appended) in one line: a request ext_proc
-		// skips goes upstream as the user, never as the agent. The deprecated append
-		// must stay unset: Envoy would read it before append_action.
-		h := ok.GetHeaders()
-		//lint:ignore SA1019 checking that the deprecated field is not set
-		legacy := len(h) > 0 && h[0].GetAppend() != nil
-		if len(h) != 1 || h[0].GetHeader().GetKey() != "impersonate-user" || h[0].GetHeader().GetValue() != "gitlab:user:alice" ||
-			len(h[0].GetHeader().GetRawValue()) != 0 || legacy || h[0].GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
-			t.Fatalf("user-mode OK headers: want only impersonate-user: gitlab:user:alice with OVERWRITE_IF_EXISTS_OR_ADD, got %v", h)
+		// Only the upstream choice and Impersonate-User, each set (not appended) in
+		// one line: a request ext_proc skips goes upstream as the user, never as the
+		// agent.
+		if h := okHeaders(t, resp); len(h) != 2 || h["impersonate-user"] != "gitlab:user:alice" || h["x-kubegate-upstream"] != "kubegate_apiserver_1" {
+			t.Fatalf("user-mode OK headers: want only impersonate-user: gitlab:user:alice and the upstream choice, got %v", h)
 		}
 		d, err := handoff.FromMetadata(&corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{handoff.Namespace: resp.GetDynamicMetadata()}})
 		if err != nil {
@@ -336,6 +334,27 @@ func TestRequestsAndResponses(t *testing.T) {
 	})
 }
 
+// okHeaders returns the request headers an OK answer sets, by name, after
+// checking each is one line that replaces any copy the request has
+// (OVERWRITE_IF_EXISTS_OR_ADD) and leaves the deprecated append unset, which
+// Envoy would read before append_action.
+func okHeaders(t *testing.T, resp *authv3.CheckResponse) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, h := range resp.GetOkResponse().GetHeaders() {
+		//lint:ignore SA1019 checking that the deprecated field is not set
+		legacy := h.GetAppend() != nil
+		if legacy || h.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD || len(h.GetHeader().GetRawValue()) != 0 {
+			t.Fatalf("OK header %v is not one line replacing any other", h)
+		}
+		if _, dup := out[h.GetHeader().GetKey()]; dup {
+			t.Fatalf("OK header %s set twice: %v", h.GetHeader().GetKey(), resp.GetOkResponse().GetHeaders())
+		}
+		out[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+	}
+	return out
+}
+
 func TestAgentMode(t *testing.T) {
 	cfg := t.TempDir() + "/agent.yaml"
 	writeFile(t, cfg, "user_access:\n  access_as: {agent: {}}\n  projects: [{id: group-1/project-1}]\n")
@@ -348,8 +367,8 @@ func TestAgentMode(t *testing.T) {
 	if resp.GetOkResponse() == nil || len(resp.GetOkResponse().GetHeadersToRemove()) != 4 {
 		t.Fatalf("want OK with credential scrubbing, got %v", resp)
 	}
-	if h := resp.GetOkResponse().GetHeaders(); len(h) != 0 {
-		t.Fatalf("agent mode sets no request header, got %v", h)
+	if h := okHeaders(t, resp); len(h) != 1 || h["x-kubegate-upstream"] != "kubegate_apiserver_1" {
+		t.Fatalf("agent mode sets only the upstream choice, got %v", h)
 	}
 	if d := denied(t, f.check(t, checkRequest("GET", podsPath, pat(token("bob"))))); d.code != 403 {
 		t.Fatalf("reporter in agent mode: %+v", d)
@@ -479,7 +498,7 @@ func TestReloadUnderLoad(t *testing.T) {
 // TestUnavailableBackend: a membership source that cannot answer is a 503 that says so.
 func TestUnavailableBackend(t *testing.T) {
 	f := start(t, sandboxConfig, "")
-	snap := *f.server.state.Load()
+	snap := *f.server.current()
 	down := identity.SourceUnavailable("gitlab", fmt.Errorf("dial tcp: connection refused"))
 	snap.Memberships = membershipsFunc(func(context.Context, identity.User, identity.Listed) ([]identity.Membership, error) { return nil, down })
 	if err := f.server.Swap(&snap); err != nil {
@@ -507,7 +526,7 @@ func (f membershipsFunc) Memberships(ctx context.Context, u identity.User, l ide
 
 func TestPanicIsADenial(t *testing.T) {
 	f := start(t, sandboxConfig, "")
-	snap := *f.server.state.Load()
+	snap := *f.server.current()
 	snap.Authenticator = identity.AuthenticatorFunc(func(context.Context, identity.Credential) (*identity.Identity, bool, error) { panic("bug") })
 	_ = f.server.Swap(&snap)
 	if d := denied(t, f.check(t, checkRequest("GET", podsPath, pat(aliceToken)))); d.code != 500 {
@@ -539,14 +558,14 @@ func TestRejectionDetailStaysServerSide(t *testing.T) {
 // trusted.
 func TestAuthenticatorForAnotherAgentIsRefused(t *testing.T) {
 	f := start(t, sandboxConfig, "")
-	snap := *f.server.state.Load()
+	snap := *f.server.current()
 	snap.Authenticator = identity.AuthenticatorFunc(func(_ context.Context, c identity.Credential) (*identity.Identity, bool, error) {
 		return &identity.Identity{User: identity.User{ID: 1, Username: "alice"}, AccessType: c.Type, AgentID: 2}, true, nil
 	})
 	if err := f.server.Swap(&snap); err != nil {
 		t.Fatal(err)
 	}
-	if d := denied(t, f.check(t, checkRequest("GET", podsPath, pat(aliceToken)))); d.code != 401 || d.reason != "wrong_agent" || d.message != "kubegate: Unauthorized" {
+	if d := denied(t, f.check(t, checkRequest("GET", podsPath, pat(aliceToken)))); d.code != 401 || d.reason != "unauthorized" || d.message != "kubegate: Unauthorized" || !strings.Contains(f.logs.String(), `"reason":"wrong_agent"`) {
 		t.Fatalf("got %+v", d)
 	}
 }
