@@ -79,4 +79,3 @@ func agentsCheck(ctx context.Context, s *Server, r *httpRequest) (outcome, *auth
 	o.reason = ReasonAgentsListed
 	return o, answerResponse(ReasonAgentsListed, body)
 }
-

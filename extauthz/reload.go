@@ -41,7 +41,7 @@ type Reloader struct {
 	// agent label Label (default SharedLabel).
 	Metrics *ReloadMetrics
 	Label   string
-	Log   *slog.Logger
+	Log     *slog.Logger
 	// Poll re-reads the inputs this often even without file events (0: never). Some
 	// bind mounts deliver no inotify events.
 	Poll time.Duration

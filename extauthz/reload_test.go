@@ -164,7 +164,9 @@ func TestReloadSkipsUnchangedFiles(t *testing.T) {
 		return snapshotOrError(cfg, f.backend)
 	})
 	writeFile(t, cfg, userModeConfig) // same bytes: an event, but nothing to do
-	eventually(t, "the event to be handled", func() bool { return testutil.ToFloat64(r.Metrics.reloads.WithLabelValues(SharedLabel, "unchanged")) >= 1 })
+	eventually(t, "the event to be handled", func() bool {
+		return testutil.ToFloat64(r.Metrics.reloads.WithLabelValues(SharedLabel, "unchanged")) >= 1
+	})
 	if n := builds.Load(); n != 0 {
 		t.Fatalf("rebuilt %d times for identical content (a rebuild flushes the decision cache)", n)
 	}

@@ -57,6 +57,7 @@ type agentSlot struct {
 	failures filewatch.Repeats
 	tried    chan struct{} // closed after the first attempt to load a configuration
 	once     sync.Once
+	lastErr  atomic.Pointer[error] // the last failure to load a configuration (nil after a success)
 }
 
 // Server implements envoy.service.auth.v3.Authorization for every agent of a
@@ -191,6 +192,17 @@ func (s *Server) Ready(id int64) bool {
 	return ok && slot.engine.Load() != nil
 }
 
+// LastError is why agent id's last configuration was not loaded (nil when the
+// last one loaded, or none was tried).
+func (s *Server) LastError(id int64) error {
+	if slot, ok := s.agents[id]; ok {
+		if p := slot.lastErr.Load(); p != nil {
+			return *p
+		}
+	}
+	return nil
+}
+
 // LoadAgentConfig validates one version of an agent's configuration and, when
 // it is valid, builds the agent's engine with the shared operator modules and
 // puts it in service. A version that does not validate is logged and counted,
@@ -227,6 +239,7 @@ func (s *Server) loadAgentConfig(ctx context.Context, slot *agentSlot, v agentco
 		old.Release()
 	}
 	slot.failures.Reset()
+	slot.lastErr.Store(nil)
 	s.reloads.success(slot.label)
 	ua := cfg.UserAccess
 	msg := "agent configuration reloaded"
@@ -241,6 +254,7 @@ func (s *Server) loadAgentConfig(ctx context.Context, slot *agentSlot, v agentco
 // agentConfigFailed logs (rate-limited) and counts a version of an agent's
 // configuration that could not be read or did not validate.
 func (s *Server) agentConfigFailed(slot *agentSlot, err error) {
+	slot.lastErr.Store(&err)
 	s.reloads.failure(slot.label)
 	if ok, suppressed := slot.failures.Allow(); ok {
 		if slot.engine.Load() == nil {

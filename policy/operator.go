@@ -207,3 +207,13 @@ func requestTerm(r Request) *ast.Term {
 		ast.Item(ast.StringTerm("fieldManager"), ast.StringTerm(r.FieldManager)),
 	)
 }
+
+// CheckModules compiles modules as NewEngine does, so a caller can refuse them
+// before it changes anything else (NewEngine compiles them again per engine).
+func CheckModules(ctx context.Context, modules []Module) error {
+	if len(modules) == 0 {
+		return nil
+	}
+	_, err := newOperatorPolicy(ctx, modules)
+	return err
+}

@@ -4,18 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"sync"
 	"syscall"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
+	"kubegate.dev/kubegate/agentconfig"
 	"kubegate.dev/kubegate/envoy"
 	"kubegate.dev/kubegate/extauthz"
+	"kubegate.dev/kubegate/gateway"
 	"kubegate.dev/kubegate/identity/backends"
 	"kubegate.dev/kubegate/identity/directory"
 	"kubegate.dev/kubegate/policy"
@@ -25,6 +30,7 @@ type authzOptions struct {
 	service         serviceFlags
 	identity        backends.Options
 	backends        *backends.Backends // built once per process in run
+	gatewayConfig   string
 	agentID         int64
 	configProjectID int64
 	agentConfig     string
@@ -32,30 +38,45 @@ type authzOptions struct {
 	policyDir       string
 	reloadPoll      time.Duration
 	cacheBytes      int64
+	startWait       time.Duration
 }
+
+// newGitLabAgentConfig, when set, makes the agentconfig.Source of an agent whose
+// gateway configuration says agent_config.gitlab (the GitLab source, built with
+// the identity source's GitLab URL and token from o.identity). It is the seam
+// for reading agent configurations from GitLab; while it is nil such an agent
+// refuses the start with a message saying so.
+var newGitLabAgentConfig func(o *authzOptions, a gateway.Agent, log *slog.Logger, reg prometheus.Registerer) (agentconfig.Source, error)
 
 func newAuthzCommand() *cobra.Command {
 	o := &authzOptions{identity: backends.DefaultOptions()}
 	cmd := &cobra.Command{
-		Use:   "authz --agent-id N --agent-config FILE --config-project-id N (--directory FILE | --identity-source gitlab ...)",
+		Use:   "authz (--gateway-config FILE | --agent-id N --agent-config FILE --config-project-id N) (--directory FILE | --identity-source gitlab ...)",
 		Short: "Serve Envoy's ext_authz API: authenticate, find memberships, decide",
-		Long: `Serve envoy.service.auth.v3.Authorization for one agent. For each request Envoy asks
-Check: the credential is parsed (pat:<agent-id>:<token>, OIDC, session cookie),
-verified against the identity source, the user's memberships of the projects and
-groups the agent's user_access lists are found, and the built-in Rego policy plus
-any operator modules decide. Allowed requests carry the decision to kubegate
-extproc in Envoy's dynamic metadata; denied ones get a Kubernetes Status (401, 403,
-400, 503).
+		Long: `Serve envoy.service.auth.v3.Authorization for every agent of a gateway: the
+agents of --gateway-config, or the one agent of --agent-id, --config-project-id
+and --agent-config. For each request Envoy asks Check: the credential is parsed
+(pat:<agent-id>:<token>, OIDC, session cookie), its agent id picks the agent
+(an agent the gateway does not serve is refused like an invalid token), the
+credential is verified against the identity source, the user's memberships of
+the projects and groups that agent's user_access lists are found, and the
+built-in Rego policy plus any operator modules decide. Allowed requests are
+routed to the agent's cluster (x-kubegate-upstream) and carry the decision to
+kubegate extproc in Envoy's dynamic metadata; denied ones get a Kubernetes
+Status (401, 403, 400, 503).
 
-The agent configuration, the directory and the policy directory are watched:
-a change is applied without a restart, and a change that does not validate is
-logged and ignored (the last good configuration stays). Also serves
-grpc.health.v1 and, with --metrics-listen, Prometheus metrics. Every decision is
-logged as one JSON line (user, agent, verb, resource, namespace, result, reason;
-never a credential). SIGTERM stops it gracefully.`,
+Each agent's configuration is watched and reloaded on its own: a change that
+does not validate is logged and ignored (that agent's last good configuration
+stays), and an agent with no valid configuration yet is answered 503 while the
+others serve. The directory and the policy directory are shared by every agent
+and watched too: a change rebuilds every agent. Also serves grpc.health.v1 and,
+with --metrics-listen, Prometheus metrics. Every decision is logged as one JSON
+line (user, agent, verb, resource, namespace, result, reason; never a
+credential). SIGTERM stops it gracefully.`,
 		Example: `  kubegate authz --listen 127.0.0.1:9001 --metrics-listen 127.0.0.1:9101 \
     --agent-id 1 --config-project-id 1 \
-    --agent-config deploy/sandbox/agent-config.yaml --directory deploy/sandbox/directory.yaml`,
+    --agent-config deploy/sandbox/agent-config.yaml --directory deploy/sandbox/directory.yaml
+  kubegate authz --gateway-config gateway.yaml --directory directory.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyConfigFile(cmd, o.service.configFile); err != nil {
@@ -66,13 +87,15 @@ never a credential). SIGTERM stops it gracefully.`,
 	}
 	f := cmd.Flags()
 	o.service.add(f, "127.0.0.1:9001")
-	f.Int64Var(&o.agentID, "agent-id", 0, "numeric id of the agent this gateway serves; credentials naming another agent are refused (required)")
-	f.Int64Var(&o.configProjectID, "config-project-id", 0, "numeric id of the project holding the agent configuration; sent as the agent.gitlab.com/config_project_id extra (required)")
-	f.StringVar(&o.agentConfig, "agent-config", "", "the agent configuration file (.gitlab/agents/<agent>/config.yaml); only user_access is read (required)")
+	f.StringVar(&o.gatewayConfig, "gateway-config", "", "the gateway configuration file listing every agent the gateway serves (id, name, config_project_id, agent_config); instead of --agent-id, --config-project-id and --agent-config")
+	f.Int64Var(&o.agentID, "agent-id", 0, "numeric id of the one agent this gateway serves; credentials naming another agent are refused (required without --gateway-config)")
+	f.Int64Var(&o.configProjectID, "config-project-id", 0, "numeric id of the project holding the agent configuration; sent as the agent.gitlab.com/config_project_id extra (required without --gateway-config)")
+	f.StringVar(&o.agentConfig, "agent-config", "", "the agent configuration file (.gitlab/agents/<agent>/config.yaml); only user_access is read (required without --gateway-config)")
 	f.StringVar(&o.directory, "directory", "", "the directory file of users, groups, projects, memberships and token digests (required with --identity-source=directory)")
-	f.StringVar(&o.policyDir, "policy", "", "a directory of operator Rego modules (package kubegate.operator.<name>, deny contains msg if …) that may add denials")
+	f.StringVar(&o.policyDir, "policy", "", "a directory of operator Rego modules (package kubegate.operator.<name>, deny contains msg if …) that may add denials, for every agent")
 	f.DurationVar(&o.reloadPoll, "reload-poll", 30*time.Second, "also re-read the watched files this often, for filesystems without change events; 0 turns it off")
-	f.Int64Var(&o.cacheBytes, "decision-cache-bytes", policy.DefaultCacheBytes, "memory bound, in bytes, of the per-identity decisions remembered for the configuration in service (at least 1 MiB; a real-size identity with 243 groups takes about 11 KB, most of it the identity encoded once for ext_proc); at the bound the least valuable are evicted and recomputed on their next request")
+	f.Int64Var(&o.cacheBytes, "decision-cache-bytes", policy.DefaultCacheBytes, "memory bound, in bytes, of the per-identity decisions remembered for the configurations in service, one bound for all agents (at least 1 MiB; a real-size identity with 243 groups takes about 11 KB, most of it the identity encoded once for ext_proc); at the bound the least valuable are evicted and recomputed on their next request")
+	f.DurationVar(&o.startWait, "start-wait", 30*time.Second, "at start, how long to wait for every agent's first configuration before serving (agents still without one answer 503 until it loads); the start fails if no agent has a valid configuration by then")
 	o.identity.AddFlags(f)
 	return cmd
 }
@@ -82,14 +105,22 @@ const authzPrivate = "kubegate authz sees every user's credential and would answ
 
 func (o *authzOptions) validate() error {
 	var errs []error
-	if o.agentID <= 0 {
-		errs = append(errs, errors.New("--agent-id is required: the numeric id of the agent this gateway serves"))
-	}
-	if o.configProjectID <= 0 {
-		errs = append(errs, errors.New("--config-project-id is required: the numeric id of the project holding the agent configuration"))
-	}
-	if o.agentConfig == "" {
-		errs = append(errs, errors.New("--agent-config is required: the agent's .gitlab/agents/<agent>/config.yaml"))
+	if o.gatewayConfig != "" {
+		for name, set := range map[string]bool{"--agent-id": o.agentID != 0, "--config-project-id": o.configProjectID != 0, "--agent-config": o.agentConfig != ""} {
+			if set {
+				errs = append(errs, fmt.Errorf("%s is for a gateway of one agent; with --gateway-config, each agent's id, config project and agent configuration come from that file", name))
+			}
+		}
+	} else {
+		if o.agentID <= 0 {
+			errs = append(errs, errors.New("--agent-id is required: the numeric id of the agent this gateway serves (or list the agents in --gateway-config)"))
+		}
+		if o.configProjectID <= 0 {
+			errs = append(errs, errors.New("--config-project-id is required: the numeric id of the project holding the agent configuration"))
+		}
+		if o.agentConfig == "" {
+			errs = append(errs, errors.New("--agent-config is required: the agent's .gitlab/agents/<agent>/config.yaml"))
+		}
 	}
 	if o.directory == "" && o.identity.Source == backends.SourceDirectory {
 		errs = append(errs, errors.New("--directory is required with --identity-source=directory: the directory file of users, memberships and token digests"))
@@ -106,23 +137,53 @@ func (o *authzOptions) validate() error {
 	return errors.Join(errs...)
 }
 
-func (o *authzOptions) agent() policy.Agent {
-	return policy.Agent{ID: o.agentID, ConfigProjectID: o.configProjectID}
+// agentSource is one agent to serve and where its configuration comes from.
+type agentSource struct {
+	spec   extauthz.AgentSpec
+	source agentconfig.Source
 }
 
-// build reads every input and assembles a snapshot; any error leaves the caller's
-// current snapshot in place.
-func (o *authzOptions) build(ctx context.Context) (*extauthz.Snapshot, error) {
-	cfg, err := policy.LoadAgentConfig(o.agentConfig)
-	if err != nil {
-		return nil, err
+// agents are the agents to serve: those of --gateway-config, or the one of the
+// single-agent flags, each with the Source of its configuration.
+func (o *authzOptions) agents(log *slog.Logger, reg prometheus.Registerer) ([]agentSource, error) {
+	cfg := &gateway.Config{Agents: []gateway.Agent{{ID: o.agentID, ConfigProjectID: o.configProjectID, AgentConfig: gateway.AgentConfigSource{File: o.agentConfig}}}}
+	if o.gatewayConfig != "" {
+		var err error
+		if cfg, err = gateway.Load(o.gatewayConfig); err != nil {
+			return nil, err
+		}
 	}
+	var out []agentSource
+	for i, a := range cfg.Agents {
+		as := agentSource{spec: extauthz.AgentSpec{Agent: policy.Agent{ID: a.ID, ConfigProjectID: a.ConfigProjectID}, Name: a.Name}}
+		switch {
+		case a.AgentConfig.File != "":
+			as.source = &agentconfig.File{Path: a.AgentConfig.File, Poll: o.reloadPoll, Log: log}
+		case a.AgentConfig.GitLab != nil && newGitLabAgentConfig != nil:
+			src, err := newGitLabAgentConfig(o, a, log, reg)
+			if err != nil {
+				return nil, fmt.Errorf("agents[%d].agent_config.gitlab: %w", i, err)
+			}
+			as.source = src
+		default:
+			return nil, fmt.Errorf("%s: agents[%d].agent_config.gitlab: this kubegate cannot read agent configurations from GitLab; give the agent a local copy with agent_config.file", o.gatewayConfig, i)
+		}
+		out = append(out, as)
+	}
+	return out, nil
+}
+
+// buildShared reads what every agent shares — the operator modules and the
+// directory — and makes the identity source over them; any error leaves the
+// caller's current state in place.
+func (o *authzOptions) buildShared(ctx context.Context) (*extauthz.Shared, error) {
 	mods, err := policy.LoadModules(o.policyDir)
 	if err != nil {
 		return nil, err
 	}
-	engine, err := policy.NewEngine(ctx, o.agent(), cfg, mods, policy.WithCacheBytes(o.cacheBytes))
-	if err != nil {
+	// Compile the modules before Sources installs the directory: after it, nothing
+	// may fail.
+	if err := policy.CheckModules(ctx, mods); err != nil {
 		return nil, err
 	}
 	var dir *directory.Directory
@@ -141,11 +202,12 @@ func (o *authzOptions) build(ctx context.Context) (*extauthz.Snapshot, error) {
 	// the system now rather than keep it resident until the runtime's scavenger
 	// gets to it (one GC, a few milliseconds, at start-up and per reload).
 	debug.FreeOSMemory()
-	return &extauthz.Snapshot{Engine: engine, Authenticator: authn, Memberships: members}, nil
+	return &extauthz.Shared{Authenticator: authn, Memberships: members, Modules: mods}, nil
 }
 
+// watched are the shared inputs' files (each agent's own are watched by its Source).
 func (o *authzOptions) watched() []string {
-	paths := []string{o.agentConfig}
+	var paths []string
 	if o.backends.NeedsDirectory() {
 		paths = append(paths, o.directory)
 	}
@@ -167,39 +229,92 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 	defer stop()
 
 	reg := newRegistry()
+	cache, err := policy.NewDecisionCache(o.cacheBytes)
+	if err != nil {
+		return fmt.Errorf("--decision-cache-bytes: %w", err)
+	}
 	if o.backends, err = backends.Build(ctx, o.identity, reg, log); err != nil {
 		return fmt.Errorf("cannot start: %w", err)
 	}
 	defer o.backends.Close()
-	reloader := &extauthz.Reloader{Paths: o.watched(), Build: o.build, Log: log, Poll: o.reloadPoll}
-	// Before the build: an edit made while it reads the files is then a change.
-	reloader.Baseline()
-	snap, err := o.build(ctx)
+	agents, err := o.agents(log, reg)
 	if err != nil {
 		return fmt.Errorf("cannot start: %w", err)
 	}
-	srv, err := extauthz.NewServer(o.agent(), snap, log, reg)
+	var reloader *extauthz.Reloader
+	if paths := o.watched(); len(paths) > 0 {
+		reloader = &extauthz.Reloader{Paths: paths, Log: log, Poll: o.reloadPoll}
+		// Before the build: an edit made while it reads the files is then a change.
+		reloader.Baseline()
+	}
+	shared, err := o.buildShared(ctx)
+	if err != nil {
+		return fmt.Errorf("cannot start: %w", err)
+	}
+	specs := make([]extauthz.AgentSpec, len(agents))
+	for i, a := range agents {
+		specs[i] = a.spec
+	}
+	srv, err := extauthz.NewGateway(specs, shared, extauthz.GatewayOptions{Log: log, Registerer: reg, EngineOptions: []policy.Option{policy.WithDecisionCache(cache)}})
 	if err != nil {
 		return err
 	}
-	reloader.Server = srv
-	if err := reloader.ReloadMetrics(reg); err != nil {
-		return err
-	}
-	reloadErr := make(chan error, 1)
-	go func() { reloadErr <- reloader.Run(ctx) }()
 
-	log.Info("agent configuration loaded", "agent", o.agentID, "agent_config", o.agentConfig, "access_as", snap.Engine.Config().UserAccess.AccessAs,
-		"projects", len(snap.Engine.Config().UserAccess.Projects), "groups", len(snap.Engine.Config().UserAccess.Groups))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, a := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A source that cannot work at all stops that agent's reloads only; its
+			// last good configuration stays in service and the others go on.
+			if err := srv.RunAgent(runCtx, a.spec.Agent.ID, a.source); err != nil {
+				log.Error("the agent configuration is no longer watched; restart kubegate authz once the cause is fixed", "agent", a.spec.Agent.ID, "name", a.spec.Name, "err", err.Error())
+			}
+		}()
+	}
+	if reloader != nil {
+		reloader.Reload = func(ctx context.Context) error {
+			sh, err := o.buildShared(ctx)
+			if err != nil {
+				return err
+			}
+			return srv.SwapShared(ctx, sh)
+		}
+		reloader.Metrics = srv.ReloadMetrics()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := reloader.Run(runCtx); err != nil {
+				log.Error("the directory and policy are no longer watched; restart kubegate authz once the cause is fixed", "err", err.Error())
+			}
+		}()
+	}
+
+	waitCtx, waitDone := context.WithTimeout(ctx, o.startWait)
+	ready := srv.WaitTried(waitCtx)
+	waitDone()
+	if len(ready) == 0 {
+		var errs []error
+		for _, a := range agents {
+			if err := srv.LastError(a.spec.Agent.ID); err != nil {
+				errs = append(errs, fmt.Errorf("agent %d: %w", a.spec.Agent.ID, err))
+			} else {
+				errs = append(errs, fmt.Errorf("agent %d: no configuration within --start-wait %v", a.spec.Agent.ID, o.startWait))
+			}
+		}
+		return fmt.Errorf("cannot start: no agent has a valid configuration:\n%w", errors.Join(errs...))
+	}
+	if len(ready) < len(agents) {
+		log.Warn("serving only some agents; the others answer 503 until a valid configuration loads", "serving", len(ready), "agents", len(agents))
+	}
 	err = (&grpcService{
 		name: "authz", flags: &o.service, log: log, registry: reg,
 		register:     func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, srv) },
 		serviceNames: []string{authv3.Authorization_ServiceDesc.ServiceName},
 		private:      authzPrivate,
 	}).run(ctx)
-	stop()
-	if rerr := <-reloadErr; err == nil && rerr != nil {
-		err = rerr
-	}
 	return err
 }

@@ -211,7 +211,7 @@ func TestAuthzProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "a failed reload", func() bool {
-		return strings.Contains(metrics(t, metricsAddr), `kubegate_authz_reloads_total{result="failure"}`)
+		return strings.Contains(metrics(t, metricsAddr), `kubegate_authz_reloads_total{agent="1",result="failure"}`)
 	})
 	if resp, _ := client.Check(context.Background(), patRequest("/k8s-proxy/api/v1/pods", "kg-sandbox-alice-token")); resp.GetOkResponse() == nil {
 		t.Fatalf("a broken edit replaced the good config: %v", resp)
@@ -226,10 +226,10 @@ func TestAuthzProcess(t *testing.T) {
 
 	m := metrics(t, metricsAddr)
 	for _, want := range []string{
-		`kubegate_authz_decisions_total{reason="allowed",result="allowed"}`,
-		`kubegate_authz_decisions_total{reason="not_a_member",result="denied"}`,
+		`kubegate_authz_decisions_total{agent="1",reason="allowed",result="allowed"}`,
+		`kubegate_authz_decisions_total{agent="1",reason="not_a_member",result="denied"}`,
 		`kubegate_authz_check_duration_seconds_bucket`,
-		`kubegate_authz_reloads_total{result="success"}`,
+		`kubegate_authz_reloads_total{agent="1",result="success"}`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s", want)
