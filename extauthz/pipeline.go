@@ -182,6 +182,13 @@ func clientImpersonation(h identity.Header) (string, bool) {
 // parseTarget strips the gateway prefix and parses the request the way the API
 // server will see it: with the query Envoy will forward (query.go). The query it
 // returns is the client's, credentials included, decoded.
+//
+// The Kubernetes API's own top-level paths (contract.IsAPIRootPath: /api, /apis,
+// /version, /readyz, …) are served as they are, without the prefix, for
+// kubectl's --raw, which ignores the server URL's path; Envoy routes them through
+// the same chain with nothing to strip, so they are parsed from the path as the
+// client sent it, under the same clean-path and query rules. Every other path
+// outside the prefix is refused.
 func parseTarget(r *httpRequest) (policy.Request, url.Values, outcome, bool) {
 	path, rawQuery, _ := strings.Cut(r.Target, "?")
 	query, err := url.ParseQuery(rawQuery)
@@ -190,7 +197,10 @@ func parseTarget(r *httpRequest) (policy.Request, url.Values, outcome, bool) {
 	}
 	rest, ok := strings.CutPrefix(path, PathPrefix)
 	if !ok {
-		return policy.Request{}, nil, deny(ReasonOutsidePrefix, fmt.Sprintf("the gateway serves the Kubernetes API under %s: point the kubeconfig's cluster server at https://<gateway>%s", PathPrefix, strings.TrimSuffix(PathPrefix, "/"))), false
+		if !contract.IsAPIRootPath(path) {
+			return policy.Request{}, nil, deny(ReasonOutsidePrefix, fmt.Sprintf("the gateway serves the Kubernetes API under %s (and its top-level paths %s as they are): point the kubeconfig's cluster server at https://<gateway>%s", PathPrefix, strings.Join(contract.APIRootPaths, ", "), contract.ProxyPath)), false
+		}
+		rest = path[1:]
 	}
 	if msg := uncleanPath(rest); msg != "" {
 		return policy.Request{}, nil, deny(ReasonBadRequest, msg), false

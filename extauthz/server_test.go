@@ -278,7 +278,7 @@ func TestRequestsAndResponses(t *testing.T) {
 		{name: "front-proxy X-Remote-User", path: podsPath, headers: []hdr{pat(aliceToken), {"x-remote-user", "admin"}}, wantCode: 403, wantReason: "client_impersonation"},
 		{name: "front-proxy X-Remote-Group", path: podsPath, headers: []hdr{pat(aliceToken), {"x-remote-group", "system:masters"}}, wantCode: 403, wantReason: "client_impersonation"},
 		{name: "impersonation without credential", path: podsPath, headers: []hdr{{"impersonate-user", "admin"}}, wantCode: 403, wantReason: "client_impersonation"},
-		{name: "outside the prefix", path: "/api/v1/pods", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "outside_prefix", wantMessage: "/k8s-proxy/"},
+		{name: "outside the prefix", path: "/metrics", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "outside_prefix", wantMessage: "/k8s-proxy/"},
 		{name: "prefix without slash", path: "/k8s-proxy", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "outside_prefix"},
 		{name: "dot segments", path: "/k8s-proxy/api/v1/../../version", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "bad_request"},
 		{name: "encoded slash", path: "/k8s-proxy/api/v1/namespaces/a%2Fb/pods", headers: []hdr{pat(aliceToken)}, wantCode: 400, wantReason: "bad_request"},
