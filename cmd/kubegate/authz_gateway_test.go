@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"kubegate.dev/kubegate/contract"
+)
+
+func agentRequest(path, agent, token string) *authv3.CheckRequest {
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+		Id: "t", Method: "GET", Path: path,
+		HeaderMap: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "authorization", RawValue: []byte("Bearer pat:" + agent + ":" + token)}}},
+	}}}}
+}
+
+func writeTestFile(t *testing.T, path, body string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// gatewayFile writes a gateway configuration of agents 1 (alpha) and 2 (beta),
+// each with its agent configuration file in dir.
+func gatewayFile(t *testing.T, dir string, extra string) string {
+	t.Helper()
+	for _, f := range []string{"ca.pem", "alpha.token", "beta.token"} {
+		writeTestFile(t, filepath.Join(dir, f), "x")
+	}
+	file := filepath.Join(dir, "gateway.yaml")
+	writeTestFile(t, file, `agents:
+  - id: 1
+    name: alpha
+    config_project_id: 11
+    agent_config: {file: alpha.yaml}
+    upstream: {server: "https://alpha.example:6443", ca_file: ca.pem, token_file: alpha.token}
+  - id: 2
+    name: beta
+    config_project_id: 12
+    agent_config: {file: beta.yaml}
+    upstream: {server: "https://beta.example:6443", ca_file: ca.pem, token_file: beta.token}
+`+extra)
+	return file
+}
+
+// TestAuthzGatewayConfig runs kubegate authz over a gateway configuration of two
+// agents, one of whose agent configuration does not validate at start: the
+// other serves, routed to its own cluster; the broken one answers 503 until it is
+// fixed; an agent id the gateway does not serve is refused like an invalid token.
+func TestAuthzGatewayConfig(t *testing.T) {
+	dir := t.TempDir()
+	data, err := os.ReadFile(sandboxConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(dir, "alpha.yaml"), string(data))
+	writeTestFile(t, filepath.Join(dir, "beta.yaml"), "user_access:\n  projects: [{id: \"\"}]\n")
+	file := gatewayFile(t, dir, "")
+	sock := "unix://" + filepath.Join(dir, "authz.sock")
+	metricsAddr := freeAddr(t)
+	p := startProcess(t, "authz", "--gateway-config", file, "--directory", sandboxDirectory, "--listen", sock, "--metrics-listen", metricsAddr, "--log-level", "info")
+	conn := dial(t, sock)
+	waitServing(t, conn, "envoy.service.auth.v3.Authorization", p)
+	client := authv3.NewAuthorizationClient(conn)
+	check := func(agent, token string) *authv3.CheckResponse {
+		t.Helper()
+		resp, err := client.Check(context.Background(), agentRequest("/k8s-proxy/api/v1/pods", agent, token))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+
+	resp := check("1", "kg-sandbox-alice-token")
+	if resp.GetOkResponse() == nil {
+		t.Fatalf("alice on alpha: %v", resp)
+	}
+	routed := ""
+	for _, h := range resp.GetOkResponse().GetHeaders() {
+		if h.GetHeader().GetKey() == contract.HeaderUpstream {
+			routed = h.GetHeader().GetValue()
+		}
+	}
+	if routed != "kubegate_apiserver_1" {
+		t.Fatalf("alice on alpha routed to %q", routed)
+	}
+	if code := check("2", "kg-sandbox-alice-token").GetDeniedResponse().GetStatus().GetCode(); code != 503 {
+		t.Fatalf("beta without a valid configuration: %d", code)
+	}
+	unserved, invalid := check("3", "kg-sandbox-alice-token"), check("1", "kg-guess-0000")
+	if unserved.GetDeniedResponse().GetBody() != invalid.GetDeniedResponse().GetBody() || unserved.GetDeniedResponse().GetStatus().GetCode() != 401 {
+		t.Fatalf("an unserved agent answers differently from an invalid token:\n%v\n%v", unserved, invalid)
+	}
+
+	// Fixing beta's configuration brings it in; alpha never stopped.
+	writeTestFile(t, filepath.Join(dir, "beta.yaml"), "user_access:\n  access_as: {agent: {}}\n  groups: [{id: group-2}]\n")
+	waitFor(t, "beta to serve grace", func() bool { return check("2", "kg-sandbox-grace-token").GetOkResponse() != nil })
+	m := metrics(t, metricsAddr)
+	for _, want := range []string{
+		`kubegate_authz_reloads_total{agent="2",result="failure"}`,
+		`kubegate_authz_reloads_total{agent="2",result="success"}`,
+		`kubegate_authz_reloads_total{agent="1",result="success"}`,
+		`kubegate_authz_decisions_total{agent="1",reason="allowed",result="allowed"}`,
+		`kubegate_authz_decisions_total{agent="2",reason="agent_not_ready",result="denied"}`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(m, `agent="3"`) {
+		t.Error("an agent id a client made up became a metric label")
+	}
+	sigterm(t, p)
+	if logs := p.log(); !strings.Contains(logs, "beta.yaml:2:19: user_access.projects[0].id: is empty") || !strings.Contains(logs, "serving only some agents") {
+		t.Errorf("the log lacks beta's configuration error:\n%s", logs)
+	}
+}
+
+func TestAuthzGatewayConfigRefusals(t *testing.T) {
+	dir := t.TempDir()
+	writeTestFile(t, filepath.Join(dir, "alpha.yaml"), "user_access:\n  projects: [{id: \"\"}]\n")
+	writeTestFile(t, filepath.Join(dir, "beta.yaml"), "user_access:\n  projects: [{id: \"\"}]\n")
+	file := gatewayFile(t, dir, "")
+	gitlabDir := t.TempDir()
+	gitlabFile := gatewayFile(t, gitlabDir, `  - id: 3
+    name: gamma
+    config_project_id: 13
+    agent_config: {gitlab: {}}
+    upstream: {server: "https://gamma.example:6443", ca_file: ca.pem, token_file: gamma.token}
+`)
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"single-agent flags with a gateway configuration", []string{"--gateway-config", file, "--agent-id", "1", "--agent-config", "x.yaml"},
+			[]string{"--agent-id is for a gateway of one agent", "--agent-config is for a gateway of one agent"}},
+		{"no agent has a valid configuration", []string{"--gateway-config", file},
+			[]string{"no agent has a valid configuration", "alpha.yaml:2:19: user_access.projects[0].id: is empty", "beta.yaml:2:19"}},
+		{"a gateway configuration that does not validate", []string{"--gateway-config", filepath.Join(dir, "missing.yaml")},
+			[]string{"cannot read the gateway configuration"}},
+	}
+	if newGitLabAgentConfig == nil {
+		tests = append(tests, struct {
+			name string
+			args []string
+			want []string
+		}{"an agent configuration in GitLab without a GitLab source", []string{"--gateway-config", gitlabFile}, []string{"agents[2].agent_config.gitlab", "agent_config.file"}})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"authz", "--directory", sandboxDirectory, "--listen", freeAddr(t), "--start-wait", "10s"}, tt.args...)
+			out, err := exec.Command(kubegateBinary(t), args...).CombinedOutput()
+			if err == nil {
+				t.Fatalf("started: %s", out)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
