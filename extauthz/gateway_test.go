@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -499,5 +500,82 @@ func TestAPIRootPaths(t *testing.T) {
 		if !ok1 || !ok2 || !reflect.DeepEqual(ra, rb) {
 			t.Fatalf("%s parses as %+v, prefixed as %+v", p, ra, rb)
 		}
+	}
+}
+
+// TestOneAgentsReloadsUnderLoadLeaveOthers: while one agent's configuration is
+// reloaded continuously, good and bad versions in turn, and the shared inputs
+// are swapped, every request for another agent gets its complete answer.
+func TestOneAgentsReloadsUnderLoadLeaveOthers(t *testing.T) {
+	f := threeAgents(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		docs := []string{badConfig, betaConfig, alphaConfig}
+		for i := 0; ctx.Err() == nil; i++ {
+			_ = f.server.LoadAgentConfig(ctx, 1, agentconfig.Version{Name: "alpha.yaml", Data: []byte(docs[i%len(docs)])})
+			if i%10 == 0 {
+				sh := *f.server.shared.Load()
+				if err := f.server.SwapShared(ctx, &sh); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				resp, err := f.client.Check(context.Background(), checkRequest("GET", podsPath, patFor("2", token("grace"))))
+				if err != nil || resp.GetOkResponse() == nil {
+					t.Errorf("beta lost a request while alpha reloaded: %v %v", resp, err)
+					return
+				}
+				for _, h := range resp.GetOkResponse().GetHeaders() {
+					if h.GetHeader().GetKey() == contract.HeaderUpstream && h.GetHeader().GetValue() != "kubegate_apiserver_2" {
+						t.Errorf("beta's request routed to %s", h.GetHeader().GetValue())
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	cancel()
+	<-done
+}
+
+// TestExplainAnswersForTheCredentialsAgent: the explain endpoint explains the
+// decision of the agent the credential names, with that agent's user_access.
+func TestExplainAnswersForTheCredentialsAgent(t *testing.T) {
+	f := threeAgents(t)
+	tests := []struct {
+		name    string
+		h       hdr
+		agent   int64
+		agentNm string
+		allowed bool
+	}{
+		{"alice on alpha", patFor("1", aliceToken), 1, "alpha", true},
+		{"alice on beta", patFor("2", aliceToken), 2, "beta", false},
+		{"grace on beta", patFor("2", token("grace")), 2, "beta", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := f.check(t, checkRequest("GET", contract.ExplainPrefix+"GET/api/v1/namespaces/demo/pods", tt.h))
+			if resp.GetOkResponse() != nil || resp.GetDeniedResponse().GetStatus().GetCode() != 200 {
+				t.Fatalf("got %v", resp)
+			}
+			var x Explanation
+			if err := json.Unmarshal([]byte(resp.GetDeniedResponse().GetBody()), &x); err != nil {
+				t.Fatal(err)
+			}
+			if x.Agent.ID != tt.agent || x.Agent.Name != tt.agentNm || x.Gateway.Decision.Allowed != tt.allowed {
+				t.Fatalf("explained agent %+v allowed=%v, want %d %s %v", x.Agent, x.Gateway.Decision.Allowed, tt.agent, tt.agentNm, tt.allowed)
+			}
+		})
 	}
 }
