@@ -13,7 +13,6 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -150,6 +149,9 @@ func TestUnservedAgentIsAnInvalidToken(t *testing.T) {
 	if n := labelled(t, f.reg, "kubegate_authz_decisions_total", "agent", "4"); n != 0 {
 		t.Fatalf("%d series with agent=\"4\"", n)
 	}
+	if n := labelled(t, f.reg, "kubegate_authz_decisions_total", "agent", ""); n == 0 {
+		t.Fatal("the refusals were not counted under agent=\"\"")
+	}
 }
 
 // labelled counts the series of metric whose label has value.
@@ -165,21 +167,14 @@ func labelled(t *testing.T, reg *prometheus.Registry, metric, label, value strin
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if labelValue(m, label) == value {
-				n++
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					n++
+				}
 			}
 		}
 	}
 	return n
-}
-
-func labelValue(m *dto.Metric, name string) string {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == name {
-			return l.GetValue()
-		}
-	}
-	return ""
 }
 
 // TestAgentWithoutConfigurationIs503: an agent whose configuration never
