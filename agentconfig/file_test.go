@@ -18,7 +18,7 @@ type recorder struct {
 }
 
 func (r *recorder) change(v Version) { r.mu.Lock(); r.versions = append(r.versions, v); r.mu.Unlock() }
-func (r *recorder) fail(err error)    { r.mu.Lock(); r.errs = append(r.errs, err); r.mu.Unlock() }
+func (r *recorder) fail(err error)   { r.mu.Lock(); r.errs = append(r.errs, err); r.mu.Unlock() }
 
 func (r *recorder) snapshot() ([]string, []error) {
 	r.mu.Lock()
