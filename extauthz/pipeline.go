@@ -18,9 +18,11 @@ import (
 // exactly as the API server will.
 const PathPrefix = contract.PathPrefix
 
-// Snapshot is everything a decision depends on that can change while the service
-// runs. A reload builds a new Snapshot and swaps it in whole, so one request is
-// decided by one consistent version of configuration, directory and policy.
+// Snapshot is everything one agent's decisions depend on that can change while the
+// service runs, for a one-agent Server (NewServer, Swap): a reload builds a new
+// Snapshot and swaps it in whole. A Server of several agents keeps the same parts
+// apart — each agent's engine, and the Shared identity source — and a request
+// reads the engine of its agent and the shared parts once, at its start.
 type Snapshot struct {
 	Engine        *policy.Engine
 	Authenticator identity.Authenticator
