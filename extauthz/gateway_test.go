@@ -3,11 +3,13 @@ package extauthz
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -572,5 +574,70 @@ func TestExplainAnswersForTheCredentialsAgent(t *testing.T) {
 				t.Fatalf("explained agent %+v allowed=%v, want %d %s %v", x.Agent, x.Gateway.Decision.Allowed, tt.agent, tt.agentNm, tt.allowed)
 			}
 		})
+	}
+}
+
+// TestNoOKAnswerWithoutAnAgent: the OK answer is built only for an outcome routed
+// to a served agent; Check turns any other into a denial.
+func TestNoOKAnswerWithoutAnAgent(t *testing.T) {
+	d := policy.Decision{Allowed: true, Reason: policy.ReasonAllowed, AccessAs: policy.AccessAsAgent}
+	if resp, err := allowResponse(outcome{reason: ReasonAllowed, decision: &d}, "id", nil); err == nil || resp != nil {
+		t.Fatalf("an OK answer without an agent: %v %v", resp, err)
+	}
+	slot := &agentSlot{spec: AgentSpec{Agent: policy.Agent{ID: 7}}}
+	resp, err := allowResponse(outcome{reason: ReasonAllowed, decision: &d, agent: slot}, "id", nil)
+	if err != nil || okHeaders(t, resp)[contract.HeaderUpstream] != "kubegate_apiserver_7" {
+		t.Fatalf("%v %v", resp, err)
+	}
+}
+
+// sourceFunc is an agentconfig.Source from a function.
+type sourceFunc func(ctx context.Context, onChange func(agentconfig.Version), onError func(error)) error
+
+func (f sourceFunc) Run(ctx context.Context, onChange func(agentconfig.Version), onError func(error)) error {
+	return f(ctx, onChange, onError)
+}
+
+// TestRunAgent: a source's versions and errors reach its agent only, and
+// WaitTried returns once each agent's first version was tried, whatever its fate.
+func TestRunAgent(t *testing.T) {
+	f := startGateway(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sources := map[int64]agentconfig.Source{
+		1: sourceFunc(func(ctx context.Context, onChange func(agentconfig.Version), _ func(error)) error {
+			onChange(agentconfig.Version{Name: "alpha.yaml", Data: []byte(alphaConfig)})
+			<-ctx.Done()
+			return nil
+		}),
+		2: sourceFunc(func(ctx context.Context, _ func(agentconfig.Version), onError func(error)) error {
+			onError(errors.New("GitLab answered 502"))
+			<-ctx.Done()
+			return nil
+		}),
+		3: sourceFunc(func(context.Context, func(agentconfig.Version), func(error)) error {
+			return errors.New("cannot work at all")
+		}),
+	}
+	errs := make(chan error, len(sources))
+	for id, src := range sources {
+		go func() { errs <- f.server.RunAgent(ctx, id, src) }()
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if ready := f.server.WaitTried(wctx); wctx.Err() != nil || len(ready) != 1 || ready[0] != 1 {
+		t.Fatalf("ready %v (wait: %v)", ready, wctx.Err())
+	}
+	if err := f.server.LastError(2); err == nil || !strings.Contains(err.Error(), "502") {
+		t.Fatalf("agent 2's last error: %v", err)
+	}
+	if f.check(t, checkRequest("GET", podsPath, patFor("1", aliceToken))).GetOkResponse() == nil {
+		t.Fatal("agent 1 does not serve")
+	}
+	if d := denied(t, f.check(t, checkRequest("GET", podsPath, patFor("2", token("grace"))))); d.code != 503 {
+		t.Fatalf("agent 2 after a failed read: %+v", d)
+	}
+	if err := <-errs; err == nil || !strings.Contains(err.Error(), "cannot work at all") {
+		t.Fatalf("the failed source's error: %v", err)
 	}
 }

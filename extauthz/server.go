@@ -277,6 +277,7 @@ func (s *Server) RunAgent(ctx context.Context, id int64, src agentconfig.Source)
 	if !ok {
 		return fmt.Errorf("extauthz: agent %d is not served", id)
 	}
+	defer slot.markTried() // a source that gave up without a word does not hold up WaitTried
 	return src.Run(ctx,
 		func(v agentconfig.Version) { _ = s.LoadAgentConfig(ctx, id, v) },
 		func(err error) { s.agentConfigFailed(slot, err); slot.markTried() })
