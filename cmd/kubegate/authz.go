@@ -41,13 +41,6 @@ type authzOptions struct {
 	startWait       time.Duration
 }
 
-// newGitLabAgentConfig, when set, makes the agentconfig.Source of an agent whose
-// gateway configuration says agent_config.gitlab (the GitLab source, built with
-// the identity source's GitLab URL and token from o.identity). It is the seam
-// for reading agent configurations from GitLab; while it is nil such an agent
-// refuses the start with a message saying so.
-var newGitLabAgentConfig func(o *authzOptions, a gateway.Agent, log *slog.Logger, reg prometheus.Registerer) (agentconfig.Source, error)
-
 func newAuthzCommand() *cobra.Command {
 	o := &authzOptions{identity: backends.DefaultOptions()}
 	cmd := &cobra.Command{
@@ -144,7 +137,10 @@ type agentSource struct {
 }
 
 // agents are the agents to serve: those of --gateway-config, or the one of the
-// single-agent flags, each with the Source of its configuration.
+// single-agent flags, each with the Source of its configuration: a watched file
+// (agent_config.file), or the agent's config project in GitLab
+// (agent_config.gitlab, read with the identity source's GitLab client; its
+// metrics, one set for every agent, are registered with reg).
 func (o *authzOptions) agents(log *slog.Logger, reg prometheus.Registerer) ([]agentSource, error) {
 	cfg := &gateway.Config{Agents: []gateway.Agent{{ID: o.agentID, ConfigProjectID: o.configProjectID, AgentConfig: gateway.AgentConfigSource{File: o.agentConfig}}}}
 	if o.gatewayConfig != "" {
@@ -153,20 +149,25 @@ func (o *authzOptions) agents(log *slog.Logger, reg prometheus.Registerer) ([]ag
 			return nil, err
 		}
 	}
+	var glMetrics *agentconfig.GitLabMetrics
 	var out []agentSource
 	for i, a := range cfg.Agents {
 		as := agentSource{spec: extauthz.AgentSpec{Agent: policy.Agent{ID: a.ID, ConfigProjectID: a.ConfigProjectID}, Name: a.Name}}
-		switch {
-		case a.AgentConfig.File != "":
+		if a.AgentConfig.File != "" {
 			as.source = &agentconfig.File{Path: a.AgentConfig.File, Poll: o.reloadPoll, Log: log}
-		case a.AgentConfig.GitLab != nil && newGitLabAgentConfig != nil:
-			src, err := newGitLabAgentConfig(o, a, log, reg)
+		} else {
+			if glMetrics == nil {
+				glMetrics = agentconfig.NewGitLabMetrics()
+				if err := glMetrics.Register(reg); err != nil {
+					return nil, err
+				}
+			}
+			client, _ := o.backends.AgentConfigClient() // nil without --identity-source=gitlab: NewGitLabFor says so
+			src, err := agentconfig.NewGitLabFor(a, client, glMetrics, log)
 			if err != nil {
-				return nil, fmt.Errorf("agents[%d].agent_config.gitlab: %w", i, err)
+				return nil, fmt.Errorf("%s: agents[%d].agent_config.gitlab: %w", o.gatewayConfig, i, err)
 			}
 			as.source = src
-		default:
-			return nil, fmt.Errorf("%s: agents[%d].agent_config.gitlab: this kubegate cannot read agent configurations from GitLab; give the agent a local copy with agent_config.file", o.gatewayConfig, i)
 		}
 		out = append(out, as)
 	}

@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
 	"kubegate.dev/kubegate/contract"
+	"kubegate.dev/kubegate/identity/gitlab/gitlabtest"
 )
 
 func agentRequest(path, agent, token string) *authv3.CheckRequest {
@@ -147,13 +149,8 @@ func TestAuthzGatewayConfigRefusals(t *testing.T) {
 			[]string{"no agent has a valid configuration", "alpha.yaml:2:19: user_access.projects[0].id: is empty", "beta.yaml:2:19"}},
 		{"a gateway configuration that does not validate", []string{"--gateway-config", filepath.Join(dir, "missing.yaml")},
 			[]string{"cannot read the gateway configuration"}},
-	}
-	if newGitLabAgentConfig == nil {
-		tests = append(tests, struct {
-			name string
-			args []string
-			want []string
-		}{"an agent configuration in GitLab without a GitLab source", []string{"--gateway-config", gitlabFile}, []string{"agents[2].agent_config.gitlab", "agent_config.file"}})
+		{"an agent configuration in GitLab without the GitLab identity source", []string{"--gateway-config", gitlabFile},
+			[]string{"agents[2].agent_config.gitlab", "--identity-source=gitlab"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -169,4 +166,73 @@ func TestAuthzGatewayConfigRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAuthzGatewayConfigWithGitLab: an agent whose configuration lives in its
+// config project is served from what GitLab holds (the in-test GitLab,
+// gitlabtest, follows the repository files API), next to an agent with a file,
+// and a push that changes it is applied at the next check.
+func TestAuthzGatewayConfigWithGitLab(t *testing.T) {
+	gl := gitlabtest.New(time.Now())
+	t.Cleanup(gl.Close)
+	gl.Sandbox()
+	gl.AddUser(gitlabtest.User{ID: 100, Username: "root", Admin: true})
+	gl.AddToken("glpat-admin-service-token-000", gitlabtest.Token{ID: 100, UserID: 100, Name: "kubegate", Scopes: []string{"api"}})
+	gl.AddToken("glpat-grace-kubectl-000000000", gitlabtest.Token{ID: 7, UserID: 7, Name: "kubectl", Scopes: []string{"k8s_proxy"}})
+	gl.SetDefaultBranch("group-2/project-2", "main")
+	gl.PushFile("group-2/project-2", "main", ".gitlab/agents/beta/config.yaml", []byte("user_access:\n  access_as: {agent: {}}\n  groups: [{id: group-2}]\n"))
+
+	dir := t.TempDir()
+	data, err := os.ReadFile(sandboxConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(dir, "alpha.yaml"), string(data))
+	writeTestFile(t, filepath.Join(dir, "gitlab-token"), "glpat-admin-service-token-000\n")
+	for _, f := range []string{"ca.pem", "alpha.token", "beta.token"} {
+		writeTestFile(t, filepath.Join(dir, f), "x")
+	}
+	file := filepath.Join(dir, "gateway.yaml")
+	writeTestFile(t, file, `agents:
+  - id: 1
+    name: alpha
+    config_project_id: 1
+    agent_config: {file: alpha.yaml}
+    upstream: {server: "https://alpha.example:6443", ca_file: ca.pem, token_file: alpha.token}
+  - id: 2
+    name: beta
+    config_project_id: 2
+    agent_config: {gitlab: {interval: 5s}}
+    upstream: {server: "https://beta.example:6443", ca_file: ca.pem, token_file: beta.token}
+`)
+	addr, metricsAddr := freeAddr(t), freeAddr(t)
+	p := startProcess(t, "authz", "--listen", addr, "--metrics-listen", metricsAddr, "--gateway-config", file,
+		"--identity-source", "gitlab", "--gitlab-url", gl.URL, "--gitlab-insecure-http-for-tests", "--gitlab-token-file", filepath.Join(dir, "gitlab-token"))
+	conn := dial(t, addr)
+	waitServing(t, conn, "envoy.service.auth.v3.Authorization", p)
+	client := authv3.NewAuthorizationClient(conn)
+	check := func(agent string) *authv3.CheckResponse {
+		t.Helper()
+		resp, err := client.Check(context.Background(), agentRequest("/k8s-proxy/api/v1/pods", agent, "glpat-grace-kubectl-000000000"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	if resp := check("2"); resp.GetOkResponse() == nil {
+		t.Fatalf("grace on beta, from GitLab's copy: %v", resp)
+	}
+	if check("1").GetOkResponse() == nil { // the sandbox configuration lists group-2 too
+		t.Fatal("grace on alpha, from its file")
+	}
+	// A push that drops group-2 revokes grace on beta at the next check.
+	gl.PushFile("group-2/project-2", "main", ".gitlab/agents/beta/config.yaml", []byte("user_access:\n  access_as: {agent: {}}\n  projects: [{id: group-1/project-1}]\n"))
+	waitFor(t, "beta's new configuration", func() bool { return check("2").GetDeniedResponse().GetStatus().GetCode() == 403 })
+	if check("1").GetOkResponse() == nil {
+		t.Fatal("beta's change touched alpha")
+	}
+	if m := metrics(t, metricsAddr); !strings.Contains(m, `kubegate_authz_reloads_total{agent="2",result="success"} 2`) {
+		t.Errorf("beta's two loads are not counted:\n%s", m)
+	}
+	sigterm(t, p)
 }
