@@ -91,7 +91,9 @@ func hardeningCases(t *testing.T) []struct {
 			b.StaticResources.Listeners[0].PerConnectionBufferLimitBytes = nil
 		}},
 		{"rate limit removed", RuleClientRateLimit, func(b *bootstrapv3.Bootstrap) {
-			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters = append(h.HttpFilters[:1:1], h.HttpFilters[2:]...) })
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.HttpFilters = append(h.HttpFilters[:1:1], h.HttpFilters[2:]...)
+			})
 		}},
 		{"rate limit counted, not enforced", RuleClientRateLimit, func(b *bootstrapv3.Bootstrap) {
 			withRateLimit(t, b, func(l *localratelimitv3.LocalRateLimit) { l.FilterEnforced = nil })
