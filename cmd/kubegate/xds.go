@@ -21,6 +21,7 @@ import (
 
 func newXDSCommand() *cobra.Command {
 	var listen, tokenFile, secretName string
+	var agentID int64
 	var poll time.Duration
 	var allowNonLoopback bool
 	cmd := &cobra.Command{
@@ -35,7 +36,7 @@ and skipped: the last good token stays. Also serves grpc.health.v1.
 Anyone who can reach --listen can read the token: listen on loopback or a unix
 socket (created with the process umask; Envoy must be able to write to it). Any
 other address is refused unless --allow-non-loopback says only Envoy can reach it.`,
-		Example: `  kubegate xds --listen 127.0.0.1:9003 --token-file /var/run/secrets/tokens/kubegate-agent`,
+		Example: `  kubegate xds --listen 127.0.0.1:9003 --agent-id 42 --token-file /var/run/secrets/tokens/kubegate-agent`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			addr, err := envoy.ParseAddr(listen)
@@ -48,6 +49,14 @@ other address is refused unless --allow-non-loopback says only Envoy can reach i
 			if tokenFile == "" {
 				return errors.New("--token-file is required")
 			}
+			switch {
+			case agentID > 0 && secretName == "":
+				secretName = envoy.TokenSecretFor(agentID)
+			case agentID != 0 && secretName != "":
+				return errors.New("give --agent-id or --secret-name, not both")
+			case secretName == "":
+				return fmt.Errorf("--agent-id is required (a positive number, the agent's GitLab id): the secret is %s<agent id>, the name `kubegate envoy render` references in that agent's cluster", envoy.TokenSecretPrefix)
+			}
 			logger := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil)).With("service", "xds")
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -57,7 +66,8 @@ other address is refused unless --allow-non-loopback says only Envoy can reach i
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "127.0.0.1:9003", "ADDR to serve SDS on: host:port or unix:///path")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the agent's service-account token")
-	f.StringVar(&secretName, "secret-name", envoy.TokenSecretName, "name of the SDS secret (what `kubegate envoy render` references)")
+	f.Int64Var(&agentID, "agent-id", 0, "the agent whose token --token-file holds: serves it as the secret "+envoy.TokenSecretPrefix+"<id>, what `kubegate envoy render` references in that agent's cluster")
+	f.StringVar(&secretName, "secret-name", "", "name of the SDS secret instead of the one --agent-id implies")
 	f.BoolVar(&allowNonLoopback, "allow-non-loopback", false, allowNonLoopbackUsage)
 	f.DurationVar(&poll, "poll-interval", 30*time.Second, "also re-read the file this often, for filesystems without change events; 0 turns it off")
 	return cmd

@@ -126,7 +126,7 @@ func TestStartRefuses(t *testing.T) {
 		{
 			name: "cluster and listener knobs",
 			edit: func(b *bootstrapv3.Bootstrap) {
-				clusterNamed(b, envoy.APIServerCluster).PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
+				clusterNamed(b, apiCluster).PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
 				b.GetStaticResources().GetListeners()[0].TcpBacklogSize = wrapperspb.UInt32(128)
 				b.LayeredRuntime = &bootstrapv3.LayeredRuntime{}
 			},
@@ -135,7 +135,7 @@ func TestStartRefuses(t *testing.T) {
 		{
 			name: "client certificates to the API server",
 			edit: func(b *bootstrapv3.Bootstrap) {
-				cl := clusterNamed(b, envoy.APIServerCluster)
+				cl := clusterNamed(b, apiCluster)
 				u := &tlsv3.UpstreamTlsContext{}
 				mustUnpack(t, cl.GetTransportSocket().GetTypedConfig(), u)
 				u.CommonTlsContext.TlsCertificates = []*tlsv3.TlsCertificate{{CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "x"}}}}

@@ -31,6 +31,8 @@ type stream struct {
 	endStream bool // the request has no body (headers with END_STREAM)
 	body      io.ReadCloser
 	route     *route
+	// vhosts are the route table clearRouteCache matches against again.
+	vhosts []virtualHost
 
 	// metadata is the stream's dynamic metadata (StreamInfo::dynamicMetadata,
 	// filter_metadata) by namespace.
@@ -127,6 +129,7 @@ func (cm *connectionManager) ServeHTTP(w http.ResponseWriter, req *http.Request)
 		cm.sendLocalReply(w, req, s, r)
 		return
 	}
+	s.vhosts = cfg.routes
 	s.route = matchRoute(cfg.routes, s.headers)
 
 	// ConnectionManagerImpl::ActiveStream::decodeHeaders: an upgrade whose type is
@@ -349,8 +352,8 @@ func upgradeType(h *headerMap) (string, bool) {
 	return "", false
 }
 
-// matchRoute picks the virtual host by :authority and the first route whose prefix
-// starts :path (route_components.proto: VirtualHost.domains, RouteMatch.prefix).
+// matchRoute picks the virtual host by :authority and the first route that matches
+// :path (route_components.proto: VirtualHost.domains, RouteMatch; route.matches).
 func matchRoute(vhosts []virtualHost, h *headerMap) *route {
 	vh := matchVirtualHost(vhosts, strings.ToLower(h.first(":authority")))
 	if vh == nil {
@@ -358,7 +361,7 @@ func matchRoute(vhosts []virtualHost, h *headerMap) *route {
 	}
 	path := h.first(":path")
 	for i := range vh.routes {
-		if strings.HasPrefix(path, vh.routes[i].prefix) {
+		if vh.routes[i].matches(path) {
 			return &vh.routes[i]
 		}
 	}

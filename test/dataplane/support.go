@@ -81,21 +81,21 @@ var emulated = map[protoreflect.FullName][]string{
 	"envoy.config.route.v3.VirtualHost":          {"name", "domains", "routes"},
 	"envoy.config.route.v3.Route":                {"name", "match", "route", "direct_response"},
 	"envoy.config.route.v3.DirectResponseAction": {"status", "body"},
-	"envoy.config.route.v3.RouteMatch":           {"prefix"},
-	"envoy.config.route.v3.RouteAction":          {"cluster", "prefix_rewrite", "timeout"},
+	"envoy.config.route.v3.RouteMatch":           {"prefix", "path", "path_separated_prefix", "case_sensitive"},
+	"envoy.config.route.v3.RouteAction":          {"cluster", "cluster_header", "cluster_not_found_response_code", "prefix_rewrite", "timeout"},
 
 	// HTTP filters.
 	"envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": {
 		"grpc_service", "transport_api_version", "failure_mode_allow", "status_on_error",
 		"encode_raw_headers", "validate_mutations", "decoder_header_mutation_rules",
-		"enable_dynamic_metadata_ingestion",
+		"enable_dynamic_metadata_ingestion", "clear_route_cache",
 	},
 	"envoy.config.core.v3.GrpcService":                                             {"envoy_grpc", "timeout"},
 	"envoy.config.core.v3.GrpcService.EnvoyGrpc":                                   {"cluster_name"},
 	"envoy.config.common.mutation_rules.v3.HeaderMutationRules":                    {"allow_all_routing", "allow_envoy", "disallow_system", "disallow_all", "allow_expression", "disallow_expression", "disallow_is_error"},
 	"envoy.type.matcher.v3.RegexMatcher":                                           {"regex"},
 	"envoy.type.v3.HttpStatus":                                                     {"code"},
-	"envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor":                  {"grpc_service", "failure_mode_allow", "processing_mode", "message_timeout", "mutation_rules", "metadata_options", "status_on_error"},
+	"envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor":                  {"grpc_service", "failure_mode_allow", "processing_mode", "message_timeout", "mutation_rules", "metadata_options", "status_on_error", "route_cache_action", "disable_clear_route_cache"},
 	"envoy.extensions.filters.http.ext_proc.v3.ProcessingMode":                     {"request_header_mode", "response_header_mode", "request_body_mode", "response_body_mode", "request_trailer_mode", "response_trailer_mode"},
 	"envoy.extensions.filters.http.ext_proc.v3.MetadataOptions":                    {"forwarding_namespaces"},
 	"envoy.extensions.filters.http.ext_proc.v3.MetadataOptions.MetadataNamespaces": {"untyped", "typed"},
@@ -109,6 +109,10 @@ var emulated = map[protoreflect.FullName][]string{
 	"envoy.config.core.v3.AggregatedConfigSource":                                  {},
 	"envoy.config.core.v3.ApiConfigSource":                                         {"api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"},
 	"envoy.extensions.filters.http.router.v3.Router":                               {},
+	"envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec":                {},
+	"envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":              {"mutations"},
+	"envoy.extensions.filters.http.header_mutation.v3.Mutations":                   {"request_mutations"},
+	"envoy.config.common.mutation_rules.v3.HeaderMutation":                         {"remove"},
 
 	// The per-client rate limit (ratelimit.go).
 	"envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": {
@@ -135,7 +139,7 @@ var emulated = map[protoreflect.FullName][]string{
 	"envoy.config.cluster.v3.CircuitBreakers.Thresholds":                        {"priority", "max_connections", "max_pending_requests", "max_requests"},
 	"envoy.config.core.v3.HealthCheck":                                          {"timeout", "interval", "unhealthy_threshold", "healthy_threshold", "grpc_health_check"},
 	"envoy.config.core.v3.HealthCheck.GrpcHealthCheck":                          {},
-	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":                    {"explicit_http_config", "common_http_protocol_options"},
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":                    {"explicit_http_config", "common_http_protocol_options", "http_filters"},
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": {"http_protocol_options", "http2_protocol_options"},
 	"envoy.config.core.v3.Http1ProtocolOptions":                                 {},
 	// Read for the listener (HCM http2_protocol_options); a cluster that sets any
