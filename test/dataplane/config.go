@@ -161,11 +161,11 @@ const (
 type filterConfig struct {
 	name           string
 	headerMutation *headerMutationConfig
-	extAuthz   *extAuthzConfig
-	extProc    *extProcConfig
-	credential *credentialConfig
-	rateLimit  *rateLimitConfig
-	router     bool
+	extAuthz       *extAuthzConfig
+	extProc        *extProcConfig
+	credential     *credentialConfig
+	rateLimit      *rateLimitConfig
+	router         bool
 }
 
 type extAuthzConfig struct {
@@ -673,7 +673,7 @@ func (p *parser) extProc(e *extprocv3.ExternalProcessor, path string) *extProcCo
 		messageTimeout:   duration(e.GetMessageTimeout(), defaultMessageTimeout),
 		failureModeAllow: e.GetFailureModeAllow(),
 		// ext_proc.proto status_on_error: "The default status is HTTP 500 Internal Server Error."
-		statusOnError:  httpStatus(e.GetStatusOnError(), 500),
+		statusOnError:    httpStatus(e.GetStatusOnError(), 500),
 		forwardUntyped:   e.GetMetadataOptions().GetForwardingNamespaces().GetUntyped(),
 		forwardTyped:     e.GetMetadataOptions().GetForwardingNamespaces().GetTyped(),
 		routeCacheAction: e.GetRouteCacheAction(),

@@ -78,12 +78,12 @@ type DataPlane struct {
 	secrets  *secretWatcher
 	// upstreamSecrets are the clusters' upstream credential injectors' secrets.
 	upstreamSecrets []*secretWatcher
-	ctx      context.Context // ends at Close: upgraded connections watch it
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	streams  sync.WaitGroup // requests being handled, upgraded ones included
-	closing  bool           // guarded by closeMu; no stream starts once set
-	closeMu  sync.Mutex
+	ctx             context.Context // ends at Close: upgraded connections watch it
+	cancel          context.CancelFunc
+	wg              sync.WaitGroup
+	streams         sync.WaitGroup // requests being handled, upgraded ones included
+	closing         bool           // guarded by closeMu; no stream starts once set
+	closeMu         sync.Mutex
 
 	closeOnce sync.Once
 	closeErr  error

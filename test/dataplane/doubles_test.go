@@ -13,9 +13,9 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 
-	"kubegate.dev/kubegate/contract"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+	"kubegate.dev/kubegate/contract"
 )
 
 // authzDouble is an Authorization service whose answer a test chooses, to drive
