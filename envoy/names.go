@@ -78,6 +78,7 @@ const (
 	GenericCredential       = "envoy.http.injected_credentials.generic"
 	UpstreamHTTPOptionsKey  = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 	StdoutAccessLog         = "envoy.access_loggers.stdout"
+	EarlyHeaderMutation     = "envoy.http.early_header_mutation.header_mutation"
 	DownstreamConnectionsRM = "envoy.resource_monitors.global_downstream_max_connections"
 )
 

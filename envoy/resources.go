@@ -14,6 +14,7 @@ import (
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	earlymutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -195,6 +196,28 @@ func UpstreamHeaderRemoval() *headermutationv3.HeaderMutation {
 			Action: &mutationrulesv3.HeaderMutation_Remove{Remove: contract.HeaderUpstream},
 		}},
 	}}
+}
+
+// EarlyUpstreamHeaderRemoval is the HCM's early header mutation removing a
+// client's contract.HeaderUpstream: "the extensions will be called before any
+// routing, tracing, or any filter processing" (http_connection_manager.proto,
+// early_header_mutation_extensions). The HTTP filter above comes too late for the
+// route: the HCM matches the route, and with cluster_header picks the cluster from
+// the header, before the first filter runs (ActiveStream::decodeHeaders calls
+// refreshCachedRoute() before filter_manager_.decodeHeaders;
+// RouteEntryImplBase::clusterEntry reads cluster_header then,
+// source/common/http/conn_manager_impl.cc, source/common/router/config_impl.cc).
+// ext_authz clears that cached route only when its OK answer mutates a header, so
+// without this an OK answer with no mutation at all would keep the cluster the
+// client named.
+func EarlyUpstreamHeaderRemoval() (*corev3.TypedExtensionConfig, error) {
+	a, err := typed(&earlymutationv3.HeaderMutation{Mutations: []*mutationrulesv3.HeaderMutation{{
+		Action: &mutationrulesv3.HeaderMutation_Remove{Remove: contract.HeaderUpstream},
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TypedExtensionConfig{Name: EarlyHeaderMutation, TypedConfig: a}, nil
 }
 
 // SDSConfigSource fetches secrets over gRPC SDS from the given static cluster,
@@ -383,6 +406,10 @@ func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 	if err != nil {
 		return nil, err
 	}
+	early, err := EarlyUpstreamHeaderRemoval()
+	if err != nil {
+		return nil, err
+	}
 	var upgrades []*hcmv3.HttpConnectionManager_UpgradeConfig
 	for _, u := range UpgradeTypes {
 		upgrades = append(upgrades, &hcmv3.HttpConnectionManager_UpgradeConfig{UpgradeType: u, Enabled: wrapperspb.Bool(true)})
@@ -420,6 +447,8 @@ func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 		Http2ProtocolOptions:  HTTP2Options(o),
 		// A gateway without the agent token answers a 503 Status, not a bare 401.
 		LocalReplyConfig: localReply,
+		// A client's x-kubegate-upstream never reaches route matching.
+		EarlyHeaderMutationExtensions: []*corev3.TypedExtensionConfig{early},
 	}, nil
 }
 

@@ -129,7 +129,7 @@ var RuleDocs = []RuleDoc{
 	{RuleGRPCClusterHTTP2, "clusters of ext_authz, ext_proc and SDS speak HTTP/2"},
 	{RuleClusterRefs, "every referenced cluster exists, once"},
 	{RuleAdminLoopback, "the admin interface listens on loopback or a unix socket"},
-	{RuleUpstreamHeaderStrip, "the first HTTP filter is a header_mutation that removes the client's " + contract.HeaderUpstream + " (and sets nothing), so only kubegate authz's copy can choose a cluster"},
+	{RuleUpstreamHeaderStrip, "early_header_mutation_extensions remove the client's " + contract.HeaderUpstream + " before the route is picked, and the first HTTP filter is a header_mutation that removes it too (both set nothing), so only kubegate authz's copy can choose a cluster"},
 	{RuleRouteClusterHeader, "every forwarding route takes its cluster from " + contract.HeaderUpstream + " (cluster_header) and nothing else (no static, weighted or plugin cluster); there is at least one API server cluster"},
 	{RuleClusterNotFound, "every forwarding route answers a missing or unknown " + contract.HeaderUpstream + " with cluster_not_found_response_code SERVICE_UNAVAILABLE (503)"},
 	{RuleExtAuthzRouting, "ext_authz: clear_route_cache true and decoder_header_mutation_rules, when set, allow setting " + contract.HeaderUpstream + ", so the route reads the cluster kubegate authz chose"},

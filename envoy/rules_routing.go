@@ -12,6 +12,7 @@ import (
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	earlymutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
@@ -37,6 +38,7 @@ var (
 // (source/extensions/filters/http/header_mutation/header_mutation.cc); Envoy's
 // header map remove drops every line of the name.
 func (c *checker) upstreamHeaderStrip(h *hcmv3.HttpConnectionManager, p string) {
+	c.earlyHeaderStrip(h, p)
 	filters := h.GetHttpFilters()
 	if len(filters) == 0 || typeName(filters[0].GetTypedConfig()) != headerMutationType {
 		c.fs.add(p+".http_filters", RuleUpstreamHeaderStrip, "the first HTTP filter must be %s removing %s: otherwise a client's own copy reaches the route whenever kubegate authz sets none, and picks an agent's cluster", FilterHeaderMutation, contract.HeaderUpstream)
@@ -64,6 +66,32 @@ func (c *checker) upstreamHeaderStrip(h *hcmv3.HttpConnectionManager, p string) 
 	}
 	if hm.GetMutations().GetQueryParameterMutations() != nil || len(hm.GetMutations().GetResponseMutations()) > 0 {
 		c.fs.add(fp+".mutations", RuleUpstreamHeaderStrip, "the header_mutation in front only removes %s; leave its other mutations unset", contract.HeaderUpstream)
+	}
+}
+
+// earlyHeaderStrip: the HCM's early_header_mutation_extensions remove
+// contract.HeaderUpstream before the route (and a cluster_header cluster) is
+// picked, and do nothing else (EarlyUpstreamHeaderRemoval says why the HTTP
+// filter alone is not enough).
+func (c *checker) earlyHeaderStrip(h *hcmv3.HttpConnectionManager, p string) {
+	removes := false
+	for i, e := range h.GetEarlyHeaderMutationExtensions() {
+		ep := fmt.Sprintf("%s.early_header_mutation_extensions[%d]", p, i)
+		m, ok := c.unpack(e.GetTypedConfig(), ep+".typed_config").(*earlymutationv3.HeaderMutation)
+		if !ok {
+			c.fs.add(ep, RuleUpstreamHeaderStrip, "only %s removing %s is expected here: another early extension changes headers before routing, which nothing checks", EarlyHeaderMutation, contract.HeaderUpstream)
+			continue
+		}
+		for j, mu := range m.GetMutations() {
+			if strings.EqualFold(mu.GetRemove(), contract.HeaderUpstream) {
+				removes = true
+				continue
+			}
+			c.fs.add(fmt.Sprintf("%s.typed_config.mutations[%d]", ep, j), RuleUpstreamHeaderStrip, "an early header mutation other than removing %s changes what routing and ext_authz see; remove it", contract.HeaderUpstream)
+		}
+	}
+	if !removes {
+		c.fs.add(p+".early_header_mutation_extensions", RuleUpstreamHeaderStrip, "must remove %s (%s): the route and its cluster_header cluster are picked before the first HTTP filter runs, so a client's copy would choose the cluster of a request kubegate authz allows without changing a header", contract.HeaderUpstream, EarlyHeaderMutation)
 	}
 }
 

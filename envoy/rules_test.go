@@ -15,6 +15,7 @@ import (
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	earlymutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
@@ -365,6 +366,17 @@ func ruleCases(t *testing.T) []struct {
 		}},
 		{"no header_mutation in front", RuleUpstreamHeaderStrip, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters = h.HttpFilters[1:] })
+		}},
+		{"no early header mutation", RuleUpstreamHeaderStrip, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.EarlyHeaderMutationExtensions = nil })
+		}},
+		{"early header mutation sets the header", RuleUpstreamHeaderStrip, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				edit(t, h.EarlyHeaderMutationExtensions[0].GetTypedConfig(), func(m *earlymutationv3.HeaderMutation) {
+					m.Mutations = append(m.Mutations, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_Append{
+						Append: &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-kubegate-upstream", Value: testAPICluster}}}})
+				})
+			})
 		}},
 		{"header_mutation removes another header", RuleUpstreamHeaderStrip, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {

@@ -61,7 +61,7 @@ func TestXDSOverUnixSocket(t *testing.T) {
 	}
 	addr, _ := envoy.ParseAddr("unix://" + sock)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if err := runXDS(context.Background(), logger, addr, tokenFile, envoy.TokenSecretName, 0); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if err := runXDS(context.Background(), logger, addr, tokenFile, envoy.TokenSecretFor(1), 0); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("runXDS over a regular file = %v; want a refusal", err)
 	}
 	if err := os.Remove(sock); err != nil {
@@ -70,7 +70,7 @@ func TestXDSOverUnixSocket(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- runXDS(ctx, logger, addr, tokenFile, envoy.TokenSecretName, 0) }()
+	go func() { done <- runXDS(ctx, logger, addr, tokenFile, envoy.TokenSecretFor(1), 0) }()
 
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -83,7 +83,7 @@ func TestXDSOverUnixSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&discoveryv3.DiscoveryRequest{ResourceNames: []string{envoy.TokenSecretName}, TypeUrl: resource.SecretType}); err != nil {
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{ResourceNames: []string{envoy.TokenSecretFor(1)}, TypeUrl: resource.SecretType}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := stream.Recv()

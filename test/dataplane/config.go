@@ -28,6 +28,7 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	earlymutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
 	downstreamconnsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -124,6 +125,8 @@ type hcmConfig struct {
 	requestHeadersTimeout time.Duration // 0: disabled
 	h2                    http2Limits
 	localReply            []responseMapper // local_reply_config mappers
+	// earlyRemoves are the headers early_header_mutation_extensions remove.
+	earlyRemoves []string
 }
 
 type virtualHost struct {
@@ -508,6 +511,21 @@ func (p *parser) hcm(h *hcmv3.HttpConnectionManager, path string) hcmConfig {
 			p.fail(fmt.Sprintf("%s.access_log[%d]", path, i), "one access log is emulated")
 		}
 		hc.accessLogFormat = p.accessLogFormat(l, fmt.Sprintf("%s.access_log[%d].typed_config", path, i))
+	}
+	for i, e := range h.GetEarlyHeaderMutationExtensions() {
+		ep := fmt.Sprintf("%s.early_header_mutation_extensions[%d]", path, i)
+		m, ok := p.unpack(e.GetTypedConfig(), ep+".typed_config").(*earlymutationv3.HeaderMutation)
+		if !ok {
+			p.fail(ep, "only the header_mutation early header mutation is emulated")
+			continue
+		}
+		for j, mu := range m.GetMutations() {
+			if mu.GetRemove() == "" {
+				p.fail(fmt.Sprintf("%s.typed_config.mutations[%d]", ep, j), "only remove is emulated")
+				continue
+			}
+			hc.earlyRemoves = append(hc.earlyRemoves, strings.ToLower(mu.GetRemove()))
+		}
 	}
 	p.hcmLimits(h, &hc, path)
 	hc.localReply = p.localReplyMappers(h.GetLocalReplyConfig(), path+".local_reply_config")

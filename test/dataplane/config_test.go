@@ -16,6 +16,7 @@ import (
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocfiltv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
@@ -114,6 +115,30 @@ func TestStartRefuses(t *testing.T) {
 				})
 			},
 			want: []string{"include_peer_certificate", "request_attributes", "suppress_envoy_headers"},
+		},
+		{
+			name: "routing fields",
+			edit: func(b *bootstrapv3.Bootstrap) {
+				editHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+					h.GetRouteConfig().VirtualHosts[0].Routes[0].Match.CaseSensitive = wrapperspb.Bool(false)
+				}, func(m proto.Message) {
+					if f, ok := m.(*extprocfiltv3.ExternalProcessor); ok {
+						f.DisableClearRouteCache = true //lint:ignore SA1019 the deprecated field is what this case tests
+					}
+				})
+			},
+			want: []string{"routes[0].match.case_sensitive", "disable_clear_route_cache", "not emulated"},
+		},
+		{
+			name: "header_mutation fields",
+			edit: func(b *bootstrapv3.Bootstrap) {
+				editHCM(t, b, nil, func(m proto.Message) {
+					if f, ok := m.(*headermutationv3.HeaderMutation); ok {
+						f.MostSpecificHeaderMutationsWins = true
+					}
+				})
+			},
+			want: []string{"http_filters[0].typed_config.most_specific_header_mutations_wins", "not emulated"},
 		},
 		{
 			name: "two endpoints in a cluster",

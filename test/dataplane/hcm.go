@@ -33,6 +33,8 @@ type stream struct {
 	route     *route
 	// vhosts are the route table clearRouteCache matches against again.
 	vhosts []virtualHost
+	// cluster is the route's cluster as of the last match (refreshRoute).
+	cluster string
 
 	// metadata is the stream's dynamic metadata (StreamInfo::dynamicMetadata,
 	// filter_metadata) by namespace.
@@ -129,8 +131,9 @@ func (cm *connectionManager) ServeHTTP(w http.ResponseWriter, req *http.Request)
 		cm.sendLocalReply(w, req, s, r)
 		return
 	}
+	earlyRemove(s, cfg.earlyRemoves)
 	s.vhosts = cfg.routes
-	s.route = matchRoute(cfg.routes, s.headers)
+	s.refreshRoute()
 
 	// ConnectionManagerImpl::ActiveStream::decodeHeaders: an upgrade whose type is
 	// not enabled in upgrade_configs is answered 403 before any filter runs.

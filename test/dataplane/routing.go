@@ -30,6 +30,15 @@ func (f *headerMutationFilter) decodeHeaders(_ context.Context, s *stream) *loca
 	return nil
 }
 
+// earlyRemove is the HCM's early_header_mutation_extensions with the
+// header_mutation extension's removals: "called before any routing, tracing, or
+// any filter processing" (http_connection_manager.proto).
+func earlyRemove(s *stream, names []string) {
+	for _, n := range names {
+		s.headers.remove(n)
+	}
+}
+
 // matches is RouteEntryImplBase::matches for the path specifiers emulated
 // (source/common/router/config_impl.cc): a prefix compares the whole :path (query
 // included); path and path_separated_prefix compare the path without its query
@@ -55,27 +64,44 @@ func stripQuery(path string) string {
 	return path
 }
 
+// refreshRoute is ActiveStream::refreshCachedRoute: the route is matched from the
+// headers as they are now, and a cluster_header route's cluster is read then
+// (RouteEntryImplBase::clusterEntry returns a DynamicRouteEntry holding the
+// header's first value, source/common/router/config_impl.cc). The HCM does it
+// once before the first filter (ActiveStream::decodeHeaders,
+// source/common/http/conn_manager_impl.cc); a later change of the header moves
+// nothing until a filter clears the route cache.
+func (s *stream) refreshRoute() {
+	s.route = matchRoute(s.vhosts, s.headers)
+	s.cluster = ""
+	if s.route == nil {
+		return
+	}
+	s.cluster = s.route.cluster
+	if s.route.clusterHeader != "" {
+		s.cluster = s.headers.first(s.route.clusterHeader)
+	}
+}
+
 // clearRouteCache is the filter callbacks' clearRouteCache: the route is matched
 // again, from the headers as they are now (Envoy re-matches lazily, on the next
 // route() call; the router's is the next one here).
 func (s *stream) clearRouteCache() {
 	if s.vhosts != nil {
-		s.route = matchRoute(s.vhosts, s.headers)
+		s.refreshRoute()
 	}
 }
 
 // upstreamClusterFor is the router's cluster choice (Filter::decodeHeaders,
 // source/common/router/router.cc): route_entry->clusterName(), which for
-// cluster_header is the first value of that header ("If the header appears
-// multiple times only the first value is used", route_components.proto), then the
-// thread-local cluster of that name. None (the header missing, or naming no
+// cluster_header is the first value of that header when the route was last
+// matched ("If the header appears multiple times only the first value is used",
+// route_components.proto; refreshRoute), then the thread-local cluster of that
+// name. None (the header missing, or naming no
 // cluster) is a local reply with the route's cluster_not_found_response_code,
 // details cluster_not_found and response flag NC, before any upstream filter runs.
 func (r *router) upstreamClusterFor(rt *route, s *stream) (*upstreamCluster, *localReply) {
-	name := rt.cluster
-	if rt.clusterHeader != "" {
-		name = s.headers.first(rt.clusterHeader)
-	}
+	name := s.cluster
 	c, ok := r.clusters[name]
 	if !ok || name == "" {
 		status := rt.notFound
