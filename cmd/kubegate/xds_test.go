@@ -31,8 +31,9 @@ func TestXDSRefusesBadTokenFile(t *testing.T) {
 		args    []string
 		wantErr string
 	}{
-		{"empty token file", []string{"xds", "--listen", "127.0.0.1:19003", "--token-file", empty}, "token file is empty"},
-		{"missing token file", []string{"xds", "--listen", "127.0.0.1:19003", "--token-file", filepath.Join(dir, "nope")}, "no such file"},
+		{"empty token file", []string{"xds", "--listen", "127.0.0.1:19003", "--agent-id", "1", "--token-file", empty}, "token file is empty"},
+		{"missing token file", []string{"xds", "--listen", "127.0.0.1:19003", "--agent-id", "1", "--token-file", filepath.Join(dir, "nope")}, "no such file"},
+		{"no agent id", []string{"xds", "--listen", "127.0.0.1:19003", "--token-file", empty}, "--agent-id is required"},
 		{"no token file flag", []string{"xds", "--listen", "127.0.0.1:19003"}, "--token-file is required"},
 		{"bad listen address", []string{"xds", "--listen", "localhost", "--token-file", empty}, "--listen"},
 	}
