@@ -146,10 +146,16 @@ func (s *Server) Version() string {
 	return s.version
 }
 
+// RegisterSDS adds the SDS service alone to g (a server that serves
+// grpc.health.v1 itself, like kubegate's service runner).
+func (s *Server) RegisterSDS(ctx context.Context, g *grpc.Server) {
+	secretv3.RegisterSecretDiscoveryServiceServer(g, serverv3.NewServer(ctx, s.cache, nil))
+}
+
 // Register adds the SDS service and grpc.health.v1 (Envoy health-checks its xDS
 // cluster with it) to g.
 func (s *Server) Register(ctx context.Context, g *grpc.Server) {
-	secretv3.RegisterSecretDiscoveryServiceServer(g, serverv3.NewServer(ctx, s.cache, nil))
+	s.RegisterSDS(ctx, g)
 	h := health.NewServer()
 	h.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	h.SetServingStatus(secretv3.SecretDiscoveryService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
