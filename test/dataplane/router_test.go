@@ -86,7 +86,8 @@ func TestRouting(t *testing.T) {
 	}
 }
 
-// TestOutsideThePrefixWithKubegateServices: the catch-all route makes ext_authz
+// TestOutsideThePrefixWithKubegateServices: for a path neither under /k8s-proxy/
+// nor one of the API's top-level paths, the catch-all route makes ext_authz
 // run, and kubegate authz answers its own 400 that names the prefix. (Without that
 // route Envoy would skip ext_authz and kubegate extproc would refuse the request for
 // lack of a decision.)
@@ -95,7 +96,7 @@ func TestOutsideThePrefixWithKubegateServices(t *testing.T) {
 	rec := newRecorder(t, nil)
 	_, xds := realXDS(t, agentToken)
 	dp := start(t, render(t, c, setup{authz: realAuthz(t), extproc: realExtProc(t), xds: xds, apiserver: rec.url(), caFile: rec.caFile}), Options{})
-	status, _, body := do(t, client(t, c, true), "GET", dp.URL()+"/api/v1/pods", http.Header{"Authorization": {alicePAT()}})
+	status, _, body := do(t, client(t, c, true), "GET", dp.URL()+"/metrics", http.Header{"Authorization": {alicePAT()}})
 	if status != http.StatusBadRequest || !strings.Contains(body, "under /k8s-proxy/") {
 		t.Errorf("got %d %q, want kubegate authz's 400 naming the prefix", status, body)
 	}
