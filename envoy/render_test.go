@@ -5,10 +5,13 @@ import (
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+
+	"kubegate.dev/kubegate/contract"
 )
 
 // testAgentID is the one agent of testOptions; testAPICluster its cluster.
@@ -262,5 +265,40 @@ func TestMeshRefusesSeveralAgents(t *testing.T) {
 	o.Agents = []Agent{{ID: 1, APIServer: "https://a", APIServerCA: "/ca"}, {ID: 2, APIServer: "https://b", APIServerCA: "/ca"}}
 	if _, err := MeshResources(o); err == nil || !strings.Contains(err.Error(), "serves one agent") {
 		t.Fatalf("got %v, want the one-agent refusal", err)
+	}
+}
+
+// TestRouteTable: every top-level API path of the contract and /k8s-proxy/ is a
+// forwarding route whose cluster comes from the upstream header alone, with no
+// per-route filter config (so ext_authz and ext_proc run for each); the explain
+// and agent list endpoints are direct responses.
+func TestRouteTable(t *testing.T) {
+	routes := RouteConfig().VirtualHosts[0].Routes
+	byName := map[string]*routev3.Route{}
+	for _, r := range routes {
+		byName[r.Name] = r
+		if len(r.TypedPerFilterConfig) > 0 {
+			t.Errorf("route %s has typed_per_filter_config", r.Name)
+		}
+	}
+	want := []string{RouteName}
+	for _, root := range contract.APIRootPaths {
+		want = append(want, APIRootRoutePrefix+root)
+	}
+	for _, name := range want {
+		r := byName[name]
+		if r == nil {
+			t.Errorf("no route %s", name)
+			continue
+		}
+		a := r.GetRoute()
+		if a.GetClusterHeader() != contract.HeaderUpstream || a.GetClusterNotFoundResponseCode() != routev3.RouteAction_SERVICE_UNAVAILABLE {
+			t.Errorf("route %s: cluster_header %q, not found %v", name, a.GetClusterHeader(), a.GetClusterNotFoundResponseCode())
+		}
+	}
+	for _, name := range []string{ExplainRouteName, AgentsRouteName, NotFoundRouteName} {
+		if byName[name].GetDirectResponse() == nil {
+			t.Errorf("route %s is not a direct_response", name)
+		}
 	}
 }

@@ -465,6 +465,24 @@ func ruleCases(t *testing.T) []struct {
 					FilterHeaderMutation: mustAny(t, &routev3.FilterConfig{Disabled: true})}
 			})
 		}},
+		{"ext_authz disabled on a top-level API route", RulePerRouteOverride, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				for _, r := range h.GetRouteConfig().VirtualHosts[0].Routes {
+					if r.Name == APIRootRoutePrefix+"/version" {
+						r.TypedPerFilterConfig = map[string]*anypb.Any{FilterExtAuthz: mustAny(t, &extauthzv3.ExtAuthzPerRoute{Override: &extauthzv3.ExtAuthzPerRoute_Disabled{Disabled: true}})}
+					}
+				}
+			})
+		}},
+		{"ext_proc disabled on the agent list route", RulePerRouteOverride, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				for _, r := range h.GetRouteConfig().VirtualHosts[0].Routes {
+					if r.Name == AgentsRouteName {
+						r.TypedPerFilterConfig = map[string]*anypb.Any{FilterExtProc: mustAny(t, &routev3.FilterConfig{Disabled: true})}
+					}
+				}
+			})
+		}},
 		{"credential_injector back at the listener", RuleFilterOrder, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
 				ci, err := CredentialInjector(TokenSecretFor(testAgentID), SDSConfigSource(XDSCluster))
