@@ -163,16 +163,16 @@ type checker struct {
 	fs       findings
 	clusters map[string]*clusterv3.Cluster
 	cpath    map[string]string
-	// References by role: cluster name → path of the first reference.
-	apiRefs, grpcRefs map[string]string
-	refOrder          []clusterRef
+	// References of the gRPC services: cluster name → path of the first reference.
+	grpcRefs map[string]string
+	refOrder []clusterRef
 }
 
 type clusterRef struct{ name, path string }
 
 func newChecker(b *bootstrapv3.Bootstrap) *checker {
 	c := &checker{b: b, clusters: map[string]*clusterv3.Cluster{}, cpath: map[string]string{},
-		apiRefs: map[string]string{}, grpcRefs: map[string]string{}}
+		grpcRefs: map[string]string{}}
 	for i, cl := range b.GetStaticResources().GetClusters() {
 		p := fmt.Sprintf("$.static_resources.clusters[%d]", i)
 		if _, dup := c.clusters[cl.GetName()]; dup {
@@ -933,13 +933,6 @@ func (c *checker) routeHeaders(add []*corev3.HeaderValueOption, remove []string,
 	}
 }
 
-func (c *checker) refAPI(name, path string) {
-	if _, ok := c.apiRefs[name]; !ok {
-		c.apiRefs[name] = path
-	}
-	c.refOrder = append(c.refOrder, clusterRef{name, path})
-}
-
 func (c *checker) refGRPC(name, path string) {
 	if _, ok := c.grpcRefs[name]; !ok {
 		c.grpcRefs[name] = path
@@ -955,9 +948,6 @@ func (c *checker) clusterRefs() {
 		}
 	}
 	for name := range c.grpcRefs {
-		if _, api := c.apiRefs[name]; api {
-			continue // reported by upstream-http11 already
-		}
 		if cl, ok := c.clusters[name]; ok && !c.isHTTP2(cl, c.cpath[name]) {
 			c.fs.add(c.cpath[name], RuleGRPCClusterHTTP2, "cluster %q serves gRPC and must speak HTTP/2: set typed_extension_protocol_options[%q].explicit_http_config.http2_protocol_options", name, UpstreamHTTPOptionsKey)
 		}

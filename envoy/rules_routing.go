@@ -134,7 +134,6 @@ func (c *checker) extProcNoRouting(e *extprocv3.ExternalProcessor, p string) {
 			c.fs.add(p+".mutation_rules", RuleExtProcNoRouting, "allow setting %s: a compromised processor could send a request to another agent's cluster; allow only impersonate-*", contract.HeaderUpstream)
 		}
 	} // unset rules are ext-proc-mutation-rules' finding
-	//lint:ignore SA1019 the deprecated field still keeps the route cache (ext_proc.proto), so the rule accepts it
 	retain := e.GetRouteCacheAction() == extprocv3.ExternalProcessor_RETAIN || e.GetDisableClearRouteCache()
 	if !retain {
 		c.fs.add(p+".route_cache_action", RuleExtProcNoRouting, "%v lets a processor's answer make Envoy match the route again after ext_authz chose the agent's cluster; set RETAIN", e.GetRouteCacheAction())

@@ -696,9 +696,8 @@ func (p *parser) extProc(e *extprocv3.ExternalProcessor, path string) *extProcCo
 		forwardTyped:     e.GetMetadataOptions().GetForwardingNamespaces().GetTyped(),
 		routeCacheAction: e.GetRouteCacheAction(),
 	}
-	//lint:ignore SA1019 the deprecated field is read so that it is refused, not silently ignored
 	if e.GetDisableClearRouteCache() {
-		p.fail(path+".disable_clear_route_cache", "the deprecated field is not emulated; use route_cache_action RETAIN")
+		p.fail(path+".disable_clear_route_cache", "disable_clear_route_cache is not emulated; use route_cache_action RETAIN (equivalent, ext_proc.proto)")
 	}
 	if e.GetGrpcService().GetTimeout() != nil {
 		p.fail(path+".grpc_service.timeout", "ext_proc bounds each message with message_timeout; a stream timeout is not emulated")

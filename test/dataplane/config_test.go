@@ -123,7 +123,7 @@ func TestStartRefuses(t *testing.T) {
 					h.GetRouteConfig().VirtualHosts[0].Routes[0].Match.CaseSensitive = wrapperspb.Bool(false)
 				}, func(m proto.Message) {
 					if f, ok := m.(*extprocfiltv3.ExternalProcessor); ok {
-						f.DisableClearRouteCache = true //lint:ignore SA1019 the deprecated field is what this case tests
+						f.DisableClearRouteCache = true
 					}
 				})
 			},
