@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"kubegate.dev/kubegate/contract"
 	"kubegate.dev/kubegate/contract/handoff"
 	"kubegate.dev/kubegate/envoy"
+	"kubegate.dev/kubegate/envoy/devcert"
 	"kubegate.dev/kubegate/envoy/sds"
 )
 
@@ -363,5 +365,48 @@ func TestRouteCacheEmulation(t *testing.T) {
 				t.Fatalf("cluster %q, want %q", s.cluster, tt.want)
 			}
 		})
+	}
+}
+
+// TestEachClusterVerifiesItsOwnServer: agent B's cluster trusts only B's CA, so
+// pointed at A's API server (as a misconfiguration or a DNS hijack would) it
+// refuses the connection: a 503 and nothing reaches A's server with B's token.
+func TestEachClusterVerifiesItsOwnServer(t *testing.T) {
+	c := newCerts(t)
+	recA := newRecorder(t, nil)
+	servingB := newCerts(t)
+	srv := sds.NewServer(envoy.TokenSecretFor(agentA), slog.New(slog.DiscardHandler))
+	for id, tok := range map[int64]string{agentA: tokenA, agentB: tokenB} {
+		if _, err := srv.PublishSecret(context.Background(), envoy.TokenSecretFor(id), tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	xds := serveGRPC(t, func(g *grpc.Server) { srv.Register(ctx, g) })
+	authz := &authzDouble{answer: routeByCredential}
+	dp := start(t, render(t, c, setup{authz: authz.serve(t), extproc: (&processorDouble{}).serve(t), xds: xds,
+		edit: func(o *envoy.Options) {
+			o.AgentID, o.APIServer, o.APIServerCA = 0, "", ""
+			o.Agents = []envoy.Agent{
+				{ID: agentA, APIServer: recA.url(), APIServerCA: recA.caFile},
+				{ID: agentB, APIServer: recA.url(), APIServerCA: filepath.Join(servingB.dir, devcert.CAFile)},
+			}
+		}}), Options{})
+	cl := client(t, c, false)
+	if status, _, body := do(t, cl, "GET", dp.URL()+"/k8s-proxy/api", http.Header{"Authorization": {"Bearer pat:1:alice"}}); status != http.StatusOK {
+		t.Fatalf("agent A: %d %s", status, body)
+	}
+	status, _, body := do(t, cl, "GET", dp.URL()+"/k8s-proxy/api", http.Header{"Authorization": {"Bearer pat:2:alice"}})
+	if status != http.StatusServiceUnavailable {
+		t.Fatalf("agent B against a server its CA did not sign: %d %s, want 503", status, body)
+	}
+	for _, r := range recA.requests() {
+		if r.Header.Get("Authorization") == "Bearer "+tokenB {
+			t.Fatal("agent B's token reached agent A's API server")
+		}
+	}
+	if n := len(recA.requests()); n != 1 {
+		t.Fatalf("A's server got %d requests, want only agent A's", n)
 	}
 }
