@@ -36,7 +36,7 @@ func TestDecodeFindings(t *testing.T) {
 	}{
 		{"typo in a field name", func(t *testing.T) string {
 			return replaceOnce(t, rendered(t), "encode_raw_headers: true", "encode_raw_header: true")
-		}, RuleSchema, hcm + ".http_filters[1].typed_config.encode_raw_header", `did you mean "encode_raw_headers"`},
+		}, RuleSchema, hcm + ".http_filters[2].typed_config.encode_raw_header", `did you mean "encode_raw_headers"`},
 		{"typo in a top-level field", func(t *testing.T) string {
 			return replaceOnce(t, rendered(t), "static_resources:", "static_resource:")
 		}, RuleSchema, "$.static_resource", `did you mean "static_resources"`},
@@ -45,10 +45,10 @@ func TestDecodeFindings(t *testing.T) {
 		}, RuleSchema, hcm + ".common_http_protocol_options.headers_with_underscores_action", `did you mean "REJECT_REQUEST"`},
 		{"string where a bool belongs", func(t *testing.T) string {
 			return replaceOnce(t, rendered(t), "encode_raw_headers: true", `encode_raw_headers: "yes"`)
-		}, RuleSchema, hcm + ".http_filters[1].typed_config.encode_raw_headers", "expected true or false"},
+		}, RuleSchema, hcm + ".http_filters[2].typed_config.encode_raw_headers", "expected true or false"},
 		{"bad duration", func(t *testing.T) string {
 			return replaceOnce(t, rendered(t), "message_timeout: 1s", "message_timeout: 1 second")
-		}, RuleSchema, hcm + ".http_filters[2].typed_config.message_timeout", "expected a duration"},
+		}, RuleSchema, hcm + ".http_filters[3].typed_config.message_timeout", "expected a duration"},
 		{"unknown typed_config type", func(t *testing.T) string {
 			return replaceOnce(t, rendered(t), "envoy.extensions.filters.http.router.v3.Router", "envoy.extensions.filters.http.routr.v3.Router")
 		}, RuleSchema, hcm + ".http_filters[4].typed_config.@type", "unknown type"},

@@ -11,6 +11,7 @@ func FuzzValidate(f *testing.F) {
 	o := DefaultOptions()
 	o.CheckFiles = false
 	o.TLSCertFile, o.TLSKeyFile, o.APIServer, o.APIServerCA = "/c", "/k", "https://k:6443", "/ca"
+	o.AgentID = 1
 	o.Listen, _ = ParseAddr("0.0.0.0:8443")
 	o.Authz, _ = ParseAddr("a:1")
 	o.ExtProc, _ = ParseAddr("unix:///e.sock")

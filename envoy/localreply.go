@@ -37,7 +37,7 @@ const RateLimitedMessage = "kubegate: too many requests from your address; slow 
 
 // AgentTokenMissingMessage is the Status message of that answer.
 const AgentTokenMissingMessage = "kubegate: the gateway has no service-account token for the agent yet (SDS secret " +
-	TokenSecretName + " from kubegate xds), so it cannot forward the request; your own credential was accepted. " +
+	TokenSecretPrefix + "<agent id> from kubegate xds), so it cannot forward the request; your own credential was accepted. " +
 	"Tell the gateway's operator: is kubegate xds running, and is its --token-file readable?"
 
 // LocalReplyConfig rewrites one local reply: credential_injector's 401 "Failed to

@@ -55,12 +55,12 @@ func FileSDSConfigSource(dir string) *corev3.ConfigSource {
 }
 
 // TokenSDS is the content of TokenSDSFile: one generic secret named
-// TokenSecretName whose value is the token file, read by Envoy itself (the
+// TokenSecretFor(agentID) whose value is the token file, read by Envoy itself (the
 // DataSource's filename), so the ConfigMap holding this response never holds the
 // token.
-func TokenSDS(dir string) (*discoveryv3.DiscoveryResponse, error) {
+func TokenSDS(dir string, agentID int64) (*discoveryv3.DiscoveryResponse, error) {
 	secret, err := anypb.New(&tlsv3.Secret{
-		Name: TokenSecretName,
+		Name: TokenSecretFor(agentID),
 		Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{
 			Secret: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: path.Join(dir, TokenFile)}},
 		}},
@@ -91,22 +91,22 @@ func MeshResources(o Options) (*Mesh, error) {
 	if o.TokenSDSDir == "" {
 		return nil, errors.New("a service mesh's Envoy reads the agent token from a projected volume: give the token SDS directory")
 	}
+	if len(o.Agents) > 1 {
+		return nil, fmt.Errorf("a service mesh's Envoy serves one agent, got %d: its agent token comes from one projected ServiceAccount token (TokenSDSFile names one file), and the chart's mesh mode runs one agent per release; serve several agents with kubegate's own Envoy (mesh.mode=none)", len(o.Agents))
+	}
 	if err := o.Check(); err != nil {
 		return nil, err
 	}
-	apiserver, err := apiServerAddr(o.APIServer)
-	if err != nil {
-		return nil, err
-	}
 	m := &Mesh{}
+	var err error
 	if m.Listener, err = Listener(o); err != nil {
 		return nil, err
 	}
-	api, err := APIServer(apiserver, o.APIServerCA, o.ConnectTimeout, o.MaxConnections)
+	api, err := apiServerClusters(o)
 	if err != nil {
 		return nil, err
 	}
-	m.Clusters = append(m.Clusters, api)
+	m.Clusters = append(m.Clusters, api...)
 	for _, c := range []struct {
 		name string
 		addr Addr
@@ -117,7 +117,7 @@ func MeshResources(o Options) (*Mesh, error) {
 		}
 		m.Clusters = append(m.Clusters, gc)
 	}
-	if m.TokenSDS, err = TokenSDS(o.TokenSDSDir); err != nil {
+	if m.TokenSDS, err = TokenSDS(o.TokenSDSDir, o.AgentList()[0].ID); err != nil {
 		return nil, err
 	}
 	if findings := CheckBootstrap(m.Bootstrap()); len(findings) > 0 {
@@ -139,7 +139,8 @@ func (m *Mesh) Bootstrap() *bootstrapv3.Bootstrap {
 // CheckTokenSDS reads a TokenSDSFile as Envoy's filesystem subscription does (one
 // DiscoveryResponse, JSON or YAML; unknown fields refused) and checks that it is
 // the one secret credential_injector asks for, read from the token file in dir.
-func CheckTokenSDS(data []byte, dir string) error {
+func CheckTokenSDS(data []byte, dir string, agentID int64) error {
+	secretName := TokenSecretFor(agentID)
 	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		return fmt.Errorf("%s: %v", TokenSDSFile, err)
@@ -149,7 +150,7 @@ func CheckTokenSDS(data []byte, dir string) error {
 		return fmt.Errorf("%s is not an Envoy DiscoveryResponse: %v", TokenSDSFile, err)
 	}
 	if len(r.GetResources()) != 1 {
-		return fmt.Errorf("%s has %d resources; want exactly the secret %q", TokenSDSFile, len(r.GetResources()), TokenSecretName)
+		return fmt.Errorf("%s has %d resources; want exactly the secret %q", TokenSDSFile, len(r.GetResources()), secretName)
 	}
 	var s tlsv3.Secret
 	if err := r.GetResources()[0].UnmarshalTo(&s); err != nil {
@@ -159,8 +160,8 @@ func CheckTokenSDS(data []byte, dir string) error {
 		return fmt.Errorf("%s: %v", TokenSDSFile, err)
 	}
 	want := path.Join(dir, TokenFile)
-	if s.GetName() != TokenSecretName || s.GetGenericSecret().GetSecret().GetFilename() != want {
-		return fmt.Errorf("%s: want the generic secret %q read from the file %s, got %q from %q", TokenSDSFile, TokenSecretName, want, s.GetName(), s.GetGenericSecret().GetSecret().GetFilename())
+	if s.GetName() != secretName || s.GetGenericSecret().GetSecret().GetFilename() != want {
+		return fmt.Errorf("%s: want the generic secret %q read from the file %s, got %q from %q", TokenSDSFile, secretName, want, s.GetName(), s.GetGenericSecret().GetSecret().GetFilename())
 	}
 	return nil
 }

@@ -37,14 +37,14 @@ func TestMeshResourcesPassValidate(t *testing.T) {
 	for _, c := range m.Clusters {
 		names[c.GetName()] = true
 	}
-	if !names[APIServerCluster] || !names[AuthzCluster] || !names[ExtProcCluster] || names[XDSCluster] {
+	if !names[testAPICluster] || !names[AuthzCluster] || !names[ExtProcCluster] || names[XDSCluster] {
 		t.Errorf("clusters %v: want the API server, authz and extproc and no xds (the token comes from a file)", names)
 	}
 	sds, err := MarshalYAML(m.TokenSDS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckTokenSDS(sds, "/var/run/kubegate/token"); err != nil {
+	if err := CheckTokenSDS(sds, "/var/run/kubegate/token", testAgentID); err != nil {
 		t.Errorf("CheckTokenSDS of MeshResources' own TokenSDS: %v", err)
 	}
 	if strings.Contains(string(y), XDSCluster) {
@@ -104,15 +104,15 @@ func TestCheckTokenSDSRefuses(t *testing.T) {
 		{"not yaml", "resources: [", "token-sds.yaml"},
 		{"unknown field", "resources: []\nnonsense: 1\n", "not an Envoy DiscoveryResponse"},
 		{"no resource", "resources: []\n", "0 resources"},
-		{"two resources", "resources:\n- {" + secretType + ", name: kubegate-agent-token}\n- {" + secretType + ", name: other}\n", "2 resources"},
+		{"two resources", "resources:\n- {" + secretType + ", name: kubegate-agent-token-7}\n- {" + secretType + ", name: other}\n", "2 resources"},
 		{"another secret name", "resources:\n- {" + secretType + ", name: other, generic_secret: {secret: {filename: " + dir + "/token}}}\n", `"other"`},
-		{"token inline", "resources:\n- {" + secretType + ", name: kubegate-agent-token, generic_secret: {secret: {inline_string: eyJ}}}\n", "read from the file"},
-		{"another file", "resources:\n- {" + secretType + ", name: kubegate-agent-token, generic_secret: {secret: {filename: /tmp/token}}}\n", "/tmp/token"},
+		{"token inline", "resources:\n- {" + secretType + ", name: kubegate-agent-token-7, generic_secret: {secret: {inline_string: eyJ}}}\n", "read from the file"},
+		{"another file", "resources:\n- {" + secretType + ", name: kubegate-agent-token-7, generic_secret: {secret: {filename: /tmp/token}}}\n", "/tmp/token"},
 		{"not a secret", "resources:\n- {\"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster, name: x}\n", "not an envoy.extensions.transport_sockets.tls.v3.Secret"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := CheckTokenSDS([]byte(tt.file), dir)
+			err := CheckTokenSDS([]byte(tt.file), dir, testAgentID)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tt.want)
 			}

@@ -1,6 +1,7 @@
 package envoy
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -16,16 +17,21 @@ const (
 	RouteConfigName = "kubegate"
 	// VirtualHostName is the single virtual host; it matches every domain.
 	VirtualHostName = "kubegate"
-	// RouteName is the route that strips PathPrefix and forwards to the API server.
+	// RouteName is the route that strips PathPrefix and forwards to the API server
+	// of the agent kubegate authz chose (contract.HeaderUpstream).
 	RouteName = "k8s-proxy"
+	// APIRootRoutePrefix starts the name of each route of a contract.APIRootPaths
+	// path (APIRootRoutePrefix + the path), forwarded as it is, like RouteName.
+	APIRootRoutePrefix = "api-root:"
+	// AgentsRouteName is the route of the agent list endpoint (contract.AgentsPath):
+	// a direct_response, since kubegate authz answers those requests itself.
+	AgentsRouteName = "kubegate-agents"
 	// ExplainRouteName is the route of the explain endpoint (ExplainPrefix): a
 	// direct_response, since kubegate authz answers those requests itself.
 	ExplainRouteName = "kubegate-explain"
 	// NotFoundRouteName is the catch-all route for every other path (404).
 	NotFoundRouteName = "not-k8s-proxy"
 
-	// APIServerCluster is the upstream Kubernetes API server (TLS, HTTP/1.1).
-	APIServerCluster = "kubegate_apiserver"
 	// AuthzCluster is kubegate authz, the ext_authz gRPC service.
 	AuthzCluster = "kubegate_authz"
 	// ExtProcCluster is kubegate extproc, the ext_proc gRPC service.
@@ -33,9 +39,9 @@ const (
 	// XDSCluster is kubegate xds, the SDS server for the agent token.
 	XDSCluster = "kubegate_xds"
 
-	// TokenSecretName is the SDS generic secret holding the agent's
-	// service-account token (without the "Bearer " prefix).
-	TokenSecretName = "kubegate-agent-token"
+	// TokenSecretPrefix starts the name of each agent's SDS generic secret
+	// (TokenSecretFor).
+	TokenSecretPrefix = "kubegate-agent-token-"
 
 	// PathPrefix is the prefix kubectl talks to; it is rewritten to "/".
 	PathPrefix = contract.PathPrefix
@@ -47,6 +53,15 @@ const (
 	DefaultNodeCluster = "kubegate"
 )
 
+// APIServerCluster is the Envoy cluster of an agent's Kubernetes API server (TLS,
+// HTTP/1.1): the name kubegate authz sets contract.HeaderUpstream to.
+func APIServerCluster(agentID int64) string { return contract.UpstreamCluster(agentID) }
+
+// TokenSecretFor is the SDS generic secret holding an agent's service-account
+// token (without the "Bearer " prefix): what that agent's cluster's
+// credential_injector reads and kubegate xds serves from the agent's token file.
+func TokenSecretFor(agentID int64) string { return fmt.Sprintf("%s%d", TokenSecretPrefix, agentID) }
+
 // Extension names (the HttpFilter/TypedExtensionConfig names Envoy documents).
 // Envoy identifies a filter by the type URL of its typed_config, not by this name,
 // and so does Validate; the names still key typed_per_filter_config.
@@ -55,12 +70,15 @@ const (
 	FilterExtProc            = "envoy.filters.http.ext_proc"
 	FilterCredentialInjector = "envoy.filters.http.credential_injector"
 	FilterRouter             = "envoy.filters.http.router"
+	FilterHeaderMutation     = "envoy.filters.http.header_mutation"
+	FilterUpstreamCodec      = "envoy.filters.http.upstream_codec"
 
 	NetworkFilterHCM        = "envoy.filters.network.http_connection_manager"
 	TransportSocketTLS      = "envoy.transport_sockets.tls"
 	GenericCredential       = "envoy.http.injected_credentials.generic"
 	UpstreamHTTPOptionsKey  = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 	StdoutAccessLog         = "envoy.access_loggers.stdout"
+	EarlyHeaderMutation     = "envoy.http.early_header_mutation.header_mutation"
 	DownstreamConnectionsRM = "envoy.resource_monitors.global_downstream_max_connections"
 )
 
@@ -81,7 +99,10 @@ var CredentialHeaders = contract.CredentialHeaders
 // ExtAuthzSetHeaders are the request headers kubegate authz sets itself: in user
 // mode, Impersonate-User (one line), so that a request ext_proc never acts on still
 // reaches the API server as the user and never as the agent.
-var ExtAuthzSetHeaders = []string{contract.HeaderImpersonateUser}
+// It also sets contract.HeaderUpstream on every allowed request: the agent's
+// cluster, which the API routes read (cluster_header) once ext_authz has cleared
+// the route cache.
+var ExtAuthzSetHeaders = []string{contract.HeaderImpersonateUser, contract.HeaderUpstream}
 
 // ExtAuthzMutationExpression is ext_authz's decoder_header_mutation_rules
 // allow_expression: the credential headers it removes and the headers it sets.
@@ -112,6 +133,22 @@ const SDSInitialFetchTimeout = 10 * time.Second
 // against the descriptors of go-control-plane's envoy module, which is generated
 // from Envoy's API protos per release: v1.35.0 lacks ext_proc status_on_error,
 // v1.36.0 lacks the generic credential's header_value_prefix, v1.37.0 has all.
+//
+// The agent token is injected by credential_injector as an upstream HTTP filter
+// of each API server cluster (HttpProtocolOptions.http_filters). Envoy registers
+// the filter's factory as an UpstreamHttpFilterConfigFactory too
+// (source/extensions/filters/http/credential_injector/config.cc,
+// REGISTER_FACTORY(UpstreamCredentialInjectorFilterFactory, ...)), and
+// extensions_metadata.yaml lists it under envoy.filters.http.upstream. That holds
+// since v1.34.0: envoyproxy/envoy#38398 (merged after v1.33.0) made the filter a
+// dual one, and #38798 (March 2025, before v1.34.0) fixed its SDS init manager for
+// the upstream case ("the Credential Injector can be used for both HCM filter and
+// upstream filter"); Envoy Gateway relies on it for its per-backend credential
+// injection (envoyproxy/gateway#5607). Upstream HTTP filters are "currently in
+// alpha" (http_protocol_options.proto). v1.37.0 is above both, so it stays the
+// minimum. An upstream filter's local reply (no secret yet: 401) goes "via the
+// downstream HTTP filter manager" (UpstreamFilterManager::sendLocalReply,
+// source/common/router/upstream_request.cc), so LocalReplyConfig still applies.
 // An older Envoy refuses the bootstrap as an unknown field (or worse, a build
 // without the check would ignore it: status_on_error would fall back to 500,
 // and without header_value_prefix the token would go upstream without "Bearer ").

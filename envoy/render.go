@@ -24,11 +24,23 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
+// Agent is one agent the gateway serves: its API server gets the cluster
+// APIServerCluster(ID) with the token secret TokenSecretFor(ID).
+type Agent struct {
+	ID          int64
+	APIServer   string // https://host:port of the agent's Kubernetes API server
+	APIServerCA string // CA bundle (PEM) that signed that API server's certificate
+}
+
 // Options are the inputs of Render, one per `kubegate envoy render` flag.
 type Options struct {
 	Listen      Addr   // downstream listener, host:port or a unix socket
 	TLSCertFile string // listener certificate chain (PEM), read by Envoy
 	TLSKeyFile  string // listener private key (PEM), read by Envoy
+	// Agents are the agents served (--gateway-config). When empty, AgentID,
+	// APIServer and APIServerCA are the one agent (the single-agent flags).
+	Agents      []Agent
+	AgentID     int64  // the one agent's id (--agent-id)
 	APIServer   string // https://host:port of the Kubernetes API server
 	APIServerCA string // CA bundle (PEM) that signed the API server's certificate
 	Authz       Addr   // kubegate authz
@@ -116,6 +128,57 @@ func apiServerAddr(raw string) (Addr, error) {
 	return ParseAddr(strings.TrimPrefix(host, "//"))
 }
 
+// AgentList is the agents the options describe: Agents, or the one agent of the
+// single-agent fields.
+func (o Options) AgentList() []Agent {
+	if len(o.Agents) > 0 {
+		return o.Agents
+	}
+	return []Agent{{ID: o.AgentID, APIServer: o.APIServer, APIServerCA: o.APIServerCA}}
+}
+
+// checkAgents: either Agents or the single-agent fields, each agent with a
+// positive, distinct id, an https server and a CA.
+func (o Options) checkAgents() []error {
+	var errs []error
+	if len(o.Agents) > 0 {
+		if o.AgentID != 0 || o.APIServer != "" || o.APIServerCA != "" {
+			errs = append(errs, errors.New("give the agents either in the gateway configuration (--gateway-config) or with --agent-id, --apiserver and --apiserver-ca, not both"))
+		}
+		seen := map[int64]bool{}
+		for i, a := range o.Agents {
+			where := fmt.Sprintf("agents[%d]", i)
+			if a.ID <= 0 {
+				errs = append(errs, fmt.Errorf("%s: the agent id must be a positive number (GitLab's agent id), got %d", where, a.ID))
+			} else if seen[a.ID] {
+				errs = append(errs, fmt.Errorf("%s: agent id %d appears twice; each agent gets its own cluster %s", where, a.ID, APIServerCluster(a.ID)))
+			}
+			seen[a.ID] = true
+			if a.APIServer == "" {
+				errs = append(errs, fmt.Errorf("%s (agent %d): upstream.server is required", where, a.ID))
+			} else if _, err := apiServerAddr(a.APIServer); err != nil {
+				errs = append(errs, fmt.Errorf("%s (agent %d): %w", where, a.ID, err))
+			}
+			if a.APIServerCA == "" {
+				errs = append(errs, fmt.Errorf("%s (agent %d): upstream.ca_file is required (the CA that signed the API server's certificate)", where, a.ID))
+			}
+		}
+		return errs
+	}
+	if o.AgentID <= 0 {
+		errs = append(errs, fmt.Errorf("--agent-id is required (a positive number, the GitLab agent id kubegate authz serves): it names the API server cluster %s, got %d", APIServerCluster(o.AgentID), o.AgentID))
+	}
+	if o.APIServer == "" {
+		errs = append(errs, errors.New("--apiserver is required"))
+	} else if _, err := apiServerAddr(o.APIServer); err != nil {
+		errs = append(errs, err)
+	}
+	if o.APIServerCA == "" {
+		errs = append(errs, errors.New("--apiserver-ca is required"))
+	}
+	return errs
+}
+
 // Check reports every problem with the options at once.
 func (o Options) Check() error {
 	var errs []error
@@ -132,8 +195,7 @@ func (o Options) Check() error {
 	reqAddr(o.Listen, "--listen")
 	req(o.TLSCertFile, "--tls-cert")
 	req(o.TLSKeyFile, "--tls-key")
-	req(o.APIServer, "--apiserver")
-	req(o.APIServerCA, "--apiserver-ca")
+	errs = append(errs, o.checkAgents()...)
 	reqAddr(o.Authz, "--authz")
 	reqAddr(o.ExtProc, "--extproc")
 	if o.TokenSDSDir == "" {
@@ -142,11 +204,6 @@ func (o Options) Check() error {
 		errs = append(errs, fmt.Errorf("token SDS directory %q: give an absolute path and no --xds (the token comes from the file, not from kubegate xds)", o.TokenSDSDir))
 	}
 	req(o.NodeID, "--node-id")
-	if o.APIServer != "" {
-		if _, err := apiServerAddr(o.APIServer); err != nil {
-			errs = append(errs, err)
-		}
-	}
 	if o.Admin != "" {
 		a, err := ParseAddr(o.Admin)
 		if err != nil {
@@ -189,8 +246,10 @@ func checkFiles(o Options) []error {
 	if _, err := tls.LoadX509KeyPair(o.TLSCertFile, o.TLSKeyFile); err != nil {
 		errs = append(errs, fmt.Errorf("--tls-cert %s / --tls-key %s: %v", o.TLSCertFile, o.TLSKeyFile, err))
 	}
-	if err := checkCABundle(o.APIServerCA); err != nil {
-		errs = append(errs, fmt.Errorf("--apiserver-ca: %w", err))
+	for _, a := range o.AgentList() {
+		if err := checkCABundle(a.APIServerCA); err != nil {
+			errs = append(errs, fmt.Errorf("the API server CA of agent %d (--apiserver-ca or upstream.ca_file): %w", a.ID, err))
+		}
 	}
 	return errs
 }
@@ -230,9 +289,10 @@ func isLocal(a Addr) bool {
 	return err == nil && ip.IsLoopback()
 }
 
-// Bootstrap builds the whole Envoy bootstrap: the listener, the four clusters and
-// an overload limit on downstream connections. Everything is static except the
-// agent token, which arrives over SDS from XDSCluster.
+// Bootstrap builds the whole Envoy bootstrap: the listener, one API server cluster
+// per agent, the three kubegate service clusters and an overload limit on
+// downstream connections. Everything is static except the agent tokens, which
+// arrive over SDS from XDSCluster.
 func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 	if o.TokenSDSDir != "" {
 		return nil, errors.New("a token SDS directory is for a service mesh's Envoy (MeshResources); kubegate's own bootstrap serves the token with kubegate xds (--xds)")
@@ -240,20 +300,14 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 	if err := o.Check(); err != nil {
 		return nil, err
 	}
-	apiserver, err := apiServerAddr(o.APIServer)
-	if err != nil {
-		return nil, err
-	}
 	listener, err := Listener(o)
 	if err != nil {
 		return nil, err
 	}
-	clusters := []*clusterv3.Cluster{}
-	api, err := APIServer(apiserver, o.APIServerCA, o.ConnectTimeout, o.MaxConnections)
+	clusters, err := apiServerClusters(o)
 	if err != nil {
 		return nil, err
 	}
-	clusters = append(clusters, api)
 	for _, c := range []struct {
 		name string
 		addr Addr
@@ -287,6 +341,20 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 		b.Admin = &bootstrapv3.Admin{Address: a.Envoy()}
 	}
 	return b, nil
+}
+
+// apiServerClusters are the agents' API server clusters, in the order given.
+func apiServerClusters(o Options) ([]*clusterv3.Cluster, error) {
+	var clusters []*clusterv3.Cluster
+	sds := tokenSDS(o)
+	for _, a := range o.AgentList() {
+		api, err := APIServer(a, sds, o.ConnectTimeout, o.MaxConnections)
+		if err != nil {
+			return nil, fmt.Errorf("agent %d: %w", a.ID, err)
+		}
+		clusters = append(clusters, api)
+	}
+	return clusters, nil
 }
 
 // Render returns the bootstrap as YAML, after checking that it passes Validate:
@@ -355,6 +423,15 @@ var explicitDefaults = map[string]map[string]any{
 func writeExplicitDefaults(v any) {
 	switch x := v.(type) {
 	case map[string]any:
+		// A route's cluster_not_found_response_code is SERVICE_UNAVAILABLE, the
+		// enum's zero (rule cluster-not-found-503): written, since cluster_header's
+		// own comment says a missing header "will return a 404 response"
+		// (route_components.proto) while the field's says 503 is the default.
+		if _, ok := x["cluster_header"]; ok {
+			if _, set := x["cluster_not_found_response_code"]; !set {
+				x["cluster_not_found_response_code"] = "SERVICE_UNAVAILABLE"
+			}
+		}
 		if url, ok := x["@type"].(string); ok {
 			for path, val := range explicitDefaults[url] {
 				obj := x

@@ -13,8 +13,11 @@ import (
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	earlymutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -24,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	"kubegate.dev/kubegate/contract"
 )
 
 // One builder per resource, plain parameters in, typed protos out (the shape of
@@ -79,6 +83,12 @@ func EnvoyGRPC(cluster string, timeout time.Duration) *corev3.GrpcService {
 //     an error (HTTP 500, rejectResponse).
 //   - enable_dynamic_metadata_ingestion true: the decision travels to ext_proc as
 //     dynamic metadata; false would make every request fail at ext_proc.
+//   - clear_route_cache true: kubegate authz sets contract.HeaderUpstream on every
+//     OK answer, and the API routes take their cluster from it; Envoy "clears all
+//     cached routes when ... the status returned from the authorization service is
+//     an HTTP 200 or gRPC 0 [and] at least one authorization response header is
+//     added to the client request" (ext_authz.proto), so the router sees the
+//     header ext_authz set, never a route chosen before.
 func ExtAuthz(cluster string, timeout time.Duration) *extauthzv3.ExtAuthz {
 	return &extauthzv3.ExtAuthz{
 		Services:                       &extauthzv3.ExtAuthz_GrpcService{GrpcService: EnvoyGRPC(cluster, timeout)},
@@ -89,6 +99,7 @@ func ExtAuthz(cluster string, timeout time.Duration) *extauthzv3.ExtAuthz {
 		ValidateMutations:              true,
 		DecoderHeaderMutationRules:     onlyHeaders(ExtAuthzMutationExpression()),
 		EnableDynamicMetadataIngestion: wrapperspb.Bool(true),
+		ClearRouteCache:                true,
 	}
 }
 
@@ -140,6 +151,12 @@ func ExtProcProcessingMode() *extprocv3.ProcessingMode {
 //     reads only `append` and ignores append_action — MutationUtils::
 //     applyHeaderMutations in ext_proc/mutation_utils.cc.)
 //   - status_on_error 503 instead of the default 500.
+//   - route_cache_action RETAIN: "Do not clear the route cache irrespective of the
+//     clear_route_cache bit in the external processor response" (ext_proc.proto,
+//     RouteCacheAction). DEFAULT would let a processor's clear_route_cache re-run
+//     route matching after ext_authz chose the agent's cluster; CLEAR would do it
+//     on every header mutation. ext_proc cannot set contract.HeaderUpstream either
+//     (mutation_rules allow impersonate-* only), so it can never re-route.
 //
 // Envoy 1.40 checks ImmediateResponse headers against these mutation_rules too
 // (ext_proc.cc Filter::sendImmediateResponse, runtime guard
@@ -161,8 +178,46 @@ func ExtProc(cluster string, messageTimeout time.Duration) *extprocv3.ExternalPr
 				Untyped: []string{ExtAuthzMetadataNamespace},
 			},
 		},
-		StatusOnError: &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+		StatusOnError:    &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+		RouteCacheAction: extprocv3.ExternalProcessor_RETAIN,
 	}
+}
+
+// UpstreamHeaderRemoval is the first HTTP filter: header_mutation removing a
+// client's contract.HeaderUpstream before any other filter sees the request
+// ("request_mutations: Mutations to be applied to the request headers",
+// header_mutation.proto; HeaderMutation::decodeHeaders applies them in order,
+// source/extensions/filters/http/header_mutation/header_mutation.cc). Only
+// kubegate authz's copy is then left for the route to read; a request it did not
+// route has none and gets the route's cluster_not_found_response_code.
+func UpstreamHeaderRemoval() *headermutationv3.HeaderMutation {
+	return &headermutationv3.HeaderMutation{Mutations: &headermutationv3.Mutations{
+		RequestMutations: []*mutationrulesv3.HeaderMutation{{
+			Action: &mutationrulesv3.HeaderMutation_Remove{Remove: contract.HeaderUpstream},
+		}},
+	}}
+}
+
+// EarlyUpstreamHeaderRemoval is the HCM's early header mutation removing a
+// client's contract.HeaderUpstream: "the extensions will be called before any
+// routing, tracing, or any filter processing" (http_connection_manager.proto,
+// early_header_mutation_extensions). The HTTP filter above comes too late for the
+// route: the HCM matches the route, and with cluster_header picks the cluster from
+// the header, before the first filter runs (ActiveStream::decodeHeaders calls
+// refreshCachedRoute() before filter_manager_.decodeHeaders;
+// RouteEntryImplBase::clusterEntry reads cluster_header then,
+// source/common/http/conn_manager_impl.cc, source/common/router/config_impl.cc).
+// ext_authz clears that cached route only when its OK answer mutates a header, so
+// without this an OK answer with no mutation at all would keep the cluster the
+// client named.
+func EarlyUpstreamHeaderRemoval() (*corev3.TypedExtensionConfig, error) {
+	a, err := typed(&earlymutationv3.HeaderMutation{Mutations: []*mutationrulesv3.HeaderMutation{{
+		Action: &mutationrulesv3.HeaderMutation_Remove{Remove: contract.HeaderUpstream},
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TypedExtensionConfig{Name: EarlyHeaderMutation, TypedConfig: a}, nil
 }
 
 // SDSConfigSource fetches secrets over gRPC SDS from the given static cluster,
@@ -181,7 +236,7 @@ func SDSConfigSource(cluster string) *corev3.ConfigSource {
 }
 
 // CredentialInjector injects "Authorization: Bearer <token>" from the SDS generic
-// secret TokenSecretName.
+// secret secretName (TokenSecretFor the agent of the cluster it runs in).
 //   - overwrite true: "Whether to overwrite the value or not if the injected headers
 //     already exist. Value defaults to false" (credential_injector.proto); false
 //     would keep a client's header.
@@ -190,9 +245,9 @@ func SDSConfigSource(cluster string) *corev3.ConfigSource {
 //     push, nothing reaches the API server.
 //   - header_value_prefix "Bearer ": the secret holds the bare token, exactly the
 //     bytes of the projected token file (generic.proto, header_value_prefix).
-func CredentialInjector(sds *corev3.ConfigSource) (*credinjectorv3.CredentialInjector, error) {
+func CredentialInjector(secretName string, sds *corev3.ConfigSource) (*credinjectorv3.CredentialInjector, error) {
 	generic, err := typed(&genericv3.Generic{
-		Credential:        &tlsv3.SdsSecretConfig{Name: TokenSecretName, SdsConfig: sds},
+		Credential:        &tlsv3.SdsSecretConfig{Name: secretName, SdsConfig: sds},
 		Header:            "Authorization",
 		HeaderValuePrefix: "Bearer ",
 	})
@@ -206,28 +261,22 @@ func CredentialInjector(sds *corev3.ConfigSource) (*credinjectorv3.CredentialInj
 	}, nil
 }
 
-// HTTPFilters is the filter chain in the order envoy.md requires: the per-client
-// rate limit refuses floods before they cost anything, ext_authz decides,
-// ext_proc adds the impersonation headers, credential_injector adds the agent
-// token, the router forwards.
+// HTTPFilters is the filter chain in the order envoy.md requires: header_mutation
+// removes a client's contract.HeaderUpstream, the per-client rate limit refuses
+// floods before they cost anything, ext_authz decides (and names the agent's
+// cluster), ext_proc adds the impersonation headers, the router forwards. The
+// agent token is injected by the chosen cluster's own upstream filters
+// (UpstreamFilters), so one agent's token can never go to another's API server.
 func HTTPFilters(o Options) ([]*hcmv3.HttpFilter, error) {
-	sds := SDSConfigSource(XDSCluster)
-	if o.TokenSDSDir != "" {
-		sds = FileSDSConfigSource(o.TokenSDSDir)
-	}
-	injector, err := CredentialInjector(sds)
-	if err != nil {
-		return nil, err
-	}
 	var filters []*hcmv3.HttpFilter
 	for _, f := range []struct {
 		name string
 		cfg  proto.Message
 	}{
+		{FilterHeaderMutation, UpstreamHeaderRemoval()},
 		{FilterLocalRateLimit, ClientRateLimit(o)},
 		{FilterExtAuthz, ExtAuthz(AuthzCluster, o.AuthzTimeout)},
 		{FilterExtProc, ExtProc(ExtProcCluster, o.ExtProcTimeout)},
-		{FilterCredentialInjector, injector},
 		{FilterRouter, &routerv3.Router{}},
 	} {
 		hf, err := httpFilter(f.name, f.cfg)
@@ -239,48 +288,106 @@ func HTTPFilters(o Options) ([]*hcmv3.HttpFilter, error) {
 	return filters, nil
 }
 
-// RouteConfig has one route: PathPrefix, rewritten to "/", to the API server.
-// timeout 0 disables the route timeout (default 15 s, route_components.proto),
-// which would cut watches, `logs -f` and exec sessions. Requests outside the prefix
-// get Envoy's 404 (access.md §4).
+// UpstreamFilters are an API server cluster's upstream HTTP filters
+// (HttpProtocolOptions.http_filters): credential_injector with the agent's own
+// secret, then upstream_codec, the terminal filter that encodes the request to
+// the connection: Envoy refuses a chain ending otherwise ("non-terminal filter
+// named ... is the last filter in a router upstream http filter chain",
+// envoyproxy/envoy#26138), and a filter after it would never run.
+func UpstreamFilters(secretName string, sds *corev3.ConfigSource) ([]*hcmv3.HttpFilter, error) {
+	injector, err := CredentialInjector(secretName, sds)
+	if err != nil {
+		return nil, err
+	}
+	ci, err := httpFilter(FilterCredentialInjector, injector)
+	if err != nil {
+		return nil, err
+	}
+	codec, err := httpFilter(FilterUpstreamCodec, &upstreamcodecv3.UpstreamCodec{})
+	if err != nil {
+		return nil, err
+	}
+	return []*hcmv3.HttpFilter{ci, codec}, nil
+}
+
+// tokenSDS is where the credential injectors read the agent tokens from.
+func tokenSDS(o Options) *corev3.ConfigSource {
+	if o.TokenSDSDir != "" {
+		return FileSDSConfigSource(o.TokenSDSDir)
+	}
+	return SDSConfigSource(XDSCluster)
+}
+
+// apiRoute forwards to the cluster kubegate authz named in contract.HeaderUpstream
+// (RouteAction.cluster_header: "Envoy will determine the cluster to route to by
+// reading the value of the HTTP header named by cluster_header from the request
+// headers. If the header is not found or the referenced cluster does not exist,
+// Envoy will return a 404 response", unless cluster_not_found_response_code says
+// otherwise, route_components.proto). 503 is written explicitly: a request no
+// agent was chosen for is the gateway's failure, not a missing path. timeout 0
+// disables the route timeout (default 15 s), which would cut watches, `logs -f`
+// and exec sessions.
+func apiRoute(name string, match *routev3.RouteMatch, prefixRewrite string) *routev3.Route {
+	return &routev3.Route{
+		Name:  name,
+		Match: match,
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier:            &routev3.RouteAction_ClusterHeader{ClusterHeader: contract.HeaderUpstream},
+			ClusterNotFoundResponseCode: routev3.RouteAction_SERVICE_UNAVAILABLE,
+			PrefixRewrite:               prefixRewrite,
+			Timeout:                     durationpb.New(0),
+		}},
+	}
+}
+
+func directRoute(name string, match *routev3.RouteMatch, status uint32, body string) *routev3.Route {
+	return &routev3.Route{
+		Name:  name,
+		Match: match,
+		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+			Status: status,
+			Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: body}},
+		}},
+	}
+}
+
+// RouteConfig: PathPrefix, rewritten to "/", and each of contract.APIRootPaths as
+// it is (path_separated_prefix: the path equals it or continues it after a "/",
+// contract.IsAPIRootPath), both to the cluster kubegate authz chose; the explain
+// and agent list endpoints as direct responses; every other path a 404.
 func RouteConfig() *routev3.RouteConfiguration {
+	routes := []*routev3.Route{
+		apiRoute(RouteName, &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: PathPrefix}}, "/"),
+	}
+	for _, root := range contract.APIRootPaths {
+		routes = append(routes, apiRoute(APIRootRoutePrefix+root,
+			&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_PathSeparatedPrefix{PathSeparatedPrefix: root}}, ""))
+	}
+	routes = append(routes,
+		// The explain endpoint (contract.ExplainPrefix). kubegate authz answers
+		// it from Check with a local reply and never lets it continue; this
+		// direct response is what remains if it ever did, so the endpoint can
+		// never reach the API server (rule explain-route).
+		directRoute(ExplainRouteName, &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: ExplainPrefix}}, 403,
+			"kubegate: the explain endpoint is answered by kubegate authz, which did not answer this request\n"),
+		// The agent list endpoint (contract.AgentsPath), answered the same way
+		// (rule agents-route).
+		directRoute(AgentsRouteName, &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: contract.AgentsPath}}, 403,
+			"kubegate: the agent list endpoint is answered by kubegate authz, which did not answer this request\n"),
+		// Every other path gets a route too. Without one, ext_authz skips the
+		// request (no route: nothing to check) while ext_proc still runs and
+		// refuses it for lack of a decision; with it, kubegate authz answers
+		// its own 400 that names the /k8s-proxy/ prefix. The 404 below is what
+		// remains if ext_authz ever let such a request through.
+		directRoute(NotFoundRouteName, &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}, 404,
+			"kubegate serves the Kubernetes API under "+PathPrefix+"\n"),
+	)
 	return &routev3.RouteConfiguration{
 		Name: RouteConfigName,
 		VirtualHosts: []*routev3.VirtualHost{{
 			Name:    VirtualHostName,
 			Domains: []string{"*"},
-			Routes: []*routev3.Route{{
-				Name:  RouteName,
-				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: PathPrefix}},
-				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: APIServerCluster},
-					PrefixRewrite:    "/",
-					Timeout:          durationpb.New(0),
-				}},
-			}, {
-				// The explain endpoint (contract.ExplainPrefix). kubegate authz answers
-				// it from Check with a local reply and never lets it continue; this
-				// direct response is what remains if it ever did, so the endpoint can
-				// never reach the API server (rule explain-route).
-				Name:  ExplainRouteName,
-				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: ExplainPrefix}},
-				Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
-					Status: 403,
-					Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "kubegate: the explain endpoint is answered by kubegate authz, which did not answer this request\n"}},
-				}},
-			}, {
-				// Every other path gets a route too. Without one, ext_authz skips the
-				// request (no route: nothing to check) while ext_proc still runs and
-				// refuses it for lack of a decision; with it, kubegate authz answers
-				// its own 400 that names the /k8s-proxy/ prefix. The 404 below is what
-				// remains if ext_authz ever let such a request through.
-				Name:  NotFoundRouteName,
-				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
-					Status: 404,
-					Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "kubegate serves the Kubernetes API under " + PathPrefix + "\n"}},
-				}},
-			}},
+			Routes:  routes,
 		}},
 	}
 }
@@ -296,6 +403,10 @@ func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 		return nil, err
 	}
 	localReply, err := LocalReplyConfig()
+	if err != nil {
+		return nil, err
+	}
+	early, err := EarlyUpstreamHeaderRemoval()
 	if err != nil {
 		return nil, err
 	}
@@ -336,6 +447,8 @@ func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 		Http2ProtocolOptions:  HTTP2Options(o),
 		// A gateway without the agent token answers a 503 Status, not a bare 401.
 		LocalReplyConfig: localReply,
+		// A client's x-kubegate-upstream never reaches route matching.
+		EarlyHeaderMutationExtensions: []*corev3.TypedExtensionConfig{early},
 	}, nil
 }
 
@@ -402,7 +515,8 @@ func loadAssignment(cluster string, a Addr) *endpointv3.ClusterLoadAssignment {
 
 // protocolOptions selects the cluster's upstream protocol; idle, when not 0, is the
 // upstream connections' idle_timeout (common_http_protocol_options).
-func protocolOptions(http2 bool, idle time.Duration) (map[string]*anypb.Any, error) {
+// filters, when set, are the cluster's upstream HTTP filters.
+func protocolOptions(http2 bool, idle time.Duration, filters []*hcmv3.HttpFilter) (map[string]*anypb.Any, error) {
 	explicit := &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
 		ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{
 			HttpProtocolOptions: &corev3.Http1ProtocolOptions{},
@@ -415,6 +529,7 @@ func protocolOptions(http2 bool, idle time.Duration) (map[string]*anypb.Any, err
 	}
 	po := &upstreamhttpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: explicit},
+		HttpFilters:             filters,
 	}
 	if idle != 0 {
 		po.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(idle)}
@@ -448,7 +563,7 @@ func thresholds(n uint32) *clusterv3.CircuitBreakers {
 // infinity, and kubegate does not set it), so Envoy's pooled connection races no
 // server-side close.
 func GRPCCluster(name string, a Addr, connectTimeout time.Duration, maxRequests uint32) (*clusterv3.Cluster, error) {
-	opts, err := protocolOptions(true, 0)
+	opts, err := protocolOptions(true, 0, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -496,24 +611,36 @@ func UpstreamTLS(a Addr, caFile string) *tlsv3.UpstreamTlsContext {
 	}
 }
 
-// APIServer is the upstream cluster: TLS verified against the cluster CA, and
-// HTTP/1.1 explicitly, because an HTTP/2 upstream breaks SPDY and WebSocket
-// upgrades (kubectl exec, attach, port-forward, cp). Idle pooled connections are
-// closed after UpstreamIdleTimeout, before kube-apiserver closes them itself.
-func APIServer(a Addr, caFile string, connectTimeout time.Duration, maxRequests uint32) (*clusterv3.Cluster, error) {
-	opts, err := protocolOptions(false, UpstreamIdleTimeout)
+// APIServer is one agent's upstream cluster, named APIServerCluster(agent.ID): TLS
+// verified against that agent's CA and server name, and HTTP/1.1 explicitly,
+// because an HTTP/2 upstream breaks SPDY and WebSocket upgrades (kubectl exec,
+// attach, port-forward, cp). Idle pooled connections are closed after
+// UpstreamIdleTimeout, before kube-apiserver closes them itself. Its upstream
+// filters inject the agent's own token (UpstreamFilters, secret
+// TokenSecretFor(agent.ID)) from sds.
+func APIServer(agent Agent, sds *corev3.ConfigSource, connectTimeout time.Duration, maxRequests uint32) (*clusterv3.Cluster, error) {
+	a, err := apiServerAddr(agent.APIServer)
 	if err != nil {
 		return nil, err
 	}
-	tlsAny, err := typed(UpstreamTLS(a, caFile))
+	filters, err := UpstreamFilters(TokenSecretFor(agent.ID), sds)
 	if err != nil {
 		return nil, err
 	}
+	opts, err := protocolOptions(false, UpstreamIdleTimeout, filters)
+	if err != nil {
+		return nil, err
+	}
+	tlsAny, err := typed(UpstreamTLS(a, agent.APIServerCA))
+	if err != nil {
+		return nil, err
+	}
+	name := APIServerCluster(agent.ID)
 	return &clusterv3.Cluster{
-		Name:                          APIServerCluster,
+		Name:                          name,
 		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: a.discoveryType()},
 		ConnectTimeout:                durationpb.New(connectTimeout),
-		LoadAssignment:                loadAssignment(APIServerCluster, a),
+		LoadAssignment:                loadAssignment(name, a),
 		TypedExtensionProtocolOptions: opts,
 		CircuitBreakers:               thresholds(maxRequests),
 		TransportSocket: &corev3.TransportSocket{

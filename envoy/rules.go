@@ -70,6 +70,14 @@ const (
 	RuleGRPCClusterHTTP2      = "grpc-cluster-http2"
 	RuleClusterRefs           = "cluster-refs"
 	RuleAdminLoopback         = "admin-loopback"
+	// Routing to the agent's cluster (rules_routing.go).
+	RuleUpstreamHeaderStrip = "upstream-header-strip"
+	RuleRouteClusterHeader  = "route-cluster-header"
+	RuleClusterNotFound     = "cluster-not-found-503"
+	RuleExtAuthzRouting     = "ext-authz-routing"
+	RuleExtProcNoRouting    = "ext-proc-no-routing"
+	RuleUpstreamCredential  = "upstream-credential"
+	RuleAgentsRoute         = "agents-route"
 )
 
 // RuleDoc describes one rule for `kubegate envoy validate --list-rules` and the README.
@@ -83,9 +91,9 @@ var RuleDocs = []RuleDoc{
 	{RuleListenerHCM, "every listener filter chain is exactly one http_connection_manager (a tcp_proxy would bypass every check)"},
 	{RuleDownstreamTLS, "every listener filter chain terminates TLS with a certificate"},
 	{RuleStaticConfig, "listeners, clusters, routes and the security filters are static (no LDS/CDS/RDS/ECDS the validator cannot see)"},
-	{RuleFilterOrder, "HTTP filters are exactly ext_authz, ext_proc, credential_injector, router (after the local_ratelimit of client-rate-limit); no upgrade-specific filter chain"},
+	{RuleFilterOrder, "HTTP filters are exactly ext_authz, ext_proc, router (after the header_mutation of upstream-header-strip and the local_ratelimit of client-rate-limit; the agent token is injected per cluster, upstream-credential); no upgrade-specific filter chain"},
 	{RuleFilterEnabled, "no HTTP filter is disabled or optional"},
-	{RulePerRouteOverride, "no typed_per_filter_config for local_ratelimit, ext_authz, ext_proc or credential_injector (could disable them per route)"},
+	{RulePerRouteOverride, "no typed_per_filter_config for header_mutation, local_ratelimit, ext_authz, ext_proc or credential_injector (could disable them per route)"},
 	{RuleRouteHeaders, "routes do not add or remove Authorization or Impersonate-* headers"},
 	{RuleExtAuthzFailClosed, "ext_authz: failure_mode_allow false, shadow_mode false, no filter_enabled fraction or metadata"},
 	{RuleExtAuthzStatusOnError, "ext_authz: status_on_error 503"},
@@ -106,9 +114,10 @@ var RuleDocs = []RuleDoc{
 	{RuleCredentialOverwrite, "credential_injector: overwrite true, allow_request_without_credential false, generic credential into Authorization with prefix \"Bearer \""},
 	{RuleCredentialRotation, "credential_injector: the token comes from SDS (gRPC, or a file source with watched_directory), so it rotates without a restart"},
 	{RuleUpgradeTypes, "upgrade_configs enable websocket and spdy/3.1, and no route disables them"},
-	{RuleRoutePrefix, "every forwarding route matches prefix /k8s-proxy/ and rewrites it to /"},
+	{RuleRoutePrefix, "every forwarding route matches prefix /k8s-proxy/ and rewrites it to /, or is path_separated_prefix of one of the Kubernetes API's top-level paths (" + strings.Join(contract.APIRootPaths, ", ") + ") without a rewrite"},
 	{RuleRouteTimeout, "every forwarding route has timeout 0s"},
 	{RuleExplainRoute, "no redirect or other non-forwarding route takes the explain endpoint (" + ExplainPrefix + ", answered by kubegate authz) before a direct_response does"},
+	{RuleAgentsRoute, "no redirect or other non-forwarding route takes the agent list endpoint (" + contract.AgentsPath + ", answered by kubegate authz) before a direct_response does"},
 	{RuleStreamTimeouts, "stream_idle_timeout explicit and 0 or at least 1h; no request_timeout, max_stream_duration or max_connection_duration"},
 	{RuleHeaderLimits, "max_request_headers_kb and max_headers_count set explicitly"},
 	{RuleUnderscoreHeaders, "headers_with_underscores_action REJECT_REQUEST"},
@@ -120,6 +129,12 @@ var RuleDocs = []RuleDoc{
 	{RuleGRPCClusterHTTP2, "clusters of ext_authz, ext_proc and SDS speak HTTP/2"},
 	{RuleClusterRefs, "every referenced cluster exists, once"},
 	{RuleAdminLoopback, "the admin interface listens on loopback or a unix socket"},
+	{RuleUpstreamHeaderStrip, "early_header_mutation_extensions remove the client's " + contract.HeaderUpstream + " before the route is picked, and the first HTTP filter is a header_mutation that removes it too (both set nothing), so only kubegate authz's copy can choose a cluster"},
+	{RuleRouteClusterHeader, "every forwarding route takes its cluster from " + contract.HeaderUpstream + " (cluster_header) and nothing else (no static, weighted or plugin cluster); there is at least one API server cluster"},
+	{RuleClusterNotFound, "every forwarding route answers a missing or unknown " + contract.HeaderUpstream + " with cluster_not_found_response_code SERVICE_UNAVAILABLE (503)"},
+	{RuleExtAuthzRouting, "ext_authz: clear_route_cache true and decoder_header_mutation_rules, when set, allow setting " + contract.HeaderUpstream + ", so the route reads the cluster kubegate authz chose"},
+	{RuleExtProcNoRouting, "ext_proc: mutation_rules refuse " + contract.HeaderUpstream + " and route_cache_action RETAIN, so kubegate extproc can neither choose nor re-run the route"},
+	{RuleUpstreamCredential, "every API server cluster (each cluster no gRPC service uses) has upstream http_filters credential_injector then upstream_codec (last), its injector reading a secret no other cluster reads"},
 	{RuleMeshPatches, "an Istio EnvoyFilter (the chart's mesh.mode=istio) only ADDs one listener and clusters in the GATEWAY context, which are then checked like static resources"},
 }
 
@@ -148,16 +163,16 @@ type checker struct {
 	fs       findings
 	clusters map[string]*clusterv3.Cluster
 	cpath    map[string]string
-	// References by role: cluster name → path of the first reference.
-	apiRefs, grpcRefs map[string]string
-	refOrder          []clusterRef
+	// References of the gRPC services: cluster name → path of the first reference.
+	grpcRefs map[string]string
+	refOrder []clusterRef
 }
 
 type clusterRef struct{ name, path string }
 
 func newChecker(b *bootstrapv3.Bootstrap) *checker {
 	c := &checker{b: b, clusters: map[string]*clusterv3.Cluster{}, cpath: map[string]string{},
-		apiRefs: map[string]string{}, grpcRefs: map[string]string{}}
+		grpcRefs: map[string]string{}}
 	for i, cl := range b.GetStaticResources().GetClusters() {
 		p := fmt.Sprintf("$.static_resources.clusters[%d]", i)
 		if _, dup := c.clusters[cl.GetName()]; dup {
@@ -237,7 +252,7 @@ var (
 	extProcType   = (&extprocv3.ExternalProcessor{}).ProtoReflect().Descriptor().FullName()
 	injectorType  = (&credinjectorv3.CredentialInjector{}).ProtoReflect().Descriptor().FullName()
 	routerType    = (&routerv3.Router{}).ProtoReflect().Descriptor().FullName()
-	requiredChain = []protoreflect.FullName{extAuthzType, extProcType, injectorType, routerType}
+	requiredChain = []protoreflect.FullName{extAuthzType, extProcType, routerType}
 )
 
 // listener checks every filter chain and returns how many HCMs it found.
@@ -314,7 +329,7 @@ func (c *checker) hcm(h *hcmv3.HttpConnectionManager, p string) {
 	// Filter chain.
 	var got []string
 	var types []protoreflect.FullName
-	securityNames := map[string]string{FilterExtAuthz: "ext_authz", FilterExtProc: "ext_proc", FilterCredentialInjector: "credential_injector", FilterLocalRateLimit: "local_ratelimit"}
+	securityNames := map[string]string{FilterExtAuthz: "ext_authz", FilterExtProc: "ext_proc", FilterCredentialInjector: "credential_injector", FilterLocalRateLimit: "local_ratelimit", FilterHeaderMutation: "header_mutation"}
 	firstOf := map[protoreflect.FullName]int{}
 	for j, f := range h.GetHttpFilters() {
 		fp := fmt.Sprintf("%s.http_filters[%d]", p, j)
@@ -342,15 +357,26 @@ func (c *checker) hcm(h *hcmv3.HttpConnectionManager, p string) {
 			securityNames[f.GetName()] = "credential_injector"
 		case localRateLimitType:
 			securityNames[f.GetName()] = "local_ratelimit"
+		case headerMutationType:
+			securityNames[f.GetName()] = "header_mutation"
 		}
 	}
-	// The per-client rate limit in front is client-rate-limit's business.
+	// The header_mutation in front is upstream-header-strip's business, the
+	// per-client rate limit after it client-rate-limit's.
+	c.upstreamHeaderStrip(h, p)
 	chainTypes := types
+	if len(chainTypes) > 0 && chainTypes[0] == headerMutationType {
+		chainTypes = chainTypes[1:]
+	}
 	for len(chainTypes) > 0 && chainTypes[0] == localRateLimitType {
 		chainTypes = chainTypes[1:]
 	}
 	if !slices.Equal(chainTypes, requiredChain) {
-		c.fs.add(p+".http_filters", RuleFilterOrder, "must be exactly ext_authz, ext_proc, credential_injector, router in this order (after the local_ratelimit in front); found [%s]", strings.Join(got, ", "))
+		why := ""
+		if slices.Contains(chainTypes, injectorType) {
+			why = ": credential_injector belongs to each API server cluster's upstream http_filters (its own agent's token), not to the listener, where one token would go to every agent's API server"
+		}
+		c.fs.add(p+".http_filters", RuleFilterOrder, "must be exactly ext_authz, ext_proc, router in this order (after the header_mutation and local_ratelimit in front); found [%s]%s", strings.Join(got, ", "), why)
 	}
 	for _, t := range requiredChain {
 		j, ok := firstOf[t]
@@ -363,8 +389,6 @@ func (c *checker) hcm(h *hcmv3.HttpConnectionManager, p string) {
 			c.extAuthz(m, fp)
 		case *extprocv3.ExternalProcessor:
 			c.extProc(m, fp)
-		case *credinjectorv3.CredentialInjector:
-			c.credentialInjector(m, fp)
 		}
 	}
 
@@ -482,6 +506,7 @@ func (c *checker) extAuthz(a *extauthzv3.ExtAuthz, p string) {
 		c.fs.add(p+".disallowed_headers", RuleExtAuthzAllHeaders, "%s", hidden)
 	}
 	c.credentialRemoval(a.GetDecoderHeaderMutationRules(), p+".decoder_header_mutation_rules")
+	c.extAuthzRouting(a, p)
 }
 
 // credentialRemoval checks that ext_authz's decoder_header_mutation_rules let
@@ -515,6 +540,9 @@ func (c *checker) credentialRemoval(r *mutationrulesv3.HeaderMutationRules, p st
 	}
 	var notSet []string
 	for _, h := range ExtAuthzSetHeaders {
+		if h == contract.HeaderUpstream {
+			continue // ext-authz-routing's
+		}
 		if ok, _ := mutationAllowed(r, h, prefix); !ok {
 			notSet = append(notSet, h)
 		}
@@ -601,6 +629,7 @@ func (c *checker) extProc(e *extprocv3.ExternalProcessor, p string) {
 		c.fs.add(p+".message_timeout", RuleExtProcMessageTimeout, "set it explicitly (kubegate renders %v); zero fails every request, unset silently means 200ms", DefaultExtProcTimeout)
 	}
 	c.grpcService(e.GetGrpcService(), e.GetHttpService() != nil, p, RuleExtProcGRPC, "kubegate extproc")
+	c.extProcNoRouting(e, p)
 }
 
 // Header names the ext_proc mutation rules must allow, and must refuse.
@@ -716,7 +745,7 @@ func (c *checker) credentialInjector(ci *credinjectorv3.CredentialInjector, p st
 	sds := g.GetCredential()
 	switch src := sds.GetSdsConfig(); {
 	case sds == nil:
-		c.fs.add(gp+".credential", RuleCredentialRotation, "unset: name the SDS secret %q", TokenSecretName)
+		c.fs.add(gp+".credential", RuleCredentialRotation, "unset: name the agent's SDS secret (%s<agent id>)", TokenSecretPrefix)
 	case src == nil:
 		c.fs.add(gp+".credential.sds_config", RuleCredentialRotation, "unset: a secret from static_resources.secrets only changes when Envoy restarts, and projected tokens expire; serve it with `kubegate xds`")
 	case src.GetPathConfigSource() != nil:
@@ -768,6 +797,7 @@ func (c *checker) routes(rc *routev3.RouteConfiguration, p string, security map[
 			}
 		}
 		c.explainRoute(vh, vp)
+		c.agentsRoute(vh, vp)
 	}
 	if forwarding == 0 {
 		c.fs.add(p+".virtual_hosts", RuleRoutePrefix, "no route forwards %s to the API server", PathPrefix)
@@ -784,7 +814,7 @@ const explainSample = ExplainPrefix + "GET/api/v1/namespaces/default/pods"
 // non-forwarding action has no defined answer.
 func (c *checker) explainRoute(vh *routev3.VirtualHost, vp string) {
 	for r, rt := range vh.GetRoutes() {
-		if rt.GetRoute() != nil || !routeMayMatch(rt.GetMatch(), explainSample) {
+		if rt.GetRoute() != nil || !routeMayMatch(rt.GetMatch(), explainSample, ExplainPrefix) {
 			continue
 		}
 		if rt.GetDirectResponse() == nil {
@@ -799,7 +829,9 @@ func (c *checker) explainRoute(vh *routev3.VirtualHost, vp string) {
 // regex engine is RE2, which Go's regexp implements; a safe_regex route must match
 // the whole path, and case_sensitive does not apply to it (route_components.proto
 // RouteMatch.safe_regex, case_sensitive).
-func routeMayMatch(m *routev3.RouteMatch, path string) bool {
+// family is the prefix of the endpoint the sample belongs to: an exact path route
+// under it counts as a match.
+func routeMayMatch(m *routev3.RouteMatch, path, family string) bool {
 	sensitive := m.GetCaseSensitive() == nil || m.GetCaseSensitive().GetValue()
 	hasPrefix := func(p string) bool {
 		if sensitive {
@@ -811,7 +843,7 @@ func routeMayMatch(m *routev3.RouteMatch, path string) bool {
 	case *routev3.RouteMatch_Prefix:
 		return hasPrefix(ps.Prefix)
 	case *routev3.RouteMatch_Path:
-		return hasPrefix(ExplainPrefix) && strings.HasPrefix(strings.ToLower(ps.Path), strings.ToLower(ExplainPrefix))
+		return hasPrefix(family) && strings.HasPrefix(strings.ToLower(ps.Path), strings.ToLower(family))
 	case *routev3.RouteMatch_PathSeparatedPrefix:
 		p := ps.PathSeparatedPrefix
 		return hasPrefix(p) && (len(path) == len(p) || path[len(p)] == '/')
@@ -826,11 +858,25 @@ func routeMayMatch(m *routev3.RouteMatch, path string) bool {
 
 func (c *checker) routeAction(rt *routev3.Route, a *routev3.RouteAction, rp string, security map[string]string) {
 	ap := rp + ".route"
-	if rt.GetMatch().GetPrefix() != PathPrefix {
-		c.fs.add(rp+".match", RuleRoutePrefix, "a forwarding route must match prefix %q exactly (kubectl's server URL ends in /k8s-proxy)", PathPrefix)
-	}
-	if a.GetPrefixRewrite() != "/" || a.GetRegexRewrite() != nil || a.GetPathRewritePolicy() != nil {
-		c.fs.add(ap+".prefix_rewrite", RuleRoutePrefix, "must be \"/\" with no regex_rewrite or path_rewrite_policy: /k8s-proxy/api/v1/pods goes to /api/v1/pods")
+	switch root := rt.GetMatch().GetPathSeparatedPrefix(); {
+	case root != "":
+		// kubectl get --raw /readyz: a top-level API path, served as it is.
+		if !slices.Contains(contract.APIRootPaths, root) {
+			c.fs.add(rp+".match.path_separated_prefix", RuleRoutePrefix, "%q is not one of the Kubernetes API's top-level paths kubegate authz serves without %s (%s)", root, PathPrefix, strings.Join(contract.APIRootPaths, ", "))
+		}
+		if a.GetPrefixRewrite() != "" || a.GetRegexRewrite() != nil || a.GetPathRewritePolicy() != nil {
+			c.fs.add(ap+".prefix_rewrite", RuleRoutePrefix, "a top-level API path goes to the API server as it is: no prefix_rewrite, regex_rewrite or path_rewrite_policy (kubegate authz decided for the path it saw)")
+		}
+		if m := rt.GetMatch(); m.GetCaseSensitive() != nil && !m.GetCaseSensitive().GetValue() {
+			c.fs.add(rp+".match.case_sensitive", RuleRoutePrefix, "false would forward /API/... which kubegate authz does not take for an API path")
+		}
+	default:
+		if rt.GetMatch().GetPrefix() != PathPrefix {
+			c.fs.add(rp+".match", RuleRoutePrefix, "a forwarding route must match prefix %q exactly (kubectl's server URL ends in /k8s-proxy), or path_separated_prefix one of %s", PathPrefix, strings.Join(contract.APIRootPaths, ", "))
+		}
+		if a.GetPrefixRewrite() != "/" || a.GetRegexRewrite() != nil || a.GetPathRewritePolicy() != nil {
+			c.fs.add(ap+".prefix_rewrite", RuleRoutePrefix, "must be \"/\" with no regex_rewrite or path_rewrite_policy: /k8s-proxy/api/v1/pods goes to /api/v1/pods")
+		}
 	}
 	switch t := a.GetTimeout(); {
 	case t == nil:
@@ -849,23 +895,7 @@ func (c *checker) routeAction(rt *routev3.Route, a *routev3.RouteAction, rp stri
 			c.fs.add(fmt.Sprintf("%s.upgrade_configs[%d]", ap, j), RuleUpgradeTypes, "disables %q on this route", u.GetUpgradeType())
 		}
 	}
-	switch {
-	case a.GetCluster() != "":
-		c.refAPI(a.GetCluster(), ap+".cluster")
-	case a.GetWeightedClusters() != nil:
-		for k, wc := range a.GetWeightedClusters().GetClusters() {
-			wp := fmt.Sprintf("%s.weighted_clusters.clusters[%d]", ap, k)
-			c.perFilter(wc.GetTypedPerFilterConfig(), wp, security)
-			c.routeHeaders(wc.GetRequestHeadersToAdd(), wc.GetRequestHeadersToRemove(), wp)
-			if wc.GetName() == "" {
-				c.fs.add(wp+".cluster_header", RuleClusterRefs, "a cluster chosen from a request header cannot be checked")
-				continue
-			}
-			c.refAPI(wc.GetName(), wp+".name")
-		}
-	default:
-		c.fs.add(ap, RuleClusterRefs, "the upstream cluster is chosen at request time (cluster_header or a plugin) and cannot be checked; name the cluster")
-	}
+	c.routeCluster(a, ap, security)
 }
 
 func (c *checker) perFilter(m map[string]*anypb.Any, p string, security map[string]string) {
@@ -903,13 +933,6 @@ func (c *checker) routeHeaders(add []*corev3.HeaderValueOption, remove []string,
 	}
 }
 
-func (c *checker) refAPI(name, path string) {
-	if _, ok := c.apiRefs[name]; !ok {
-		c.apiRefs[name] = path
-	}
-	c.refOrder = append(c.refOrder, clusterRef{name, path})
-}
-
 func (c *checker) refGRPC(name, path string) {
 	if _, ok := c.grpcRefs[name]; !ok {
 		c.grpcRefs[name] = path
@@ -918,20 +941,13 @@ func (c *checker) refGRPC(name, path string) {
 }
 
 func (c *checker) clusterRefs() {
+	c.apiServerClusters() // adds the SDS references of the upstream credential injectors
 	for _, r := range c.refOrder {
 		if _, ok := c.clusters[r.name]; !ok {
 			c.fs.add(r.path, RuleClusterRefs, "cluster %q is not defined in static_resources.clusters", r.name)
 		}
 	}
-	for name := range c.apiRefs {
-		if cl, ok := c.clusters[name]; ok {
-			c.upstream(cl, c.cpath[name])
-		}
-	}
 	for name := range c.grpcRefs {
-		if _, api := c.apiRefs[name]; api {
-			continue // reported by upstream-http11 already
-		}
 		if cl, ok := c.clusters[name]; ok && !c.isHTTP2(cl, c.cpath[name]) {
 			c.fs.add(c.cpath[name], RuleGRPCClusterHTTP2, "cluster %q serves gRPC and must speak HTTP/2: set typed_extension_protocol_options[%q].explicit_http_config.http2_protocol_options", name, UpstreamHTTPOptionsKey)
 		}

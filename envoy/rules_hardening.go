@@ -107,12 +107,18 @@ func (c *checker) hardening(h *hcmv3.HttpConnectionManager, p string) {
 // clientRateLimit requires ClientRateLimit's filter in front of ext_authz.
 func (c *checker) clientRateLimit(h *hcmv3.HttpConnectionManager, p string) {
 	filters := h.GetHttpFilters()
-	if len(filters) == 0 || typeName(filters[0].GetTypedConfig()) != localRateLimitType {
-		c.fs.add(p+".http_filters", RuleClientRateLimit, "the first HTTP filter must be %s with a token bucket per client address: without it one client can make every request a GitLab lookup (401 floods)", FilterLocalRateLimit)
+	// After the header_mutation that strips contract.HeaderUpstream (rule
+	// upstream-header-strip), which costs nothing.
+	first := 0
+	if len(filters) > 0 && typeName(filters[0].GetTypedConfig()) == headerMutationType {
+		first = 1
+	}
+	if len(filters) <= first || typeName(filters[first].GetTypedConfig()) != localRateLimitType {
+		c.fs.add(p+".http_filters", RuleClientRateLimit, "the first HTTP filter (after the header_mutation that strips %s) must be %s with a token bucket per client address: without it one client can make every request a GitLab lookup (401 floods)", contract.HeaderUpstream, FilterLocalRateLimit)
 		return
 	}
-	fp := p + ".http_filters[0].typed_config"
-	l, ok := c.unpack(filters[0].GetTypedConfig(), fp).(*localratelimitv3.LocalRateLimit)
+	fp := fmt.Sprintf("%s.http_filters[%d].typed_config", p, first)
+	l, ok := c.unpack(filters[first].GetTypedConfig(), fp).(*localratelimitv3.LocalRateLimit)
 	if !ok {
 		return
 	}

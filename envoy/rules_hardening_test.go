@@ -25,7 +25,7 @@ import (
 // withRateLimit edits the local_ratelimit filter in front of the chain.
 func withRateLimit(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*localratelimitv3.LocalRateLimit)) {
 	t.Helper()
-	withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { edit(t, h.HttpFilters[0].GetTypedConfig(), fn) })
+	withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { edit(t, h.HttpFilters[1].GetTypedConfig(), fn) })
 }
 
 // stdoutLog is an access log to stdout with a text format ("" for none).
@@ -77,7 +77,7 @@ func hardeningCases(t *testing.T) []struct {
 			cluster(t, b, XDSCluster).ConnectTimeout = nil
 		}},
 		{"minute-long connect timeout", RuleConnectTimeout, func(b *bootstrapv3.Bootstrap) {
-			cluster(t, b, APIServerCluster).ConnectTimeout = durationpb.New(MaxSlowClientTimeout)
+			cluster(t, b, testAPICluster).ConnectTimeout = durationpb.New(MaxSlowClientTimeout)
 		}},
 		{"HTTP/2 options at Envoy's defaults", RuleHTTP2Limits, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.Http2ProtocolOptions = nil })
@@ -91,7 +91,9 @@ func hardeningCases(t *testing.T) []struct {
 			b.StaticResources.Listeners[0].PerConnectionBufferLimitBytes = nil
 		}},
 		{"rate limit removed", RuleClientRateLimit, func(b *bootstrapv3.Bootstrap) {
-			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters = h.HttpFilters[1:] })
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.HttpFilters = append(h.HttpFilters[:1:1], h.HttpFilters[2:]...)
+			})
 		}},
 		{"rate limit counted, not enforced", RuleClientRateLimit, func(b *bootstrapv3.Bootstrap) {
 			withRateLimit(t, b, func(l *localratelimitv3.LocalRateLimit) { l.FilterEnforced = nil })
@@ -126,7 +128,7 @@ func hardeningCases(t *testing.T) []struct {
 		}},
 		{"route mirrors to the API server", RuleRequestMirror, func(b *bootstrapv3.Bootstrap) {
 			withRoute(t, b, func(r *routev3.Route) {
-				r.GetRoute().RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: APIServerCluster}}
+				r.GetRoute().RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: testAPICluster}}
 			})
 		}},
 		{"virtual host mirrors", RuleRequestMirror, func(b *bootstrapv3.Bootstrap) {
@@ -150,7 +152,7 @@ func hardeningCases(t *testing.T) []struct {
 			withAccessLog(t, b, &accesslogv3.AccessLog{Name: "envoy.access_loggers.file", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(t, f)}})
 		}},
 		{"router upstream log prints the agent token", RuleAccessLogCredentials, func(b *bootstrapv3.Bootstrap) {
-			withFilter(t, b, 3, func(r *routerv3.Router) {
+			withFilter(t, b, 2, func(r *routerv3.Router) {
 				r.UpstreamLog = []*accesslogv3.AccessLog{stdoutLog(t, "%REQ(:METHOD)% %REQ(Authorization)%\n")}
 			})
 		}},
@@ -217,8 +219,8 @@ func TestRenderedHardening(t *testing.T) {
 			t.Error("a connection lifetime limit would cut watches")
 		}
 		var rl localratelimitv3.LocalRateLimit
-		if err := h.HttpFilters[0].GetTypedConfig().UnmarshalTo(&rl); err != nil {
-			t.Fatalf("first filter: %v", err)
+		if err := h.HttpFilters[1].GetTypedConfig().UnmarshalTo(&rl); err != nil {
+			t.Fatalf("second filter (after header_mutation): %v", err)
 		}
 		want := ClientRateLimit(testOptions(t))
 		if !proto.Equal(&rl, want) {

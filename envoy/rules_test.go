@@ -14,8 +14,10 @@ import (
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	earlymutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -65,6 +67,9 @@ func withFilter[T proto.Message](t *testing.T, b *bootstrapv3.Bootstrap, i int, 
 // securityChainStart is the index of the first filter after the rate limit.
 func securityChainStart(h *hcmv3.HttpConnectionManager) int {
 	i := 0
+	if i < len(h.HttpFilters) && typeName(h.HttpFilters[i].GetTypedConfig()) == headerMutationType {
+		i++
+	}
 	for i < len(h.HttpFilters) && typeName(h.HttpFilters[i].GetTypedConfig()) == localRateLimitType {
 		i++
 	}
@@ -90,13 +95,32 @@ func cluster(t *testing.T, b *bootstrapv3.Bootstrap, name string) *clusterv3.Clu
 // withAPIServerTLS edits the UpstreamTlsContext of the API server cluster.
 func withAPIServerTLS(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*tlsv3.UpstreamTlsContext)) {
 	t.Helper()
-	edit(t, cluster(t, b, APIServerCluster).TransportSocket.GetTypedConfig(), fn)
+	edit(t, cluster(t, b, testAPICluster).TransportSocket.GetTypedConfig(), fn)
 }
 
 // withAPIServerOptions edits the API server cluster's upstream HTTP protocol options.
 func withAPIServerOptions(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*upstreamhttpv3.HttpProtocolOptions)) {
 	t.Helper()
-	edit(t, cluster(t, b, APIServerCluster).TypedExtensionProtocolOptions[UpstreamHTTPOptionsKey], fn)
+	edit(t, cluster(t, b, testAPICluster).TypedExtensionProtocolOptions[UpstreamHTTPOptionsKey], fn)
+}
+
+// withInjector edits the credential_injector of the API server cluster's upstream
+// filters.
+func withInjector(t *testing.T, b *bootstrapv3.Bootstrap, fn func(*credinjectorv3.CredentialInjector)) {
+	t.Helper()
+	withAPIServerOptions(t, b, func(o *upstreamhttpv3.HttpProtocolOptions) { edit(t, o.HttpFilters[0].GetTypedConfig(), fn) })
+}
+
+func removeCluster(t *testing.T, b *bootstrapv3.Bootstrap, name string) {
+	t.Helper()
+	cs := b.StaticResources.Clusters
+	for i, c := range cs {
+		if c.Name == name {
+			b.StaticResources.Clusters = append(cs[:i:i], cs[i+1:]...)
+			return
+		}
+	}
+	t.Fatalf("no cluster %q", name)
 }
 
 // headerList is a ListStringMatcher of one pattern.
@@ -135,7 +159,7 @@ func ruleCases(t *testing.T) []struct {
 		{"tcp_proxy next to the connection manager", RuleListenerHCM, func(b *bootstrapv3.Bootstrap) {
 			chain(b).Filters = append(chain(b).Filters, &listenerv3.Filter{Name: "envoy.filters.network.tcp_proxy",
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, &tcpproxyv3.TcpProxy{StatPrefix: "raw",
-					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: APIServerCluster}})}})
+					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: testAPICluster}})}})
 		}},
 		{"plain-text listener", RuleDownstreamTLS, func(b *bootstrapv3.Bootstrap) { chain(b).TransportSocket = nil }},
 		{"clusters from CDS", RuleStaticConfig, func(b *bootstrapv3.Bootstrap) {
@@ -207,17 +231,17 @@ func ruleCases(t *testing.T) []struct {
 		}},
 		{"ext_authz allow_expression misses x-csrf-token", RuleExtAuthzRemoval, func(b *bootstrapv3.Bootstrap) {
 			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) {
-				a.DecoderHeaderMutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "^(authorization|cookie|gitlab-agent-id)$"}
+				a.DecoderHeaderMutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "^(authorization|cookie|gitlab-agent-id|x-kubegate-upstream)$"}
 			})
 		}},
 		{"ext_authz may not set impersonate-user", RuleExtAuthzRemoval, func(b *bootstrapv3.Bootstrap) {
 			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) {
-				a.DecoderHeaderMutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "^(authorization|cookie|gitlab-agent-id|x-csrf-token)$"}
+				a.DecoderHeaderMutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "^(authorization|cookie|gitlab-agent-id|x-csrf-token|x-kubegate-upstream)$"}
 			})
 		}},
 		{"ext_authz silently keeps every credential", RuleExtAuthzRemoval, func(b *bootstrapv3.Bootstrap) {
 			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) {
-				a.DecoderHeaderMutationRules = &mutationrulesv3.HeaderMutationRules{DisallowAll: wrapperspb.Bool(true)}
+				a.DecoderHeaderMutationRules = &mutationrulesv3.HeaderMutationRules{DisallowAll: wrapperspb.Bool(true), AllowExpression: &matcherv3.RegexMatcher{Regex: "impersonate-user|x-kubegate-upstream"}}
 			})
 		}},
 		{"ext_proc failure_mode_allow", RuleExtProcFailClosed, func(b *bootstrapv3.Bootstrap) {
@@ -261,7 +285,7 @@ func ruleCases(t *testing.T) []struct {
 		}},
 		{"ext_proc may change any header", RuleExtProcMutationRules, func(b *bootstrapv3.Bootstrap) {
 			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
-				e.MutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: ".*"}
+				e.MutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "impersonate-.+|authorization|host"}
 			})
 		}},
 		{"ext_proc without mutation rules", RuleExtProcMutationRules, func(b *bootstrapv3.Bootstrap) {
@@ -282,30 +306,34 @@ func ruleCases(t *testing.T) []struct {
 			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
 				e.GrpcService = &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "extproc:9002", StatPrefix: "extproc"}}}
 			})
+			// Unused, the cluster would be one contract.HeaderUpstream can name.
+			removeCluster(t, b, ExtProcCluster)
 		}},
 		{"injector keeps the client's Authorization", RuleCredentialOverwrite, func(b *bootstrapv3.Bootstrap) {
-			withFilter(t, b, 2, func(c *credinjectorv3.CredentialInjector) { c.Overwrite = false })
+			withInjector(t, b, func(c *credinjectorv3.CredentialInjector) { c.Overwrite = false })
 		}},
 		{"injector lets requests through without a token", RuleCredentialOverwrite, func(b *bootstrapv3.Bootstrap) {
-			withFilter(t, b, 2, func(c *credinjectorv3.CredentialInjector) { c.AllowRequestWithoutCredential = true })
+			withInjector(t, b, func(c *credinjectorv3.CredentialInjector) { c.AllowRequestWithoutCredential = true })
 		}},
 		{"injector without Bearer prefix", RuleCredentialOverwrite, func(b *bootstrapv3.Bootstrap) {
-			withFilter(t, b, 2, func(c *credinjectorv3.CredentialInjector) {
+			withInjector(t, b, func(c *credinjectorv3.CredentialInjector) {
 				edit(t, c.Credential.GetTypedConfig(), func(g *genericv3.Generic) { g.HeaderValuePrefix = "" })
 			})
 		}},
 		{"token from a static secret", RuleCredentialRotation, func(b *bootstrapv3.Bootstrap) {
-			withFilter(t, b, 2, func(c *credinjectorv3.CredentialInjector) {
+			withInjector(t, b, func(c *credinjectorv3.CredentialInjector) {
 				edit(t, c.Credential.GetTypedConfig(), func(g *genericv3.Generic) { g.Credential.SdsConfig = nil })
 			})
+			removeCluster(t, b, XDSCluster) // unused, the header could name it
 		}},
 		{"token file without watched_directory", RuleCredentialRotation, func(b *bootstrapv3.Bootstrap) {
-			withFilter(t, b, 2, func(c *credinjectorv3.CredentialInjector) {
+			withInjector(t, b, func(c *credinjectorv3.CredentialInjector) {
 				edit(t, c.Credential.GetTypedConfig(), func(g *genericv3.Generic) {
 					g.Credential.SdsConfig = &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_PathConfigSource{
 						PathConfigSource: &corev3.PathConfigSource{Path: "/etc/envoy/token-sds.yaml"}}}
 				})
 			})
+			removeCluster(t, b, XDSCluster) // unused, the header could name it
 		}},
 		{"spdy/3.1 not enabled", RuleUpgradeTypes, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.UpgradeConfigs = h.UpgradeConfigs[:1] })
@@ -324,7 +352,7 @@ func ruleCases(t *testing.T) []struct {
 		{"the explain endpoint redirected", RuleExplainRoute, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
 				vh := h.GetRouteConfig().VirtualHosts[0]
-				vh.Routes = append([]*routev3.Route{{Name: "elsewhere", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/kubegate/"}},
+				vh.Routes = append([]*routev3.Route{{Name: "elsewhere", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/kubegate/ex"}},
 					Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{HostRedirect: "attacker.example"}}}}, vh.Routes...)
 			})
 		}},
@@ -332,8 +360,141 @@ func ruleCases(t *testing.T) []struct {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
 				vh := h.GetRouteConfig().VirtualHosts[0]
 				vh.Routes = append([]*routev3.Route{{Name: "elsewhere", Match: &routev3.RouteMatch{
-					PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "/kube[a-z]+/.*"}}},
+					PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "/kube[a-z]+/e.*"}}},
 					Action: &routev3.Route_NonForwardingAction{NonForwardingAction: &routev3.NonForwardingAction{}}}}, vh.Routes...)
+			})
+		}},
+		{"no header_mutation in front", RuleUpstreamHeaderStrip, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters = h.HttpFilters[1:] })
+		}},
+		{"no early header mutation", RuleUpstreamHeaderStrip, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.EarlyHeaderMutationExtensions = nil })
+		}},
+		{"early header mutation sets the header", RuleUpstreamHeaderStrip, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				edit(t, h.EarlyHeaderMutationExtensions[0].GetTypedConfig(), func(m *earlymutationv3.HeaderMutation) {
+					m.Mutations = append(m.Mutations, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_Append{
+						Append: &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-kubegate-upstream", Value: testAPICluster}}}})
+				})
+			})
+		}},
+		{"header_mutation removes another header", RuleUpstreamHeaderStrip, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				edit(t, h.HttpFilters[0].GetTypedConfig(), func(m *headermutationv3.HeaderMutation) {
+					m.Mutations.RequestMutations[0].Action = &mutationrulesv3.HeaderMutation_Remove{Remove: "x-kubegate-upstreams"}
+				})
+			})
+		}},
+		{"header_mutation sets the header", RuleUpstreamHeaderStrip, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				edit(t, h.HttpFilters[0].GetTypedConfig(), func(m *headermutationv3.HeaderMutation) {
+					m.Mutations.RequestMutations = append(m.Mutations.RequestMutations, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_Append{
+						Append: &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-kubegate-upstream", Value: testAPICluster}}}})
+				})
+			})
+		}},
+		{"API route to a static cluster", RuleRouteClusterHeader, func(b *bootstrapv3.Bootstrap) {
+			withRoute(t, b, func(r *routev3.Route) {
+				r.GetRoute().ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: testAPICluster}
+			})
+		}},
+		{"API route reads a client header", RuleRouteClusterHeader, func(b *bootstrapv3.Bootstrap) {
+			withRoute(t, b, func(r *routev3.Route) {
+				r.GetRoute().ClusterSpecifier = &routev3.RouteAction_ClusterHeader{ClusterHeader: "x-cluster"}
+			})
+		}},
+		{"top-level API route to a static cluster", RuleRouteClusterHeader, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.GetRouteConfig().VirtualHosts[0].Routes[1].GetRoute().ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: testAPICluster}
+			})
+		}},
+		{"unknown cluster answered 404", RuleClusterNotFound, func(b *bootstrapv3.Bootstrap) {
+			withRoute(t, b, func(r *routev3.Route) { r.GetRoute().ClusterNotFoundResponseCode = routev3.RouteAction_NOT_FOUND })
+		}},
+		{"ext_authz keeps the route cache", RuleExtAuthzRouting, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) { a.ClearRouteCache = false })
+		}},
+		{"ext_authz may not set the upstream header", RuleExtAuthzRouting, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 0, func(a *extauthzv3.ExtAuthz) {
+				a.DecoderHeaderMutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "^(authorization|cookie|gitlab-agent-id|x-csrf-token|impersonate-user)$"}
+			})
+		}},
+		{"ext_proc may set the upstream header", RuleExtProcNoRouting, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) {
+				e.MutationRules.AllowExpression = &matcherv3.RegexMatcher{Regex: "impersonate-.+|x-kubegate-upstream"}
+			})
+		}},
+		{"ext_proc may clear the route cache", RuleExtProcNoRouting, func(b *bootstrapv3.Bootstrap) {
+			withFilter(t, b, 1, func(e *extprocv3.ExternalProcessor) { e.RouteCacheAction = extprocv3.ExternalProcessor_DEFAULT })
+		}},
+		{"API server cluster without upstream filters", RuleUpstreamCredential, func(b *bootstrapv3.Bootstrap) {
+			withAPIServerOptions(t, b, func(o *upstreamhttpv3.HttpProtocolOptions) { o.HttpFilters = nil })
+			removeCluster(t, b, XDSCluster) // unused, the header could name it
+		}},
+		{"upstream_codec not last", RuleUpstreamCredential, func(b *bootstrapv3.Bootstrap) {
+			withAPIServerOptions(t, b, func(o *upstreamhttpv3.HttpProtocolOptions) {
+				o.HttpFilters[0], o.HttpFilters[1] = o.HttpFilters[1], o.HttpFilters[0]
+			})
+		}},
+		{"two agents share a secret", RuleUpstreamCredential, func(b *bootstrapv3.Bootstrap) {
+			other := proto.Clone(cluster(t, b, testAPICluster)).(*clusterv3.Cluster)
+			other.Name = APIServerCluster(testAgentID + 1)
+			other.LoadAssignment.ClusterName = other.Name
+			b.StaticResources.Clusters = append(b.StaticResources.Clusters, other)
+		}},
+		{"the agent list endpoint redirected", RuleAgentsRoute, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				vh := h.GetRouteConfig().VirtualHosts[0]
+				vh.Routes = append([]*routev3.Route{{Name: "elsewhere", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/kubegate/agents"}},
+					Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{HostRedirect: "attacker.example"}}}}, vh.Routes...)
+			})
+		}},
+		{"a top-level path that is not the API's", RuleRoutePrefix, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.GetRouteConfig().VirtualHosts[0].Routes[1].Match.PathSpecifier = &routev3.RouteMatch_PathSeparatedPrefix{PathSeparatedPrefix: "/metrics"}
+			})
+		}},
+		{"a top-level API path rewritten", RuleRoutePrefix, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.GetRouteConfig().VirtualHosts[0].Routes[1].GetRoute().PrefixRewrite = "/apis"
+			})
+		}},
+		{"header_mutation disabled on a top-level route", RulePerRouteOverride, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				h.GetRouteConfig().VirtualHosts[0].Routes[2].TypedPerFilterConfig = map[string]*anypb.Any{
+					FilterHeaderMutation: mustAny(t, &routev3.FilterConfig{Disabled: true})}
+			})
+		}},
+		{"ext_authz disabled on a top-level API route", RulePerRouteOverride, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				for _, r := range h.GetRouteConfig().VirtualHosts[0].Routes {
+					if r.Name == APIRootRoutePrefix+"/version" {
+						r.TypedPerFilterConfig = map[string]*anypb.Any{FilterExtAuthz: mustAny(t, &extauthzv3.ExtAuthzPerRoute{Override: &extauthzv3.ExtAuthzPerRoute_Disabled{Disabled: true}})}
+					}
+				}
+			})
+		}},
+		{"ext_proc disabled on the agent list route", RulePerRouteOverride, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				for _, r := range h.GetRouteConfig().VirtualHosts[0].Routes {
+					if r.Name == AgentsRouteName {
+						r.TypedPerFilterConfig = map[string]*anypb.Any{FilterExtProc: mustAny(t, &routev3.FilterConfig{Disabled: true})}
+					}
+				}
+			})
+		}},
+		{"credential_injector back at the listener", RuleFilterOrder, func(b *bootstrapv3.Bootstrap) {
+			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+				ci, err := CredentialInjector(TokenSecretFor(testAgentID), SDSConfigSource(XDSCluster))
+				if err != nil {
+					t.Fatal(err)
+				}
+				f, err := httpFilter(FilterCredentialInjector, ci)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n := len(h.HttpFilters)
+				h.HttpFilters = append(h.HttpFilters[:n-1:n-1], f, h.HttpFilters[n-1])
 			})
 		}},
 		{"default route timeout", RuleRouteTimeout, func(b *bootstrapv3.Bootstrap) {
@@ -385,16 +546,16 @@ func ruleCases(t *testing.T) []struct {
 			})
 		}},
 		{"API server idle timeout of Envoy's default in the deprecated field", RuleUpstreamIdleTimeout, func(b *bootstrapv3.Bootstrap) {
-			c := cluster(t, b, APIServerCluster)
-			c.TypedExtensionProtocolOptions = nil
+			c := cluster(t, b, testAPICluster)
+			withAPIServerOptions(t, b, func(o *upstreamhttpv3.HttpProtocolOptions) { o.CommonHttpProtocolOptions = nil })
 			//lint:ignore SA1019 the deprecated field is what this case tests
 			c.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(time.Hour)}
 		}},
 		{"plain-text API server", RuleUpstreamTLS, func(b *bootstrapv3.Bootstrap) {
-			cluster(t, b, APIServerCluster).TransportSocket = nil
+			cluster(t, b, testAPICluster).TransportSocket = nil
 		}},
 		{"API server name not checked", RuleUpstreamTLS, func(b *bootstrapv3.Bootstrap) {
-			c := cluster(t, b, APIServerCluster)
+			c := cluster(t, b, testAPICluster)
 			c.TransportSocket.ConfigType = &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(t, func() proto.Message {
 				u := UpstreamTLS(mustAddr(t, "kubernetes.default.svc:443"), "/ca.crt")
 				u.CommonTlsContext.GetValidationContext().MatchTypedSubjectAltNames = nil

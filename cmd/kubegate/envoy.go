@@ -13,6 +13,7 @@ import (
 
 	"kubegate.dev/kubegate/envoy"
 	"kubegate.dev/kubegate/envoy/devcert"
+	"kubegate.dev/kubegate/gateway"
 )
 
 func newEnvoyCommand() *cobra.Command {
@@ -30,7 +31,7 @@ validate" checks any bootstrap against the rules that keep the gateway closed.`,
 
 func newEnvoyRenderCommand() *cobra.Command {
 	o := envoy.DefaultOptions()
-	var listen, authz, extproc, xds, output string
+	var listen, authz, extproc, xds, output, gatewayConfig string
 	cmd := &cobra.Command{
 		Use:   "render",
 		Short: "Print the Envoy v3 bootstrap (YAML) for kubegate",
@@ -38,14 +39,25 @@ func newEnvoyRenderCommand() *cobra.Command {
 whose HTTP filters are a per-client local rate limit, ext_authz, ext_proc,
 credential_injector and router, with timeouts and HTTP/2 limits against slow and
 greedy clients and an access log without query strings, an
-HTTP/1.1 TLS cluster for the API server (kubectl exec needs HTTP/1.1 upstream) and
-HTTP/2 clusters for the three kubegate services, health-checked over gRPC.
+HTTP/1.1 TLS cluster per agent's API server (kubectl exec needs HTTP/1.1 upstream),
+named kubegate_apiserver_<agent id>, each injecting its own agent's token from
+the SDS secret kubegate-agent-token-<agent id> in an upstream credential_injector,
+and HTTP/2 clusters for the three kubegate services, health-checked over gRPC.
+API routes (/k8s-proxy/ and the API's top-level paths such as /version) take their
+cluster from the x-kubegate-upstream header kubegate authz sets; a client's copy
+is removed first, so a request kubegate authz did not route gets a 503.
+
+The agents are those of --gateway-config FILE (each agent's id and upstream
+server and ca_file), or the one agent of --agent-id, --apiserver and
+--apiserver-ca.
 
 The output always passes "kubegate envoy validate". ADDR is host:port or
 unix:///path; --authz, --extproc and --xds must be loopback or unix sockets unless
 --allow-non-loopback. The first lines are a comment with the flags that produced it.`,
 		Example: `  kubegate envoy render --tls-cert tls.crt --tls-key tls.key \
     --apiserver https://kubernetes.default.svc --apiserver-ca /var/run/secrets/kubernetes.io/serviceaccount/ca.crt \
+    --agent-id 42 --authz 127.0.0.1:9001 --extproc 127.0.0.1:9002 --xds 127.0.0.1:9003 > envoy.yaml
+  kubegate envoy render --gateway-config gateway.yaml --tls-cert tls.crt --tls-key tls.key \
     --authz 127.0.0.1:9001 --extproc 127.0.0.1:9002 --xds 127.0.0.1:9003 > envoy.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -60,6 +72,15 @@ unix:///path; --authz, --extproc and --xds must be loopback or unix sockets unle
 				}
 				if *a.dst, err = envoy.ParseAddr(a.val); err != nil {
 					return fmt.Errorf("%s: %w", a.flag, err)
+				}
+			}
+			if gatewayConfig != "" {
+				g, err := gateway.Load(gatewayConfig)
+				if err != nil {
+					return err
+				}
+				for _, a := range g.Agents {
+					o.Agents = append(o.Agents, envoy.Agent{ID: a.ID, APIServer: a.Upstream.Server, APIServerCA: a.Upstream.CAFile})
 				}
 			}
 			y, err := envoy.Render(o)
@@ -78,8 +99,10 @@ unix:///path; --authz, --extproc and --xds must be loopback or unix sockets unle
 	f.StringVar(&listen, "listen", envoy.DefaultListen, "ADDR of the TLS listener kubectl connects to")
 	f.StringVar(&o.TLSCertFile, "tls-cert", "", "listener certificate chain, PEM (read by Envoy)")
 	f.StringVar(&o.TLSKeyFile, "tls-key", "", "listener private key, PEM (read by Envoy)")
-	f.StringVar(&o.APIServer, "apiserver", "", "Kubernetes API server URL, https://host[:port]")
-	f.StringVar(&o.APIServerCA, "apiserver-ca", "", "CA bundle (PEM) that signed the API server's certificate")
+	f.StringVar(&gatewayConfig, "gateway-config", "", "gateway configuration FILE: one API server cluster per agent (its id, upstream.server and upstream.ca_file); instead of --agent-id, --apiserver and --apiserver-ca")
+	f.Int64Var(&o.AgentID, "agent-id", 0, "the one agent's GitLab id (without --gateway-config): names its cluster kubegate_apiserver_<id> and its token secret kubegate-agent-token-<id>")
+	f.StringVar(&o.APIServer, "apiserver", "", "the one agent's Kubernetes API server URL, https://host[:port] (without --gateway-config)")
+	f.StringVar(&o.APIServerCA, "apiserver-ca", "", "CA bundle (PEM) that signed the one agent's API server certificate (without --gateway-config)")
 	f.StringVar(&authz, "authz", "", "ADDR of kubegate authz (ext_authz gRPC)")
 	f.StringVar(&extproc, "extproc", "", "ADDR of kubegate extproc (ext_proc gRPC)")
 	f.StringVar(&xds, "xds", "", "ADDR of kubegate xds (SDS for the agent token)")

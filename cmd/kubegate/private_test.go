@@ -13,18 +13,18 @@ import (
 func TestServicesRefuseExposedListen(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "no-token")
 	authz := []string{"authz", "--agent-id", "1", "--config-project-id", "1", "--agent-config", sandboxConfig, "--directory", sandboxDirectory}
-	render := []string{"envoy", "render", "--check-files=false", "--tls-cert", "/c", "--tls-key", "/k", "--apiserver", "https://k8s:6443", "--apiserver-ca", "/ca",
+	render := []string{"envoy", "render", "--check-files=false", "--tls-cert", "/c", "--tls-key", "/k", "--agent-id", "1", "--apiserver", "https://k8s:6443", "--apiserver-ca", "/ca",
 		"--authz", "127.0.0.1:9001", "--extproc", "unix:///run/kubegate/extproc.sock"}
 	tests := []struct {
 		name    string
 		args    []string
 		wantErr []string
 	}{
-		{"xds on every interface", []string{"xds", "--listen", "0.0.0.0:19003", "--token-file", missing},
+		{"xds on every interface", []string{"xds", "--agent-id", "1", "--listen", "0.0.0.0:19003", "--token-file", missing},
 			[]string{"--listen 0.0.0.0:19003", "agent token", "--allow-non-loopback"}},
-		{"xds on a pod IP", []string{"xds", "--listen", "10.0.0.7:19003", "--token-file", missing}, []string{"--listen 10.0.0.7:19003"}},
+		{"xds on a pod IP", []string{"xds", "--agent-id", "1", "--listen", "10.0.0.7:19003", "--token-file", missing}, []string{"--listen 10.0.0.7:19003"}},
 		// Past the check, the next error is the missing token file.
-		{"xds allowed explicitly", []string{"xds", "--listen", "0.0.0.0:19003", "--allow-non-loopback", "--token-file", missing}, []string{"no such file"}},
+		{"xds allowed explicitly", []string{"xds", "--agent-id", "1", "--listen", "0.0.0.0:19003", "--allow-non-loopback", "--token-file", missing}, []string{"no such file"}},
 		{"authz on every interface", append(authz, "--listen", "0.0.0.0:19001"), []string{"--listen 0.0.0.0:19001", "credential", "--allow-non-loopback"}},
 		{"extproc on every interface", []string{"extproc", "--listen", "0.0.0.0:19002"}, []string{"--listen 0.0.0.0:19002", "--allow-non-loopback"}},
 		{"render with xds on a service name", append(render, "--xds", "xds:9003"), []string{"--xds xds:9003", "agent token", "--allow-non-loopback"}},

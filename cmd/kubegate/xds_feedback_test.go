@@ -36,7 +36,7 @@ func TestXDSDoesNotFeedOnItsOwnLog(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- runXDS(ctx, logger, addr, tokenFile, envoy.TokenSecretName, 0) }()
+	go func() { done <- runXDS(ctx, logger, addr, tokenFile, envoy.TokenSecretFor(1), 0) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(readFile(t, logPath), "serving SDS") {
 		if time.Now().After(deadline) {

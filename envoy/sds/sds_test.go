@@ -134,7 +134,7 @@ func startStack(t *testing.T, path string) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(envoy.TokenSecretName, logger)
+	srv := NewServer(envoy.TokenSecretFor(1), logger)
 	if _, err := srv.Publish(ctx, first); err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func (c *sdsClient) send(version, nonce string, node *corev3.Node) {
 	c.t.Helper()
 	err := c.stream.Send(&discoveryv3.DiscoveryRequest{
 		Node: node, VersionInfo: version, ResponseNonce: nonce,
-		ResourceNames: []string{envoy.TokenSecretName}, TypeUrl: resource.SecretType,
+		ResourceNames: []string{envoy.TokenSecretFor(1)}, TypeUrl: resource.SecretType,
 	})
 	if err != nil {
 		c.t.Fatal(err)
@@ -225,8 +225,8 @@ func (c *sdsClient) next(within time.Duration) (token, version string) {
 		if err := r.Resources[0].UnmarshalTo(&s); err != nil {
 			c.t.Fatal(err)
 		}
-		if s.Name != envoy.TokenSecretName {
-			c.t.Fatalf("secret %q, want %q", s.Name, envoy.TokenSecretName)
+		if s.Name != envoy.TokenSecretFor(1) {
+			c.t.Fatalf("secret %q, want %q", s.Name, envoy.TokenSecretFor(1))
 		}
 		c.send(r.VersionInfo, r.Nonce, nil)
 		return s.GetGenericSecret().GetSecret().GetInlineString(), r.VersionInfo
@@ -357,7 +357,7 @@ func TestHealthServing(t *testing.T) {
 }
 
 func TestPublishSameTokenIsNoNewVersion(t *testing.T) {
-	srv := NewServer(envoy.TokenSecretName, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv := NewServer(envoy.TokenSecretFor(1), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx := context.Background()
 	for i, want := range []bool{true, false, true} {
 		tok := []string{"a", "a", "b"}[i]

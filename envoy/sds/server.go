@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -47,37 +48,62 @@ func Version(token string) string {
 	return "sha256:" + hex.EncodeToString(sum[:8])
 }
 
-// Server holds the current secret in go-control-plane's snapshot cache and serves
-// it over SDS.
+// Server holds the current secrets in go-control-plane's snapshot cache and
+// serves them over SDS: one generic secret per agent, each published on its own
+// (PublishSecret), so a bad token for one agent never touches another's.
 type Server struct {
-	name   string
+	name   string // the secret Publish sets
 	cache  cachev3.SnapshotCache
 	logger *slog.Logger
 
 	mu      sync.Mutex
+	tokens  map[string]string // secret name → token
 	version string
 }
 
-// NewServer serves the generic secret called name. Nothing is served until the
-// first Publish: Envoy's credential_injector then answers 401 rather than sending
-// a request without the token (allow_request_without_credential false).
+// NewServer serves the generic secret called name (Publish), and any other
+// PublishSecret names. Nothing is served until the first publish: Envoy's
+// credential_injector then answers 401 rather than sending a request without the
+// token (allow_request_without_credential false).
 func NewServer(name string, logger *slog.Logger) *Server {
 	return &Server{
 		name:   name,
 		cache:  cachev3.NewSnapshotCache(false, allNodes{}, cacheLogger(logger)),
 		logger: logger,
+		tokens: map[string]string{},
 	}
 }
 
-// Publish makes token the served secret. It reports whether that is a new version.
+// Publish makes token the secret NewServer named. It reports whether that is a
+// new version.
 func (s *Server) Publish(ctx context.Context, token string) (bool, error) {
-	v := Version(token)
+	return s.PublishSecret(ctx, s.name, token)
+}
+
+// PublishSecret makes token the secret called name, leaving every other secret as
+// it is. It reports whether the served snapshot changed.
+func (s *Server) PublishSecret(ctx context.Context, name, token string) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if v == s.version {
+	if old, ok := s.tokens[name]; ok && old == token {
 		return false, nil
 	}
-	snap, err := cachev3.NewSnapshot(v, map[resource.Type][]types.Resource{resource.SecretType: {Secret(s.name, token)}})
+	next := make(map[string]string, len(s.tokens)+1)
+	for k, v := range s.tokens {
+		next[k] = v
+	}
+	next[name] = token
+	v := snapshotVersion(next)
+	names := make([]string, 0, len(next))
+	for k := range next {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var secrets []types.Resource
+	for _, k := range names {
+		secrets = append(secrets, Secret(k, next[k]))
+	}
+	snap, err := cachev3.NewSnapshot(v, map[resource.Type][]types.Resource{resource.SecretType: secrets})
 	if err != nil {
 		return false, fmt.Errorf("building the SDS snapshot: %w", err)
 	}
@@ -87,9 +113,30 @@ func (s *Server) Publish(ctx context.Context, token string) (bool, error) {
 	if err := s.cache.SetSnapshot(ctx, snapshotKey, snap); err != nil {
 		return false, fmt.Errorf("serving the SDS snapshot: %w", err)
 	}
-	s.version = v
-	s.logger.Info("serving agent token", "secret", s.name, "version", v)
+	s.tokens, s.version = next, v
+	s.logger.Info("serving agent token", "secret", name, "token_version", Version(token), "version", v)
 	return true, nil
+}
+
+// snapshotVersion names a set of secrets: with one, the token's Version (what a
+// one-agent gateway always served); with several, a digest of every secret's name
+// and token version, so replicas agree and a change to any is a new version.
+func snapshotVersion(tokens map[string]string) string {
+	if len(tokens) == 1 {
+		for _, t := range tokens {
+			return Version(t)
+		}
+	}
+	names := make([]string, 0, len(tokens))
+	for k := range tokens {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, k := range names {
+		fmt.Fprintf(h, "%s=%s\n", k, Version(tokens[k]))
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 // Version is the version being served, "" before the first Publish.
@@ -99,10 +146,16 @@ func (s *Server) Version() string {
 	return s.version
 }
 
+// RegisterSDS adds the SDS service alone to g (a server that serves
+// grpc.health.v1 itself, like kubegate's service runner).
+func (s *Server) RegisterSDS(ctx context.Context, g *grpc.Server) {
+	secretv3.RegisterSecretDiscoveryServiceServer(g, serverv3.NewServer(ctx, s.cache, nil))
+}
+
 // Register adds the SDS service and grpc.health.v1 (Envoy health-checks its xDS
 // cluster with it) to g.
 func (s *Server) Register(ctx context.Context, g *grpc.Server) {
-	secretv3.RegisterSecretDiscoveryServiceServer(g, serverv3.NewServer(ctx, s.cache, nil))
+	s.RegisterSDS(ctx, g)
 	h := health.NewServer()
 	h.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	h.SetServingStatus(secretv3.SecretDiscoveryService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

@@ -26,9 +26,19 @@ const (
 
 // meshOptions are the options the chart's fragments are built with: kubegate's
 // defaults, the chart's paths, and the listener port.
-func meshOptions(t testing.TB, port uint32) envoy.Options {
+// placeholderAgentID is the agent id the chart's files/mesh are built for; the
+// chart's kubegate.mesh.istioFragments and istio-token-sds.yaml put its
+// agent.id in its place (the cluster kubegate_apiserver_<id> and the secret
+// kubegate-agent-token-<id>).
+const placeholderAgentID = 4242424242
+
+// chartAgentID is the agent.id of the value sets the tests render.
+const chartAgentID = 1
+
+func meshOptions(t testing.TB, port uint32, agentID int64) envoy.Options {
 	t.Helper()
 	o := envoy.DefaultOptions()
+	o.AgentID = agentID
 	o.CheckFiles = false // paths inside the pod
 	o.Admin = ""         // the mesh proxy has its own admin interface
 	o.Listen = envoy.Addr{Host: "0.0.0.0", Port: port}
@@ -67,9 +77,9 @@ type fragments struct {
 	Clusters []any `json:"clusters"`
 }
 
-func builtFragments(t testing.TB, port uint32) (fragments, []byte) {
+func builtFragments(t testing.TB, port uint32, agentID int64) (fragments, []byte) {
 	t.Helper()
-	m, err := envoy.MeshResources(meshOptions(t, port))
+	m, err := envoy.MeshResources(meshOptions(t, port, agentID))
 	if err != nil {
 		t.Fatalf("envoy.MeshResources: %v", err)
 	}
@@ -88,7 +98,7 @@ func builtFragments(t testing.TB, port uint32) (fragments, []byte) {
 // what kubegate's builders produce, so no Envoy configuration is written by hand
 // in the chart. Run with -update after changing the builders.
 func TestMeshFilesAreTheBuildersOutput(t *testing.T) {
-	f, sds := builtFragments(t, 8443)
+	f, sds := builtFragments(t, 8443, placeholderAgentID)
 	js, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +125,7 @@ func TestMeshFilesAreTheBuildersOutput(t *testing.T) {
 			t.Errorf("%s differs from envoy.MeshResources output; regenerate with: go test ./test/chartmesh -run TestMeshFilesAreTheBuildersOutput -update", p)
 		}
 	}
-	if err := envoy.CheckTokenSDS(sds, tokenDir); err != nil {
+	if err := envoy.CheckTokenSDS(sds, tokenDir, placeholderAgentID); err != nil {
 		t.Errorf("the token SDS file: %v", err)
 	}
 }

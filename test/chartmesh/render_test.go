@@ -110,7 +110,7 @@ func TestIstioModeRendersValidFragments(t *testing.T) {
 			if fs := envoy.ValidateEnvoyFilter(efYAML); len(fs) > 0 {
 				t.Fatalf("envoy.ValidateEnvoyFilter of the rendered EnvoyFilter:\n%s", envoy.FormatFindings(fs))
 			}
-			want, wantSDS := builtFragments(t, vs.port)
+			want, wantSDS := builtFragments(t, vs.port, chartAgentID)
 			if !reflect.DeepEqual(listener, want.Listener) {
 				t.Errorf("the rendered listener is not envoy.MeshResources' listener for port %d", vs.port)
 			}
@@ -122,7 +122,7 @@ func TestIstioModeRendersValidFragments(t *testing.T) {
 				t.Fatal("the token SDS ConfigMap did not render")
 			}
 			sds, _ := cm["data"].(map[string]any)["token-sds.yaml"].(string)
-			if err := envoy.CheckTokenSDS([]byte(sds), tokenDir); err != nil {
+			if err := envoy.CheckTokenSDS([]byte(sds), tokenDir, chartAgentID); err != nil {
 				t.Errorf("the rendered ConfigMap: %v", err)
 			}
 			if strings.TrimSpace(sds) != strings.TrimSpace(string(wantSDS)) {
@@ -161,6 +161,20 @@ func httpFilter(t testing.TB, listener any, name string) map[string]any {
 	return nil
 }
 
+// upstreamInjector is the typed_config of the credential_injector in the API
+// server cluster's upstream filters (the first cluster of the fragments).
+func upstreamInjector(t *testing.T, clusters []any) map[string]any {
+	t.Helper()
+	opts := clusters[0].(map[string]any)["typed_extension_protocol_options"].(map[string]any)[envoy.UpstreamHTTPOptionsKey].(map[string]any)
+	for _, f := range opts["http_filters"].([]any) {
+		if m := f.(map[string]any); m["name"] == envoy.FilterCredentialInjector {
+			return m["typed_config"].(map[string]any)
+		}
+	}
+	t.Fatalf("no upstream filter %s", envoy.FilterCredentialInjector)
+	return nil
+}
+
 // TestTamperedFragmentsAreRefused shows the check above bites: each edit an
 // operator (or a merge of another EnvoyFilter) could make to the rendered patches
 // that would fail open or break exec is reported under its rule.
@@ -189,12 +203,12 @@ func TestTamperedFragmentsAreRefused(t *testing.T) {
 			delete(httpFilter(t, l, envoy.FilterExtProc), "metadata_options")
 			return cs
 		}},
-		{"token kept from the client", envoy.RuleCredentialOverwrite, func(t *testing.T, l any, cs []any) []any {
-			delete(httpFilter(t, l, envoy.FilterCredentialInjector), "overwrite")
+		{"token kept from the client", envoy.RuleCredentialOverwrite, func(t *testing.T, _ any, cs []any) []any {
+			delete(upstreamInjector(t, cs), "overwrite")
 			return cs
 		}},
-		{"token file not watched", envoy.RuleCredentialRotation, func(t *testing.T, l any, cs []any) []any {
-			cred := httpFilter(t, l, envoy.FilterCredentialInjector)["credential"].(map[string]any)["typed_config"].(map[string]any)["credential"].(map[string]any)
+		{"token file not watched", envoy.RuleCredentialRotation, func(t *testing.T, _ any, cs []any) []any {
+			cred := upstreamInjector(t, cs)["credential"].(map[string]any)["typed_config"].(map[string]any)["credential"].(map[string]any)
 			delete(cred["sds_config"].(map[string]any)["path_config_source"].(map[string]any), "watched_directory")
 			return cs
 		}},

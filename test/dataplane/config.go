@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"slices"
@@ -22,9 +23,12 @@ import (
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	localratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	earlymutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
 	downstreamconnsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -121,6 +125,8 @@ type hcmConfig struct {
 	requestHeadersTimeout time.Duration // 0: disabled
 	h2                    http2Limits
 	localReply            []responseMapper // local_reply_config mappers
+	// earlyRemoves are the headers early_header_mutation_extensions remove.
+	earlyRemoves []string
 }
 
 type virtualHost struct {
@@ -130,22 +136,39 @@ type virtualHost struct {
 }
 
 type route struct {
-	name          string
-	prefix        string
+	name string
+	// match is how the route matches :path (RouteMatch path_specifier): prefix
+	// compares the whole :path, path and path_separated_prefix the path without
+	// query and fragment.
+	match         routeMatch
+	prefix        string // the prefix, path or path_separated_prefix value
 	prefixRewrite string
 	cluster       string
+	// clusterHeader, when set, names the request header the cluster comes from
+	// (RouteAction.cluster_header); notFound is cluster_not_found_response_code.
+	clusterHeader string
+	notFound      int
 	// direct is set for a direct_response route: the router answers it itself.
 	direct *localReply
 }
 
+type routeMatch int
+
+const (
+	matchPrefix routeMatch = iota
+	matchPath
+	matchPathSeparatedPrefix
+)
+
 // filterConfig is one HTTP filter: exactly one of the fields is set.
 type filterConfig struct {
-	name       string
-	extAuthz   *extAuthzConfig
-	extProc    *extProcConfig
-	credential *credentialConfig
-	rateLimit  *rateLimitConfig
-	router     bool
+	name           string
+	headerMutation *headerMutationConfig
+	extAuthz       *extAuthzConfig
+	extProc        *extProcConfig
+	credential     *credentialConfig
+	rateLimit      *rateLimitConfig
+	router         bool
 }
 
 type extAuthzConfig struct {
@@ -157,6 +180,7 @@ type extAuthzConfig struct {
 	validateMutations bool
 	rules             *mutationChecker // nil: no decoder_header_mutation_rules
 	ingestMetadata    bool
+	clearRouteCache   bool
 }
 
 type extProcConfig struct {
@@ -168,6 +192,7 @@ type extProcConfig struct {
 	rules            *mutationChecker // never nil: unset rules have defaults
 	forwardUntyped   []string
 	forwardTyped     []string
+	routeCacheAction extprocv3.ExternalProcessor_RouteCacheAction
 }
 
 type credentialConfig struct {
@@ -195,6 +220,10 @@ type clusterConfig struct {
 	// idleTimeout closes a pooled upstream connection that has carried no request
 	// for that long (common_http_protocol_options.idle_timeout); 0: never.
 	idleTimeout time.Duration
+	// upstreamCredential is the credential_injector of the cluster's upstream HTTP
+	// filters (HttpProtocolOptions.http_filters, ended by upstream_codec); nil
+	// when the cluster has none.
+	upstreamCredential *credentialConfig
 }
 
 type upstreamTLS struct {
@@ -483,6 +512,21 @@ func (p *parser) hcm(h *hcmv3.HttpConnectionManager, path string) hcmConfig {
 		}
 		hc.accessLogFormat = p.accessLogFormat(l, fmt.Sprintf("%s.access_log[%d].typed_config", path, i))
 	}
+	for i, e := range h.GetEarlyHeaderMutationExtensions() {
+		ep := fmt.Sprintf("%s.early_header_mutation_extensions[%d]", path, i)
+		m, ok := p.unpack(e.GetTypedConfig(), ep+".typed_config").(*earlymutationv3.HeaderMutation)
+		if !ok {
+			p.fail(ep, "only the header_mutation early header mutation is emulated")
+			continue
+		}
+		for j, mu := range m.GetMutations() {
+			if mu.GetRemove() == "" {
+				p.fail(fmt.Sprintf("%s.typed_config.mutations[%d]", ep, j), "only remove is emulated")
+				continue
+			}
+			hc.earlyRemoves = append(hc.earlyRemoves, strings.ToLower(mu.GetRemove()))
+		}
+	}
 	p.hcmLimits(h, &hc, path)
 	hc.localReply = p.localReplyMappers(h.GetLocalReplyConfig(), path+".local_reply_config")
 	for i, u := range h.GetUpgradeConfigs() {
@@ -514,10 +558,21 @@ func (p *parser) virtualHost(vh *routev3.VirtualHost, path string) virtualHost {
 	v := virtualHost{name: vh.GetName(), domains: vh.GetDomains()}
 	for i, r := range vh.GetRoutes() {
 		rp := fmt.Sprintf("%s.routes[%d]", path, i)
-		prefix, ok := r.GetMatch().GetPathSpecifier().(*routev3.RouteMatch_Prefix)
-		if !ok {
-			p.fail(rp+".match", "only prefix matches are emulated")
+		var match routeMatch
+		var value string
+		switch ps := r.GetMatch().GetPathSpecifier().(type) {
+		case *routev3.RouteMatch_Prefix:
+			match, value = matchPrefix, ps.Prefix
+		case *routev3.RouteMatch_Path:
+			match, value = matchPath, ps.Path
+		case *routev3.RouteMatch_PathSeparatedPrefix:
+			match, value = matchPathSeparatedPrefix, ps.PathSeparatedPrefix
+		default:
+			p.fail(rp+".match", "only prefix, path and path_separated_prefix matches are emulated")
 			continue
+		}
+		if cs := r.GetMatch().GetCaseSensitive(); cs != nil && !cs.GetValue() {
+			p.fail(rp+".match.case_sensitive", "case-insensitive matching is not emulated")
 		}
 		if d := r.GetDirectResponse(); d != nil {
 			// route_components.proto DirectResponseAction: the router answers with
@@ -532,7 +587,7 @@ func (p *parser) virtualHost(vh *routev3.VirtualHost, path string) virtualHost {
 				}
 				body = inline.InlineString
 			}
-			v.routes = append(v.routes, route{name: r.GetName(), prefix: prefix.Prefix,
+			v.routes = append(v.routes, route{name: r.GetName(), match: match, prefix: value,
 				direct: &localReply{status: int(d.GetStatus()), body: body, details: "direct_response"}})
 			continue
 		}
@@ -541,19 +596,33 @@ func (p *parser) virtualHost(vh *routev3.VirtualHost, path string) virtualHost {
 			p.fail(rp, "only forwarding (route:) and direct_response routes are emulated")
 			continue
 		}
-		if a.GetCluster() == "" {
-			p.fail(rp+".route", "only a named cluster is emulated")
+		if a.GetCluster() == "" && a.GetClusterHeader() == "" {
+			p.fail(rp+".route", "only a named cluster or cluster_header is emulated")
+		}
+		if match == matchPath && a.GetPrefixRewrite() != "" {
+			p.fail(rp+".route.prefix_rewrite", "prefix_rewrite on a path match is not emulated")
 		}
 		// route_components.proto RouteAction.timeout: 0 disables the timeout; unset
 		// means 15s. Only 0 is emulated (kubegate renders it; Validate insists on it).
 		if d := duration(a.GetTimeout(), defaultRouteTimeout); d != 0 {
 			p.fail(rp+".route.timeout", "%v: only timeout 0s (no route timeout) is emulated", d)
 		}
+		// cluster_not_found_response_code: "The default response code is 503
+		// Service Unavailable" (route_components.proto); the enum's values are
+		// SERVICE_UNAVAILABLE, NOT_FOUND and INTERNAL_SERVER_ERROR.
+		notFound := map[routev3.RouteAction_ClusterNotFoundResponseCode]int{
+			routev3.RouteAction_SERVICE_UNAVAILABLE:   http.StatusServiceUnavailable,
+			routev3.RouteAction_NOT_FOUND:             http.StatusNotFound,
+			routev3.RouteAction_INTERNAL_SERVER_ERROR: http.StatusInternalServerError,
+		}[a.GetClusterNotFoundResponseCode()]
 		v.routes = append(v.routes, route{
 			name:          r.GetName(),
-			prefix:        prefix.Prefix,
+			match:         match,
+			prefix:        value,
 			prefixRewrite: a.GetPrefixRewrite(),
 			cluster:       a.GetCluster(),
+			clusterHeader: strings.ToLower(a.GetClusterHeader()),
+			notFound:      notFound,
 		})
 	}
 	return v
@@ -572,6 +641,8 @@ func (p *parser) httpFilter(f *hcmv3.HttpFilter, path string) filterConfig {
 		fc.rateLimit = p.rateLimit(m, path+".typed_config")
 	case *routerv3.Router:
 		fc.router = true
+	case *headermutationv3.HeaderMutation:
+		fc.headerMutation = p.headerMutation(m, path+".typed_config")
 	case nil:
 	default:
 		p.fail(path, "HTTP filter %s is not emulated", m.ProtoReflect().Descriptor().FullName())
@@ -601,6 +672,8 @@ func (p *parser) extAuthz(a *extauthzv3.ExtAuthz, path string) *extAuthzConfig {
 		validateMutations: a.GetValidateMutations(),
 		// ext_authz.proto enable_dynamic_metadata_ingestion: defaults to true.
 		ingestMetadata: a.GetEnableDynamicMetadataIngestion() == nil || a.GetEnableDynamicMetadataIngestion().GetValue(),
+		// ext_authz.proto clear_route_cache, "Defaults to false".
+		clearRouteCache: a.GetClearRouteCache(),
 	}
 	if r := a.GetDecoderHeaderMutationRules(); r != nil {
 		rules, err := newMutationChecker(r)
@@ -618,9 +691,13 @@ func (p *parser) extProc(e *extprocv3.ExternalProcessor, path string) *extProcCo
 		messageTimeout:   duration(e.GetMessageTimeout(), defaultMessageTimeout),
 		failureModeAllow: e.GetFailureModeAllow(),
 		// ext_proc.proto status_on_error: "The default status is HTTP 500 Internal Server Error."
-		statusOnError:  httpStatus(e.GetStatusOnError(), 500),
-		forwardUntyped: e.GetMetadataOptions().GetForwardingNamespaces().GetUntyped(),
-		forwardTyped:   e.GetMetadataOptions().GetForwardingNamespaces().GetTyped(),
+		statusOnError:    httpStatus(e.GetStatusOnError(), 500),
+		forwardUntyped:   e.GetMetadataOptions().GetForwardingNamespaces().GetUntyped(),
+		forwardTyped:     e.GetMetadataOptions().GetForwardingNamespaces().GetTyped(),
+		routeCacheAction: e.GetRouteCacheAction(),
+	}
+	if e.GetDisableClearRouteCache() {
+		p.fail(path+".disable_clear_route_cache", "disable_clear_route_cache is not emulated; use route_cache_action RETAIN (equivalent, ext_proc.proto)")
 	}
 	if e.GetGrpcService().GetTimeout() != nil {
 		p.fail(path+".grpc_service.timeout", "ext_proc bounds each message with message_timeout; a stream timeout is not emulated")
@@ -764,6 +841,10 @@ func (p *parser) cluster(cl *clusterv3.Cluster, path string) *clusterConfig {
 				p.fail(path+".typed_extension_protocol_options", "only explicit_http_config is emulated")
 			}
 			p.upstreamHTTPOptions(c, o.GetCommonHttpProtocolOptions(), path+".typed_extension_protocol_options.common_http_protocol_options")
+			c.upstreamCredential = p.upstreamFilters(o.GetHttpFilters(), path+".typed_extension_protocol_options.http_filters")
+			if c.upstreamCredential != nil && c.http2 {
+				p.fail(path+".typed_extension_protocol_options.http_filters", "upstream filters of an HTTP/2 (gRPC) cluster are not emulated")
+			}
 		}
 	}
 	for k := range cl.GetTypedExtensionProtocolOptions() {
@@ -778,6 +859,66 @@ func (p *parser) cluster(cl *clusterv3.Cluster, path string) *clusterConfig {
 		} else {
 			c.tls = p.upstreamTLS(u, path+".transport_socket.typed_config")
 		}
+	}
+	return c
+}
+
+// upstreamFilters reads a cluster's upstream HTTP filters (HttpProtocolOptions.
+// http_filters): "Optional HTTP filters for the upstream HTTP filter chain ...
+// applied for all HTTP streams which flow through this cluster"
+// (http_protocol_options.proto). UpstreamRequest builds the chain from the
+// cluster's filters when it has any (createFilterChain(*parent_.cluster()),
+// source/common/router/upstream_request.cc). Emulated: at most one
+// credential_injector, then upstream_codec, which must be last.
+func (p *parser) upstreamFilters(fs []*hcmv3.HttpFilter, path string) *credentialConfig {
+	if len(fs) == 0 {
+		return nil
+	}
+	var cred *credentialConfig
+	for i, f := range fs {
+		fp := fmt.Sprintf("%s[%d]", path, i)
+		if f.GetDisabled() || f.GetIsOptional() || f.GetConfigDiscovery() != nil {
+			p.fail(fp, "disabled, optional or ECDS upstream filters are not emulated")
+		}
+		switch m := p.unpack(f.GetTypedConfig(), fp+".typed_config").(type) {
+		case *credinjectorv3.CredentialInjector:
+			if cred != nil {
+				p.fail(fp, "more than one upstream credential_injector is not emulated")
+			}
+			cred = p.credential(m, fp+".typed_config")
+		case *upstreamcodecv3.UpstreamCodec:
+			if i != len(fs)-1 {
+				p.fail(fp, "upstream_codec must be the last upstream filter (it sends the request)")
+			}
+		case nil:
+		default:
+			p.fail(fp, "upstream HTTP filter %s is not emulated", m.ProtoReflect().Descriptor().FullName())
+		}
+	}
+	if _, ok := p.unpack(fs[len(fs)-1].GetTypedConfig(), path).(*upstreamcodecv3.UpstreamCodec); !ok {
+		// Envoy: "non-terminal filter named ... is the last filter in a router
+		// upstream http filter chain" (envoyproxy/envoy#26138).
+		p.fail(path, "the last upstream filter must be upstream_codec (Envoy refuses a chain without its terminal filter)")
+	}
+	return cred
+}
+
+// headerMutation reads envoy.filters.http.header_mutation: only request header
+// removals are emulated (HeaderMutation::decodeHeaders applies request_mutations
+// in order, source/extensions/filters/http/header_mutation/header_mutation.cc; a
+// remove drops every line of the name).
+func (p *parser) headerMutation(m *headermutationv3.HeaderMutation, path string) *headerMutationConfig {
+	c := &headerMutationConfig{}
+	for i, rm := range m.GetMutations().GetRequestMutations() {
+		if rm.GetRemove() == "" {
+			p.fail(fmt.Sprintf("%s.mutations.request_mutations[%d]", path, i), "only remove is emulated")
+			continue
+		}
+		c.removes = append(c.removes, strings.ToLower(rm.GetRemove()))
+	}
+	if len(m.GetMutations().GetResponseMutations()) > 0 || m.GetMutations().GetQueryParameterMutations() != nil ||
+		len(m.GetMutations().GetResponseTrailersMutations()) > 0 || len(m.GetMutations().GetRequestTrailersMutations()) > 0 || m.GetMostSpecificHeaderMutationsWins() {
+		p.fail(path, "only request header removals are emulated")
 	}
 	return c
 }

@@ -16,6 +16,7 @@ import (
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocfiltv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
@@ -116,6 +117,30 @@ func TestStartRefuses(t *testing.T) {
 			want: []string{"include_peer_certificate", "request_attributes", "suppress_envoy_headers"},
 		},
 		{
+			name: "routing fields",
+			edit: func(b *bootstrapv3.Bootstrap) {
+				editHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+					h.GetRouteConfig().VirtualHosts[0].Routes[0].Match.CaseSensitive = wrapperspb.Bool(false)
+				}, func(m proto.Message) {
+					if f, ok := m.(*extprocfiltv3.ExternalProcessor); ok {
+						f.DisableClearRouteCache = true
+					}
+				})
+			},
+			want: []string{"routes[0].match.case_sensitive", "disable_clear_route_cache", "not emulated"},
+		},
+		{
+			name: "header_mutation fields",
+			edit: func(b *bootstrapv3.Bootstrap) {
+				editHCM(t, b, nil, func(m proto.Message) {
+					if f, ok := m.(*headermutationv3.HeaderMutation); ok {
+						f.MostSpecificHeaderMutationsWins = true
+					}
+				})
+			},
+			want: []string{"http_filters[0].typed_config.most_specific_header_mutations_wins", "not emulated"},
+		},
+		{
 			name: "two endpoints in a cluster",
 			edit: func(b *bootstrapv3.Bootstrap) {
 				la := clusterNamed(b, envoy.AuthzCluster).GetLoadAssignment()
@@ -126,7 +151,7 @@ func TestStartRefuses(t *testing.T) {
 		{
 			name: "cluster and listener knobs",
 			edit: func(b *bootstrapv3.Bootstrap) {
-				clusterNamed(b, envoy.APIServerCluster).PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
+				clusterNamed(b, apiCluster).PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
 				b.GetStaticResources().GetListeners()[0].TcpBacklogSize = wrapperspb.UInt32(128)
 				b.LayeredRuntime = &bootstrapv3.LayeredRuntime{}
 			},
@@ -135,7 +160,7 @@ func TestStartRefuses(t *testing.T) {
 		{
 			name: "client certificates to the API server",
 			edit: func(b *bootstrapv3.Bootstrap) {
-				cl := clusterNamed(b, envoy.APIServerCluster)
+				cl := clusterNamed(b, apiCluster)
 				u := &tlsv3.UpstreamTlsContext{}
 				mustUnpack(t, cl.GetTransportSocket().GetTypedConfig(), u)
 				u.CommonTlsContext.TlsCertificates = []*tlsv3.TlsCertificate{{CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "x"}}}}

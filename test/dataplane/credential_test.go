@@ -13,11 +13,11 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -39,23 +39,30 @@ import (
 )
 
 // editGeneric edits the credential injector's generic credential in a bootstrap.
+// editGeneric edits the credential_injector (and its generic credential) of
+// every cluster's upstream HTTP filters: where kubegate renders the agent token.
 func editGeneric(t testing.TB, b *bootstrapv3.Bootstrap, edit func(*credinjectorv3.CredentialInjector, *genericv3.Generic)) {
 	t.Helper()
-	f := b.GetStaticResources().GetListeners()[0].GetFilterChains()[0].GetFilters()[0]
-	hcm := &hcmv3.HttpConnectionManager{}
-	mustUnpack(t, f.GetTypedConfig(), hcm)
-	for _, hf := range hcm.GetHttpFilters() {
-		ci := &credinjectorv3.CredentialInjector{}
-		if hf.GetTypedConfig().MessageIs(ci) {
-			mustUnpack(t, hf.GetTypedConfig(), ci)
-			g := &genericv3.Generic{}
-			mustUnpack(t, ci.GetCredential().GetTypedConfig(), g)
-			edit(ci, g)
-			ci.Credential.TypedConfig = mustAny(t, g)
-			hf.ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, ci)}
+	for _, cl := range b.GetStaticResources().GetClusters() {
+		a, ok := cl.GetTypedExtensionProtocolOptions()[envoy.UpstreamHTTPOptionsKey]
+		if !ok {
+			continue
 		}
+		po := &upstreamhttpv3.HttpProtocolOptions{}
+		mustUnpack(t, a, po)
+		for _, hf := range po.GetHttpFilters() {
+			ci := &credinjectorv3.CredentialInjector{}
+			if hf.GetTypedConfig().MessageIs(ci) {
+				mustUnpack(t, hf.GetTypedConfig(), ci)
+				g := &genericv3.Generic{}
+				mustUnpack(t, ci.GetCredential().GetTypedConfig(), g)
+				edit(ci, g)
+				ci.Credential.TypedConfig = mustAny(t, g)
+				hf.ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, ci)}
+			}
+		}
+		cl.TypedExtensionProtocolOptions[envoy.UpstreamHTTPOptionsKey] = mustAny(t, po)
 	}
-	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, hcm)}
 }
 
 func mustUnpack(t testing.TB, a *anypb.Any, m proto.Message) {
@@ -144,7 +151,7 @@ func TestNoSecretYet(t *testing.T) {
 			dp.Close()
 			t.Fatal("Start returned without the secret and with initial_fetch_timeout 0")
 		}
-		if !strings.Contains(err.Error(), envoy.TokenSecretName) {
+		if !strings.Contains(err.Error(), tokenSecret) {
 			t.Errorf("error %q does not name the secret", err)
 		}
 	})
@@ -177,7 +184,7 @@ func TestSecretOverADS(t *testing.T) {
 	c := newCerts(t)
 	rec := newRecorder(t, nil)
 	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	snap, err := cachev3.NewSnapshot("v1", map[resource.Type][]types.Resource{resource.SecretType: {sds.Secret(envoy.TokenSecretName, "ads-token")}})
+	snap, err := cachev3.NewSnapshot("v1", map[resource.Type][]types.Resource{resource.SecretType: {sds.Secret(tokenSecret, "ads-token")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +223,7 @@ type rejectingSDS struct {
 }
 
 func (r *rejectingSDS) StreamSecrets(st secretv3.SecretDiscoveryService_StreamSecretsServer) error {
-	other := mustAnyOf(&tlsv3.Secret{Name: "not-" + envoy.TokenSecretName, Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{
+	other := mustAnyOf(&tlsv3.Secret{Name: "not-" + tokenSecret, Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{
 		Secret: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "x"}},
 	}}})
 	for n := 0; ; n++ {
@@ -283,7 +290,7 @@ func TestGatewayWithoutTheAgentToken(t *testing.T) {
 			if tt.nacks {
 				select {
 				case msg := <-bad.nacks:
-					if !strings.Contains(msg, "Missing SDS resources for "+envoy.TokenSecretName) {
+					if !strings.Contains(msg, "Missing SDS resources for "+tokenSecret) {
 						t.Errorf("NACK %q", msg)
 					}
 				case <-ctx.Done():

@@ -76,12 +76,14 @@ type DataPlane struct {
 	conns    []*grpc.ClientConn
 	breakers map[string]*breaker
 	secrets  *secretWatcher
-	ctx      context.Context // ends at Close: upgraded connections watch it
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	streams  sync.WaitGroup // requests being handled, upgraded ones included
-	closing  bool           // guarded by closeMu; no stream starts once set
-	closeMu  sync.Mutex
+	// upstreamSecrets are the clusters' upstream credential injectors' secrets.
+	upstreamSecrets []*secretWatcher
+	ctx             context.Context // ends at Close: upgraded connections watch it
+	cancel          context.CancelFunc
+	wg              sync.WaitGroup
+	streams         sync.WaitGroup // requests being handled, upgraded ones included
+	closing         bool           // guarded by closeMu; no stream starts once set
+	closeMu         sync.Mutex
 
 	closeOnce sync.Once
 	closeErr  error
@@ -135,13 +137,32 @@ func Start(ctx context.Context, bootstrapYAML []byte, opts Options) (*DataPlane,
 func (dp *DataPlane) URL() string { return dp.url }
 
 // SecretVersion is the version of the SDS secret the credential injector uses now,
-// "" before the first one arrived.
+// "" before the first one arrived: the listener's injector, or the one cluster
+// injector of a one-agent configuration ("" when there are several:
+// SecretVersionOf).
 func (dp *DataPlane) SecretVersion() string {
-	if dp.secrets == nil {
-		return ""
+	switch {
+	case dp.secrets != nil:
+		_, v := dp.secrets.current()
+		return v
+	case len(dp.upstreamSecrets) == 1:
+		_, v := dp.upstreamSecrets[0].current()
+		return v
 	}
-	_, v := dp.secrets.current()
-	return v
+	return ""
+}
+
+// SecretVersionOf is the version of the SDS secret named secret that a cluster's
+// upstream credential injector uses now ("" before the first one arrived, or
+// when no cluster reads it).
+func (dp *DataPlane) SecretVersionOf(secret string) string {
+	for _, w := range dp.upstreamSecrets {
+		if w.cfg.secretName == secret {
+			_, v := w.current()
+			return v
+		}
+	}
+	return ""
 }
 
 // Close stops the listener, the admin interface, the SDS stream and every gRPC
@@ -252,11 +273,50 @@ func (dp *DataPlane) build(ctx context.Context) error {
 			dp.filters = append(dp.filters, &credentialFilter{cfg: f.credential, secrets: dp.secrets})
 		case f.rateLimit != nil:
 			dp.filters = append(dp.filters, newRateLimitFilter(f.rateLimit))
+		case f.headerMutation != nil:
+			dp.filters = append(dp.filters, &headerMutationFilter{cfg: f.headerMutation})
 		case f.router:
 			// The router is not a filter here: it is what runs after the chain.
 		}
 	}
-	r, err := newRouter(dp.cfg, dp.breakers, dp.opts.OnUpstreamRequest, dp.log)
+	// Each cluster's upstream credential_injector has its own SDS subscription
+	// (its own secret), like a listener's.
+	creds := map[string]*credentialFilter{}
+	names := make([]string, 0, len(dp.cfg.clusters))
+	for name := range dp.cfg.clusters {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		cc := dp.cfg.clusters[name].upstreamCredential
+		if cc == nil {
+			continue
+		}
+		sdsCluster := cc.sdsCluster
+		if cc.ads {
+			if dp.cfg.adsCluster == "" {
+				return fmt.Errorf("cluster %q: the credential injector's secret comes from ADS, but the bootstrap has no dynamic_resources.ads_config", name)
+			}
+			sdsCluster = dp.cfg.adsCluster
+		}
+		var conn *grpc.ClientConn
+		if cc.sdsPath == "" {
+			c, _, err := grpcConn(sdsCluster)
+			if err != nil {
+				return err
+			}
+			conn = c
+		}
+		w := newSecretWatcher(cc, conn, dp.cfg.node, dp.log)
+		dp.upstreamSecrets = append(dp.upstreamSecrets, w)
+		dp.wg.Add(1)
+		go func() {
+			defer dp.wg.Done()
+			w.run(ctx)
+		}()
+		creds[name] = &credentialFilter{cfg: cc, secrets: w}
+	}
+	r, err := newRouter(dp.cfg, dp.breakers, creds, dp.opts.OnUpstreamRequest, dp.log)
 	if err != nil {
 		return err
 	}
@@ -268,24 +328,37 @@ func (dp *DataPlane) build(ctx context.Context) error {
 // manager: until the secret arrives, an update is rejected, initial_fetch_timeout
 // passes (0: no limit, config_source.proto), or ctx ends.
 func (dp *DataPlane) warm(ctx context.Context) error {
-	if dp.secrets == nil {
-		return nil
+	watchers := dp.upstreamSecrets
+	if dp.secrets != nil {
+		watchers = append([]*secretWatcher{dp.secrets}, watchers...)
 	}
+	// Every secret is an init target of its own; the listener waits for all of
+	// them (Init::ManagerImpl), each bounded by its own initial_fetch_timeout.
+	for _, w := range watchers {
+		if err := w.warm(ctx, dp.log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// warm waits for one secret's init target.
+func (w *secretWatcher) warm(ctx context.Context, log *slog.Logger) error {
 	var timeout <-chan time.Time
-	if d := dp.secrets.cfg.initialFetchTimeout; d > 0 {
+	if d := w.cfg.initialFetchTimeout; d > 0 {
 		t := time.NewTimer(d)
 		defer t.Stop()
 		timeout = t.C
 	}
 	select {
-	case <-dp.secrets.ready:
-		if v, _ := dp.secrets.current(); v == "" {
-			dp.log.Warn("SDS update rejected before any secret arrived; serving, and the credential injector answers 401 until a good one arrives", "secret", dp.secrets.cfg.secretName)
+	case <-w.ready:
+		if v, _ := w.current(); v == "" {
+			log.Warn("SDS update rejected before any secret arrived; serving, and the credential injector answers 401 until a good one arrives", "secret", w.cfg.secretName)
 		}
 	case <-timeout:
-		dp.log.Warn("initial_fetch_timeout passed without the SDS secret; serving, and the credential injector answers 401 until it arrives", "secret", dp.secrets.cfg.secretName)
+		log.Warn("initial_fetch_timeout passed without the SDS secret; serving, and the credential injector answers 401 until it arrives", "secret", w.cfg.secretName)
 	case <-ctx.Done():
-		return fmt.Errorf("waiting for SDS secret %q from the xds cluster: %w", dp.secrets.cfg.secretName, ctx.Err())
+		return fmt.Errorf("waiting for SDS secret %q from the xds cluster: %w", w.cfg.secretName, ctx.Err())
 	}
 	return nil
 }

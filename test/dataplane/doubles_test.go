@@ -12,8 +12,10 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+	"kubegate.dev/kubegate/contract"
 )
 
 // authzDouble is an Authorization service whose answer a test chooses, to drive
@@ -48,8 +50,23 @@ func (a *authzDouble) serve(t testing.TB) string {
 	return serveGRPC(t, func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, a) })
 }
 
+// allow is kubegate authz's OK answer: it routes to the sandbox agent's cluster
+// (contract.HeaderUpstream, set on every OK answer).
 func allow() *authv3.CheckResponse {
-	return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}}
+	return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: routed(&authv3.OkHttpResponse{})}}
+}
+
+// routed adds kubegate authz's choice of the sandbox agent's cluster to ok.
+func routed(ok *authv3.OkHttpResponse) *authv3.OkHttpResponse {
+	return routedTo(ok, apiCluster)
+}
+
+func routedTo(ok *authv3.OkHttpResponse, cluster string) *authv3.OkHttpResponse {
+	ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: contract.HeaderUpstream, Value: cluster},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	})
+	return ok
 }
 
 // processorDouble is an ExternalProcessor whose answer to the request-headers

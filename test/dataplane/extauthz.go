@@ -414,6 +414,15 @@ func (f *extAuthzFilter) applyOK(s *stream, r *authzResponse, reject *localReply
 	if s.headers.size() > f.hcm.maxHeadersCount || s.headers.byteSize() > f.hcm.maxHeadersKB*1024 {
 		return reject
 	}
+	// clear_route_cache: "The filter clears all cached routes when all of the
+	// following holds: This field is set to true. The status returned from the
+	// authorization service is an HTTP 200 or gRPC 0. At least one authorization
+	// response header is added to the client request, or is used to alter another
+	// client request header" (ext_authz.proto). The route is then matched again
+	// from the mutated headers, so a cluster_header route reads what ext_authz set.
+	if f.cfg.clearRouteCache && (len(r.requestHeaders) > 0 || len(r.headersToRemove) > 0) {
+		s.clearRouteCache()
+	}
 	return nil
 }
 

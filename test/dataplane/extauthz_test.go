@@ -16,6 +16,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -130,7 +131,7 @@ func TestExtAuthzOKResponse(t *testing.T) {
 	authz := &authzDouble{answer: func(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 		return &authv3.CheckResponse{
 			Status: &rpcstatus.Status{Code: int32(codes.OK)},
-			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: routed(&authv3.OkHttpResponse{
 				HeadersToRemove:         []string{"authorization", "cookie", "x-csrf-token"},
 				QueryParametersToRemove: []string{"gitlab-agent-id", "gitlab-csrf-token"},
 				Headers: []*corev3.HeaderValueOption{
@@ -140,7 +141,7 @@ func TestExtAuthzOKResponse(t *testing.T) {
 					{Header: &corev3.HeaderValue{Key: "x-csrf-token", Value: "set-then-removed"}},
 				},
 				ResponseHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-authz-said", Value: "ok"}}},
-			}},
+			})},
 			DynamicMetadata: decision,
 		}, nil
 	}}
@@ -264,7 +265,7 @@ func TestExtAuthzFailsClosed(t *testing.T) {
 	}()
 	okWith := func(ok *authv3.OkHttpResponse) func(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 		return func(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-			return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok}}, nil
+			return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: routed(proto.Clone(ok).(*authv3.OkHttpResponse))}}, nil
 		}
 	}
 	tests := []struct {
@@ -321,13 +322,13 @@ func TestLegacyAppendOnOKHeaders(t *testing.T) {
 	c := newCerts(t)
 	rec := newRecorder(t, nil)
 	authz := &authzDouble{answer: func(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: routed(&authv3.OkHttpResponse{
 			Headers: []*corev3.HeaderValueOption{
 				{Header: &corev3.HeaderValue{Key: "cookie", Value: "added"}, Append: wrapperspb.Bool(true)},
 				{Header: &corev3.HeaderValue{Key: "x-csrf-token", Value: "absent-stays-absent"}, Append: wrapperspb.Bool(true)},
 				{Header: &corev3.HeaderValue{Key: "gitlab-agent-id", Value: "2"}, Append: wrapperspb.Bool(false)},
 			},
-		}}}, nil
+		})}}, nil
 	}}
 	_, xds := realXDS(t, agentToken)
 	var obs observed
@@ -354,7 +355,7 @@ func TestOKHeaderAppendActions(t *testing.T) {
 	rec := newRecorder(t, nil)
 	var headers []*corev3.HeaderValueOption
 	authz := &authzDouble{answer: func(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{Headers: headers}}}, nil
+		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: routed(&authv3.OkHttpResponse{Headers: slices.Clone(headers)})}}, nil
 	}}
 	_, xds := realXDS(t, agentToken)
 	var obs observed

@@ -176,10 +176,21 @@ func (f *extProcFilter) handleHeadersResponse(s *stream, hr *extprocv3.HeadersRe
 			return f.errorResponse(err.Error())
 		}
 	}
-	if cr.GetClearRouteCache() {
-		// ProcessorState::clearRouteCache with the default route_cache_action: the
-		// route is picked again from the mutated headers.
-		s.route = matchRoute(f.hcm.routes, s.headers)
+	// ProcessorState::clearRouteCache by route_cache_action (ext_proc.proto
+	// RouteCacheAction): DEFAULT clears "only when the clear_route_cache field is
+	// set in an external processor response", CLEAR "irrespective of the
+	// clear_route_cache bit" when the response mutates headers, RETAIN never. A
+	// cleared route is picked again from the mutated headers.
+	switch f.cfg.routeCacheAction {
+	case extprocfiltv3.ExternalProcessor_DEFAULT:
+		if cr.GetClearRouteCache() {
+			s.clearRouteCache()
+		}
+	case extprocfiltv3.ExternalProcessor_CLEAR:
+		if cr.GetHeaderMutation() != nil {
+			s.clearRouteCache()
+		}
+	case extprocfiltv3.ExternalProcessor_RETAIN:
 	}
 	return nil
 }

@@ -22,7 +22,7 @@ import (
 func tokenVolume(t testing.TB, dir, token string, sdsFile []byte) {
 	t.Helper()
 	if sdsFile == nil {
-		r, err := envoy.TokenSDS(dir)
+		r, err := envoy.TokenSDS(dir, sandboxAgent.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -40,6 +40,15 @@ func fileSDS(t testing.TB, dir string) func(*bootstrapv3.Bootstrap) {
 		editGeneric(t, b, func(_ *credinjectorv3.CredentialInjector, g *genericv3.Generic) {
 			g.Credential.SdsConfig = envoy.FileSDSConfigSource(dir)
 		})
+		// kubegate xds is not used then; left in, its cluster would be one
+		// x-kubegate-upstream could name (rule upstream-credential).
+		cs := b.StaticResources.Clusters
+		for i, cl := range cs {
+			if cl.GetName() == envoy.XDSCluster {
+				b.StaticResources.Clusters = append(cs[:i:i], cs[i+1:]...)
+				break
+			}
+		}
 	}
 }
 

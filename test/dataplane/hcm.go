@@ -31,6 +31,10 @@ type stream struct {
 	endStream bool // the request has no body (headers with END_STREAM)
 	body      io.ReadCloser
 	route     *route
+	// vhosts are the route table clearRouteCache matches against again.
+	vhosts []virtualHost
+	// cluster is the route's cluster as of the last match (refreshRoute).
+	cluster string
 
 	// metadata is the stream's dynamic metadata (StreamInfo::dynamicMetadata,
 	// filter_metadata) by namespace.
@@ -127,7 +131,9 @@ func (cm *connectionManager) ServeHTTP(w http.ResponseWriter, req *http.Request)
 		cm.sendLocalReply(w, req, s, r)
 		return
 	}
-	s.route = matchRoute(cfg.routes, s.headers)
+	earlyRemove(s, cfg.earlyRemoves)
+	s.vhosts = cfg.routes
+	s.refreshRoute()
 
 	// ConnectionManagerImpl::ActiveStream::decodeHeaders: an upgrade whose type is
 	// not enabled in upgrade_configs is answered 403 before any filter runs.
@@ -349,8 +355,8 @@ func upgradeType(h *headerMap) (string, bool) {
 	return "", false
 }
 
-// matchRoute picks the virtual host by :authority and the first route whose prefix
-// starts :path (route_components.proto: VirtualHost.domains, RouteMatch.prefix).
+// matchRoute picks the virtual host by :authority and the first route that matches
+// :path (route_components.proto: VirtualHost.domains, RouteMatch; route.matches).
 func matchRoute(vhosts []virtualHost, h *headerMap) *route {
 	vh := matchVirtualHost(vhosts, strings.ToLower(h.first(":authority")))
 	if vh == nil {
@@ -358,7 +364,7 @@ func matchRoute(vhosts []virtualHost, h *headerMap) *route {
 	}
 	path := h.first(":path")
 	for i := range vh.routes {
-		if strings.HasPrefix(path, vh.routes[i].prefix) {
+		if vh.routes[i].matches(path) {
 			return &vh.routes[i]
 		}
 	}

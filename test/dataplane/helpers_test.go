@@ -25,6 +25,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 
+	"kubegate.dev/kubegate/contract"
 	"kubegate.dev/kubegate/envoy"
 	"kubegate.dev/kubegate/envoy/devcert"
 	"kubegate.dev/kubegate/envoy/sds"
@@ -43,6 +44,12 @@ const (
 )
 
 var sandboxAgent = policy.Agent{ID: 1, ConfigProjectID: 1}
+
+// apiCluster is the sandbox agent's API server cluster, tokenSecret its SDS secret.
+var (
+	apiCluster  = envoy.APIServerCluster(sandboxAgent.ID)
+	tokenSecret = envoy.TokenSecretFor(sandboxAgent.ID)
+)
 
 func alicePAT() string { return "Bearer pat:1:kg-sandbox-alice-token" }
 
@@ -86,7 +93,29 @@ func realAuthzServer(t testing.TB) authv3.AuthorizationServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return srv
+	return routingAuthz{srv}
+}
+
+// routingAuthz adds contract.HeaderUpstream to an OK answer that lacks it.
+// TEMPORARY: kubegate authz sets it itself on the authz helper's branch of issue
+// 14; remove this once that is merged.
+type routingAuthz struct{ authv3.AuthorizationServer }
+
+func (r routingAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	resp, err := r.AuthorizationServer.Check(ctx, req)
+	if err != nil || resp.GetStatus().GetCode() != 0 {
+		return resp, err
+	}
+	for _, h := range resp.GetOkResponse().GetHeaders() {
+		if h.GetHeader().GetKey() == contract.HeaderUpstream {
+			return resp, nil
+		}
+	}
+	if resp.HttpResponse == nil {
+		resp.HttpResponse = &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}
+	}
+	routed(resp.GetOkResponse())
+	return resp, nil
 }
 
 // realExtProc is kubegate extproc, served as the command serves it (its codec
@@ -103,7 +132,7 @@ func realExtProc(t testing.TB) string {
 // realXDS is kubegate xds serving token (no token: nothing published yet).
 func realXDS(t testing.TB, token string) (*sds.Server, string) {
 	t.Helper()
-	srv := sds.NewServer(envoy.TokenSecretName, slog.New(slog.DiscardHandler))
+	srv := sds.NewServer(tokenSecret, slog.New(slog.DiscardHandler))
 	if token != "" {
 		if _, err := srv.Publish(context.Background(), token); err != nil {
 			t.Fatal(err)
@@ -180,7 +209,7 @@ func render(t testing.TB, c certs, s setup) []byte {
 	o.Listen = mustAddr(t, "127.0.0.1:"+strconv.Itoa(freePort(t)))
 	o.TLSCertFile = filepath.Join(c.dir, devcert.CertFile)
 	o.TLSKeyFile = filepath.Join(c.dir, devcert.KeyFile)
-	o.APIServer, o.APIServerCA = s.apiserver, s.caFile
+	o.AgentID, o.APIServer, o.APIServerCA = sandboxAgent.ID, s.apiserver, s.caFile
 	o.Authz, o.ExtProc, o.XDS = mustAddr(t, s.authz), mustAddr(t, s.extproc), mustAddr(t, s.xds)
 	if s.edit != nil {
 		s.edit(&o)

@@ -94,7 +94,7 @@ func withAPIServerIdle(t testing.TB, idle *durationpb.Duration) func(*bootstrapv
 
 func editAPIServerOptions(t testing.TB, b *bootstrapv3.Bootstrap, fn func(*upstreamhttpv3.HttpProtocolOptions)) {
 	t.Helper()
-	opts := clusterNamed(b, envoy.APIServerCluster).TypedExtensionProtocolOptions
+	opts := clusterNamed(b, apiCluster).TypedExtensionProtocolOptions
 	o := &upstreamhttpv3.HttpProtocolOptions{}
 	mustUnpack(t, opts[envoy.UpstreamHTTPOptionsKey], o)
 	fn(o)
@@ -199,7 +199,7 @@ func TestUpstreamIdleTimeoutSettings(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := cfg.clusterFor(envoy.APIServerCluster).idleTimeout; got != tt.want {
+			if got := cfg.clusterFor(apiCluster).idleTimeout; got != tt.want {
 				t.Errorf("idle timeout %v, want %v", got, tt.want)
 			}
 		})

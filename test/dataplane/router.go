@@ -28,26 +28,26 @@ type router struct {
 	idle     time.Duration // the HCM's stream_idle_timeout
 }
 
-func newRouter(cfg *config, breakers map[string]*breaker, observe func(UpstreamRequest), log *slog.Logger) (*router, error) {
+// creds are the clusters' upstream credential injectors, by cluster name.
+func newRouter(cfg *config, breakers map[string]*breaker, creds map[string]*credentialFilter, observe func(UpstreamRequest), log *slog.Logger) (*router, error) {
 	r := &router{clusters: map[string]*upstreamCluster{}, observe: observe, log: log, idle: cfg.hcm.streamIdleTimeout}
 	for _, vh := range cfg.hcm.routes {
 		for _, rt := range vh.routes {
-			if rt.direct != nil {
-				continue // answered by the router itself, no upstream
+			if rt.direct != nil || rt.cluster == "" {
+				continue // answered by the router itself, or a cluster_header route
 			}
-			if _, done := r.clusters[rt.cluster]; done {
-				continue
-			}
-			cc := cfg.clusterFor(rt.cluster)
-			if cc.http2 {
+			if cc := cfg.clusterFor(rt.cluster); cc.http2 {
 				return nil, fmt.Errorf("route %q: HTTP/2 to the upstream cluster %q is not emulated (and breaks SPDY and WebSocket upgrades; kubegate renders HTTP/1.1)", rt.name, cc.name)
 			}
-			uc := &upstreamCluster{cfg: cc, breaker: breakers[cc.name]}
-			if cc.tls != nil {
-				uc.tls = cc.tls.tlsConfig()
-			}
-			r.clusters[rt.cluster] = uc
 		}
+	}
+	// Every cluster can be a route's: a cluster_header route names any of them.
+	for name, cc := range cfg.clusters {
+		uc := &upstreamCluster{cfg: cc, breaker: breakers[cc.name], cred: creds[name], grpc: cc.http2}
+		if cc.tls != nil {
+			uc.tls = cc.tls.tlsConfig()
+		}
+		r.clusters[name] = uc
 	}
 	return r, nil
 }
@@ -63,6 +63,10 @@ type upstreamCluster struct {
 	cfg     *clusterConfig
 	tls     *tls.Config // nil: plain text
 	breaker *breaker
+	// cred is the cluster's upstream credential_injector (nil: none).
+	cred *credentialFilter
+	// grpc: an HTTP/2 cluster (kubegate's services), never a route's upstream.
+	grpc bool
 
 	mu   sync.Mutex
 	idle []*upstreamConn
@@ -180,7 +184,11 @@ const (
 // forward sends the request upstream and the response downstream.
 func (r *router) forward(dpCtx context.Context, w http.ResponseWriter, req *http.Request, s *stream, cm *connectionManager) {
 	rt := s.route
-	c := r.clusters[rt.cluster]
+	c, reply := r.upstreamClusterFor(rt, s)
+	if reply != nil {
+		cm.sendLocalReply(w, req, s, reply)
+		return
+	}
 	finalizeRequestHeaders(s, rt)
 
 	release, ok := c.breaker.acquire()
@@ -193,6 +201,18 @@ func (r *router) forward(dpCtx context.Context, w http.ResponseWriter, req *http
 		return
 	}
 	defer release()
+
+	// The cluster's upstream HTTP filters run on the request the router hands
+	// the upstream request (UpstreamRequest::acceptHeadersFromRouter), before
+	// upstream_codec sends it. Their local reply goes "via the downstream HTTP
+	// filter manager" (UpstreamFilterManager::sendLocalReply,
+	// source/common/router/upstream_request.cc), so local_reply_config applies.
+	if c.cred != nil {
+		if reply := c.cred.decodeHeaders(req.Context(), s); reply != nil {
+			cm.sendLocalReply(w, req, s, reply)
+			return
+		}
+	}
 
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel()

@@ -18,9 +18,11 @@ import (
 )
 
 // TestRouting: prefix match and prefix_rewrite with x-envoy-original-path; the
-// HCM's path normalization before anything sees the path; requests outside
-// /k8s-proxy/ match kubegate's catch-all direct_response route, so ext_authz is
-// still asked (here it allows) and the router answers 404 without an upstream.
+// Kubernetes API's top-level paths (path_separated_prefix) forwarded as they are;
+// the HCM's path normalization before anything sees the path; other requests
+// outside /k8s-proxy/ match kubegate's catch-all direct_response route, so
+// ext_authz is still asked (here it allows) and the router answers 404 without an
+// upstream.
 func TestRouting(t *testing.T) {
 	c := newCerts(t)
 	rec := newRecorder(t, nil)
@@ -42,9 +44,12 @@ func TestRouting(t *testing.T) {
 		{"encoded dot segments too", "/k8s-proxy/api/%2e%2e/api/v1", 200, "/api/v1", "/k8s-proxy/api/v1"},
 		{"slashes merged", "/k8s-proxy//api///v1", 200, "/api/v1", "/k8s-proxy/api/v1"},
 		{"escaped slash refused", "/k8s-proxy/api/v1/namespaces/a%2Fb", 400, "", ""},
-		{"outside the prefix", "/api/v1/pods", 404, "", "/api/v1/pods"},
+		{"a top-level API path, as it is", "/api/v1/pods", 200, "/api/v1/pods", "/api/v1/pods"},
+		{"a top-level API root itself", "/version?timeout=1s", 200, "/version?timeout=1s", "/version?timeout=1s"},
+		{"a path that only starts like a root", "/apiary", 404, "", "/apiary"},
+		{"outside the prefix and the API's paths", "/metrics", 404, "", "/metrics"},
 		{"the prefix without its slash", "/k8s-proxy", 404, "", "/k8s-proxy"},
-		{"escaping the prefix with dot segments", "/k8s-proxy/../api/v1/pods", 404, "", "/api/v1/pods"},
+		{"escaping the prefix with dot segments", "/k8s-proxy/../apis/apps/v1", 200, "/apis/apps/v1", "/apis/apps/v1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -60,8 +65,14 @@ func TestRouting(t *testing.T) {
 			case tt.wantUpstream != "" && (len(ups) != 1 || ups[0].Target != tt.wantUpstream):
 				t.Errorf("upstream requests %v, want one to %q", ups, tt.wantUpstream)
 			case tt.wantUpstream != "" && tt.wantChecked != "":
-				if got := ups[0].Values("x-envoy-original-path"); !slices.Equal(got, []string{tt.wantChecked}) {
-					t.Errorf("x-envoy-original-path %q, want %q", got, tt.wantChecked)
+				// A rewritten path keeps the original in x-envoy-original-path; a
+				// top-level one goes as it is, without it.
+				want := []string{tt.wantChecked}
+				if tt.wantChecked == tt.wantUpstream {
+					want = nil
+				}
+				if got := ups[0].Values("x-envoy-original-path"); !slices.Equal(got, want) {
+					t.Errorf("x-envoy-original-path %q, want %q", got, want)
 				}
 			}
 			checks := authz.requests()[beforeChecks:]
@@ -75,7 +86,8 @@ func TestRouting(t *testing.T) {
 	}
 }
 
-// TestOutsideThePrefixWithKubegateServices: the catch-all route makes ext_authz
+// TestOutsideThePrefixWithKubegateServices: for a path neither under /k8s-proxy/
+// nor one of the API's top-level paths, the catch-all route makes ext_authz
 // run, and kubegate authz answers its own 400 that names the prefix. (Without that
 // route Envoy would skip ext_authz and kubegate extproc would refuse the request for
 // lack of a decision.)
@@ -84,7 +96,7 @@ func TestOutsideThePrefixWithKubegateServices(t *testing.T) {
 	rec := newRecorder(t, nil)
 	_, xds := realXDS(t, agentToken)
 	dp := start(t, render(t, c, setup{authz: realAuthz(t), extproc: realExtProc(t), xds: xds, apiserver: rec.url(), caFile: rec.caFile}), Options{})
-	status, _, body := do(t, client(t, c, true), "GET", dp.URL()+"/api/v1/pods", http.Header{"Authorization": {alicePAT()}})
+	status, _, body := do(t, client(t, c, true), "GET", dp.URL()+"/metrics", http.Header{"Authorization": {alicePAT()}})
 	if status != http.StatusBadRequest || !strings.Contains(body, "under /k8s-proxy/") {
 		t.Errorf("got %d %q, want kubegate authz's 400 naming the prefix", status, body)
 	}

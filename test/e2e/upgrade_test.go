@@ -16,11 +16,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 
 	"kubegate.dev/kubegate/envoy/devcert"
 	"kubegate.dev/kubegate/test/dataplane"
+	"kubegate.dev/kubegate/test/stack"
 )
 
 // echoUpstream is an API server stand-in that speaks only the upgrade: it checks
@@ -71,7 +73,7 @@ func TestUpgradesPassThroughByteForByte(t *testing.T) {
 	bootstrap := filepath.Join(t.TempDir(), "envoy.yaml")
 	out, err := exec.Command(gw.Binary, "envoy", "render", "-o", bootstrap, "--listen", addr, "--admin", "",
 		"--tls-cert", filepath.Join(certDir, devcert.CertFile), "--tls-key", filepath.Join(certDir, devcert.KeyFile),
-		"--apiserver", upstreamURL, "--apiserver-ca", upstreamCA,
+		"--agent-id", strconv.Itoa(stack.AgentID), "--apiserver", upstreamURL, "--apiserver-ca", upstreamCA,
 		"--authz", gw.Authz.Addr, "--extproc", gw.ExtProc.Addr, "--xds", gw.XDS.Addr).CombinedOutput()
 	if err != nil {
 		t.Fatalf("render: %v\n%s", err, out)

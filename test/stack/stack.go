@@ -180,7 +180,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		s.Authz.MetricsAddr, s.ExtProc.MetricsAddr = loopback(ports[3]), loopback(ports[4])
 	}
 	s.XDS = &Service{Name: "xds", Bin: s.Binary, Addr: xdsAddr, LogDir: logs,
-		Args: []string{"xds", "--listen", xdsAddr, "--token-file", s.TokenFile, "--poll-interval", "1s"}}
+		Args: []string{"xds", "--listen", xdsAddr, "--agent-id", strconv.Itoa(AgentID), "--token-file", s.TokenFile, "--poll-interval", "1s"}}
 	services := []*Service{s.Authz, s.ExtProc, s.XDS}
 	if opts.Mesh {
 		services, s.XDS = services[:2], nil
@@ -226,7 +226,7 @@ func (s *Stack) renderBootstrap(ctx context.Context, gwAddr, certDir, authzAddr,
 	render := exec.CommandContext(ctx, s.Binary, "envoy", "render", "-o", s.Bootstrap,
 		"--listen", gwAddr, "--admin", "",
 		"--tls-cert", filepath.Join(certDir, devcert.CertFile), "--tls-key", filepath.Join(certDir, devcert.KeyFile),
-		"--apiserver", s.Cluster.URL, "--apiserver-ca", s.Cluster.CAFile,
+		"--agent-id", strconv.Itoa(AgentID), "--apiserver", s.Cluster.URL, "--apiserver-ca", s.Cluster.CAFile,
 		"--authz", authzAddr, "--extproc", extprocAddr, "--xds", xdsAddr)
 	render.Args = append(render.Args, s.opts.RenderArgs...)
 	if out, err := render.CombinedOutput(); err != nil {
@@ -261,6 +261,7 @@ func (s *Stack) writeMeshBootstrap(gwAddr, certDir, authzAddr, extprocAddr strin
 		}
 	}
 	o.TLSCertFile, o.TLSKeyFile = filepath.Join(certDir, devcert.CertFile), filepath.Join(certDir, devcert.KeyFile)
+	o.AgentID = AgentID
 	o.APIServer, o.APIServerCA = s.Cluster.URL, filepath.Join(s.MeshTokenDir, envoy.CAFile)
 	o.TokenSDSDir = s.MeshTokenDir
 	m, err := envoy.MeshResources(o)
@@ -278,7 +279,7 @@ func (s *Stack) writeMeshBootstrap(gwAddr, certDir, authzAddr, extprocAddr strin
 // rotates a projected token (a new ..data, one rename), with the cluster CA and
 // the SDS response beside it.
 func (s *Stack) RotateMeshToken(token string) error {
-	r, err := envoy.TokenSDS(s.MeshTokenDir)
+	r, err := envoy.TokenSDS(s.MeshTokenDir, AgentID)
 	if err != nil {
 		return err
 	}

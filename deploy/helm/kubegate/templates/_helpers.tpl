@@ -146,6 +146,7 @@ or an unreadable CA stops the pod in its init container, with kubegate's message
 - --admin=
 - --tls-cert={{ include "kubegate.tlsDir" . }}/tls.crt
 - --tls-key={{ include "kubegate.tlsDir" . }}/tls.key
+- --agent-id={{ .Values.agent.id }}
 - --apiserver={{ .Values.apiServer.url }}
 - --apiserver-ca={{ include "kubegate.clusterCADir" . }}/ca.crt
 - --authz={{ include "kubegate.authzAddress" . }}

@@ -32,7 +32,20 @@ test/chartmesh (TestMeshFilesAreTheBuildersOutput; regenerate with
 {{- end }}
 
 {{- define "kubegate.mesh.istioFragments" -}}
-{{- .Files.Get "files/mesh/istio.json" }}
+{{- include "kubegate.mesh.agentNames" (dict "text" (.Files.Get "files/mesh/istio.json") "id" .Values.agent.id) }}
+{{- end }}
+
+{{/*
+kubegate.mesh.agentNames puts this release's agent id into text: files/mesh is
+envoy.MeshResources output for the agent id 4242424242 (test/chartmesh
+placeholderAgentID), and the agent's cluster (kubegate_apiserver_<id>, the name
+kubegate authz routes to) and its token secret (kubegate-agent-token-<id>) are
+named after the id. Only whole names are replaced: each is followed by a quote
+(JSON) or the line's end (YAML).
+*/}}
+{{- define "kubegate.mesh.agentNames" -}}
+{{- $id := printf "%d" (.id | int64) }}
+{{- .text | replace "kubegate_apiserver_4242424242\"" (printf "kubegate_apiserver_%s\"" $id) | replace "kubegate-agent-token-4242424242\"" (printf "kubegate-agent-token-%s\"" $id) | replace "kubegate-agent-token-4242424242\n" (printf "kubegate-agent-token-%s\n" $id) }}
 {{- end }}
 
 {{/*
