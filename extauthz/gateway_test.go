@@ -6,6 +6,8 @@ import (
 	"errors"
 	"log/slog"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +23,7 @@ import (
 	"kubegate.dev/kubegate/agentconfig"
 	"kubegate.dev/kubegate/contract"
 	"kubegate.dev/kubegate/contract/handoff"
+	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/directory"
 	"kubegate.dev/kubegate/policy"
 )
@@ -153,6 +156,45 @@ func TestUnservedAgentIsAnInvalidToken(t *testing.T) {
 	}
 	if n := labelled(t, f.reg, "kubegate_authz_decisions_total", "agent", ""); n == 0 {
 		t.Fatal("the refusals were not counted under agent=\"\"")
+	}
+}
+
+// agentsSeen records the agent id of every credential the identity source is asked
+// about.
+type agentsSeen struct {
+	identity.Authenticator
+	mu  sync.Mutex
+	ids map[int64]int
+}
+
+func (a *agentsSeen) Authenticate(ctx context.Context, cred identity.Credential) (*identity.Identity, bool, error) {
+	a.mu.Lock()
+	a.ids[cred.AgentID]++
+	a.mu.Unlock()
+	return a.Authenticator.Authenticate(ctx, cred)
+}
+
+// TestUnservedAgentsDoNotWidenTheIdentityCache: the identity cache is keyed by
+// agent, so a valid token sent for many made-up agent ids must not reach the
+// identity source (and its cache) as that many distinct credentials.
+func TestUnservedAgentsDoNotWidenTheIdentityCache(t *testing.T) {
+	f := threeAgents(t)
+	seen := &agentsSeen{Authenticator: f.backend, ids: map[int64]int{}}
+	if err := f.server.SwapShared(context.Background(), &Shared{Authenticator: seen, Memberships: f.backend}); err != nil {
+		t.Fatal(err)
+	}
+	for n := 100; n < 200; n++ {
+		if d := denied(t, f.check(t, checkRequest("GET", podsPath, patFor(strconv.Itoa(n), aliceToken)))); d.code != 401 {
+			t.Fatalf("agent %d: %+v, want 401", n, d)
+		}
+	}
+	for id := range seen.ids {
+		if !slices.ContainsFunc(gatewayAgents, func(a AgentSpec) bool { return a.Agent.ID == id }) {
+			t.Fatalf("the identity source was asked about agent %d, which the gateway does not serve: %v", id, seen.ids)
+		}
+	}
+	if len(seen.ids) != 1 {
+		t.Fatalf("100 made-up agents reached the identity source as %d agents: %v", len(seen.ids), seen.ids)
 	}
 }
 

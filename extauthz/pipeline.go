@@ -129,6 +129,14 @@ func authenticate(ctx context.Context, s *Server, r *httpRequest) (o outcome, rt
 		cred.AgentID = s.order[0].spec.Agent.ID
 	}
 	o.credAgent = cred.AgentID
+	slot, served := s.agents[cred.AgentID]
+	if !served {
+		// Check the credential as if it named the first served agent. The answer is
+		// refused below either way; what this changes is the identity cache, keyed
+		// by agent: a valid token sent as pat:<n>:<token> for a million made-up n
+		// would otherwise fill it with entries nobody can use, evicting real ones.
+		cred.AgentID = s.order[0].spec.Agent.ID
+	}
 	rt.shared = s.shared.Load()
 	id, accepted, err := rt.shared.Authenticator.Authenticate(ctx, cred)
 	switch {
@@ -138,11 +146,10 @@ func authenticate(ctx context.Context, s *Server, r *httpRequest) (o outcome, rt
 		o.reason, o.message = Reason(identity.ReasonUnsupported), fmt.Sprintf("this gateway does not accept %s credentials", cred.Type)
 		return o, rt, false
 	}
-	slot, served := s.agents[cred.AgentID]
 	switch {
 	case !served:
 		o.reason, o.message = Reason(identity.ReasonWrongAgent), identity.Unauthorized
-		o.cause = fmt.Errorf("the credential names agent %d, which this gateway does not serve", cred.AgentID)
+		o.cause = fmt.Errorf("the credential names agent %d, which this gateway does not serve", o.credAgent)
 		return o, rt, false
 	case id.AgentID != cred.AgentID:
 		// An authenticator must not hand back another agent's identity; if one
