@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -39,6 +41,13 @@ type authzOptions struct {
 	reloadPoll      time.Duration
 	cacheBytes      int64
 	startWait       time.Duration
+	webhookListen   string
+	webhookSecret   string
+
+	// Set by agents: the GitLab sources' shared metrics and the sources a webhook
+	// call refreshes.
+	glMetrics  *agentconfig.GitLabMetrics
+	refreshers []agentconfig.Refresher
 }
 
 func newAuthzCommand() *cobra.Command {
@@ -88,6 +97,8 @@ credential). SIGTERM stops it gracefully.`,
 	f.StringVar(&o.policyDir, "policy", "", "a directory of operator Rego modules (package kubegate.operator.<name>, deny contains msg if …) that may add denials, for every agent")
 	f.DurationVar(&o.reloadPoll, "reload-poll", 30*time.Second, "also re-read the watched files this often, for filesystems without change events; 0 turns it off")
 	f.Int64Var(&o.cacheBytes, "decision-cache-bytes", policy.DefaultCacheBytes, "memory bound, in bytes, of the per-identity decisions remembered for the configurations in service, one bound for all agents (at least 1 MiB; a real-size identity with 243 groups takes about 11 KB, most of it the identity encoded once for ext_proc); at the bound the least valuable are evicted and recomputed on their next request")
+	f.StringVar(&o.webhookListen, "gitlab-webhook-listen", "", "serve GitLab's webhook on ADDR (host:port, plain HTTP: put TLS in front, the secret travels in a header): a push to an agent's config project re-reads that agent's configuration at once instead of at its interval. Add a project webhook with push events, or an admin system hook with push events, pointing at http(s)://<ADDR>/, with a secret token; needs --gitlab-webhook-secret-file and agents with agent_config.gitlab")
+	f.StringVar(&o.webhookSecret, "gitlab-webhook-secret-file", "", "the webhook's secret token, one line of at least 16 characters; a call without it in X-Gitlab-Token gets 401 and causes no read")
 	f.DurationVar(&o.startWait, "start-wait", 30*time.Second, "at start, how long to wait for every agent's first configuration before serving (agents still without one answer 503 until it loads); the start fails if no agent has a valid configuration by then")
 	o.identity.AddFlags(f)
 	return cmd
@@ -114,6 +125,9 @@ func (o *authzOptions) validate() error {
 		if o.agentConfig == "" {
 			errs = append(errs, errors.New("--agent-config is required: the agent's .gitlab/agents/<agent>/config.yaml"))
 		}
+	}
+	if (o.webhookListen == "") != (o.webhookSecret == "") {
+		errs = append(errs, errors.New("--gitlab-webhook-listen and --gitlab-webhook-secret-file go together: the webhook is never served without a secret"))
 	}
 	if o.directory == "" && o.identity.Source == backends.SourceDirectory {
 		errs = append(errs, errors.New("--directory is required with --identity-source=directory: the directory file of users, memberships and token digests"))
@@ -149,29 +163,59 @@ func (o *authzOptions) agents(log *slog.Logger, reg prometheus.Registerer) ([]ag
 			return nil, err
 		}
 	}
-	var glMetrics *agentconfig.GitLabMetrics
 	var out []agentSource
 	for i, a := range cfg.Agents {
 		as := agentSource{spec: extauthz.AgentSpec{Agent: policy.Agent{ID: a.ID, ConfigProjectID: a.ConfigProjectID}, Name: a.Name}}
 		if a.AgentConfig.File != "" {
 			as.source = &agentconfig.File{Path: a.AgentConfig.File, Poll: o.reloadPoll, Log: log}
 		} else {
-			if glMetrics == nil {
-				glMetrics = agentconfig.NewGitLabMetrics()
-				if err := glMetrics.Register(reg); err != nil {
+			if o.glMetrics == nil {
+				o.glMetrics = agentconfig.NewGitLabMetrics()
+				if err := o.glMetrics.Register(reg); err != nil {
 					return nil, err
 				}
 			}
 			client, _ := o.backends.AgentConfigClient() // nil without --identity-source=gitlab: NewGitLabFor says so
-			src, err := agentconfig.NewGitLabFor(a, client, glMetrics, log)
+			src, err := agentconfig.NewGitLabFor(a, client, o.glMetrics, log)
 			if err != nil {
 				return nil, fmt.Errorf("%s: agents[%d].agent_config.gitlab: %w", o.gatewayConfig, i, err)
 			}
 			as.source = src
+			o.refreshers = append(o.refreshers, src)
 		}
 		out = append(out, as)
 	}
 	return out, nil
+}
+
+type webhookServer struct {
+	ln net.Listener
+	h  http.Handler
+}
+
+// webhook listens on --gitlab-webhook-listen now, so that a taken port or a bad
+// secret file stops the start rather than a background goroutine.
+func (o *authzOptions) webhook(log *slog.Logger) (*webhookServer, error) {
+	if o.webhookListen == "" {
+		return nil, nil
+	}
+	if len(o.refreshers) == 0 {
+		return nil, errors.New("--gitlab-webhook-listen: no agent reads its configuration from GitLab (agent_config.gitlab in --gateway-config); there is nothing for the webhook to re-read")
+	}
+	secret, err := agentconfig.ReadWebhookSecret(o.webhookSecret)
+	if err != nil {
+		return nil, err
+	}
+	h, err := agentconfig.NewWebhook(secret, o.refreshers, o.glMetrics, log)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", o.webhookListen)
+	if err != nil {
+		return nil, fmt.Errorf("--gitlab-webhook-listen %s: %w", o.webhookListen, err)
+	}
+	log.Info("serving the GitLab webhook", "listen", ln.Addr().String(), "agents", len(o.refreshers))
+	return &webhookServer{ln: ln, h: h}, nil
 }
 
 // buildShared reads what every agent shares — the operator modules and the
@@ -242,6 +286,10 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 	if err != nil {
 		return fmt.Errorf("cannot start: %w", err)
 	}
+	webhook, err := o.webhook(log)
+	if err != nil {
+		return fmt.Errorf("cannot start: %w", err)
+	}
 	var reloader *extauthz.Reloader
 	if paths := o.watched(); len(paths) > 0 {
 		reloader = &extauthz.Reloader{Paths: paths, Log: log, Poll: o.reloadPoll}
@@ -273,6 +321,15 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 			// last good configuration stays in service and the others go on.
 			if err := srv.RunAgent(runCtx, a.spec.Agent.ID, a.source); err != nil {
 				log.Error("the agent configuration is no longer watched; restart kubegate authz once the cause is fixed", "agent", a.spec.Agent.ID, "name", a.spec.Name, "err", err.Error())
+			}
+		}()
+	}
+	if webhook != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := agentconfig.ServeWebhookOn(runCtx, webhook.ln, webhook.h); err != nil {
+				log.Error("the GitLab webhook stopped; agent configurations are still re-read at their interval", "err", err.Error())
 			}
 		}()
 	}

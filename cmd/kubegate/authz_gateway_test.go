@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -172,8 +173,12 @@ func TestAuthzGatewayConfigRefusals(t *testing.T) {
 // config project is served from what GitLab holds (the in-test GitLab,
 // gitlabtest, follows the repository files API), next to an agent with a file,
 // and a push that changes it is applied at the next check.
-func TestAuthzGatewayConfigWithGitLab(t *testing.T) {
-	gl := gitlabtest.New(time.Now())
+// gitlabGateway is a GitLab stand-in holding beta's agent configuration in
+// group-2/project-2 and a gateway configuration whose alpha reads a file and
+// whose beta reads GitLab every interval.
+func gitlabGateway(t *testing.T, interval string) (gl *gitlabtest.Server, dir, file string) {
+	t.Helper()
+	gl = gitlabtest.New(time.Now())
 	t.Cleanup(gl.Close)
 	gl.Sandbox()
 	gl.AddUser(gitlabtest.User{ID: 100, Username: "root", Admin: true})
@@ -182,7 +187,7 @@ func TestAuthzGatewayConfigWithGitLab(t *testing.T) {
 	gl.SetDefaultBranch("group-2/project-2", "main")
 	gl.PushFile("group-2/project-2", "main", ".gitlab/agents/beta/config.yaml", []byte("user_access:\n  access_as: {agent: {}}\n  groups: [{id: group-2}]\n"))
 
-	dir := t.TempDir()
+	dir = t.TempDir()
 	data, err := os.ReadFile(sandboxConfig)
 	if err != nil {
 		t.Fatal(err)
@@ -192,7 +197,7 @@ func TestAuthzGatewayConfigWithGitLab(t *testing.T) {
 	for _, f := range []string{"ca.pem", "alpha.token", "beta.token"} {
 		writeTestFile(t, filepath.Join(dir, f), "x")
 	}
-	file := filepath.Join(dir, "gateway.yaml")
+	file = filepath.Join(dir, "gateway.yaml")
 	writeTestFile(t, file, `agents:
   - id: 1
     name: alpha
@@ -202,9 +207,14 @@ func TestAuthzGatewayConfigWithGitLab(t *testing.T) {
   - id: 2
     name: beta
     config_project_id: 2
-    agent_config: {gitlab: {interval: 5s}}
+    agent_config: {gitlab: {interval: `+interval+`}}
     upstream: {server: "https://beta.example:6443", ca_file: ca.pem, token_file: beta.token}
 `)
+	return gl, dir, file
+}
+
+func TestAuthzGatewayConfigWithGitLab(t *testing.T) {
+	gl, dir, file := gitlabGateway(t, "5s")
 	addr, metricsAddr := freeAddr(t), freeAddr(t)
 	p := startProcess(t, "authz", "--listen", addr, "--metrics-listen", metricsAddr, "--gateway-config", file,
 		"--identity-source", "gitlab", "--gitlab-url", gl.URL, "--gitlab-insecure-http-for-tests", "--gitlab-token-file", filepath.Join(dir, "gitlab-token"))
@@ -234,5 +244,63 @@ func TestAuthzGatewayConfigWithGitLab(t *testing.T) {
 	if m := metrics(t, metricsAddr); !strings.Contains(m, `kubegate_authz_reloads_total{agent="2",result="success"} 2`) {
 		t.Errorf("beta's two loads are not counted:\n%s", m)
 	}
+	sigterm(t, p)
+}
+
+// TestAuthzGitLabWebhook: with an interval of an hour, beta's configuration changes
+// only when GitLab's push webhook says so, and only with the secret token.
+func TestAuthzGitLabWebhook(t *testing.T) {
+	gl, dir, file := gitlabGateway(t, "1h")
+	secretFile := filepath.Join(dir, "webhook-secret")
+	writeTestFile(t, secretFile, "a-webhook-secret-of-some-length\n")
+	addr, hook := freeAddr(t), freeAddr(t)
+	p := startProcess(t, "authz", "--listen", addr, "--gateway-config", file,
+		"--identity-source", "gitlab", "--gitlab-url", gl.URL, "--gitlab-insecure-http-for-tests", "--gitlab-token-file", filepath.Join(dir, "gitlab-token"),
+		"--gitlab-webhook-listen", hook, "--gitlab-webhook-secret-file", secretFile)
+	conn := dial(t, addr)
+	waitServing(t, conn, "envoy.service.auth.v3.Authorization", p)
+	client := authv3.NewAuthorizationClient(conn)
+	graceOnBeta := func() *authv3.CheckResponse {
+		t.Helper()
+		resp, err := client.Check(context.Background(), agentRequest("/k8s-proxy/api/v1/pods", "2", "glpat-grace-kubectl-000000000"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	if graceOnBeta().GetOkResponse() == nil {
+		t.Fatal("grace on beta, from GitLab's copy")
+	}
+	gl.PushFile("group-2/project-2", "main", ".gitlab/agents/beta/config.yaml", []byte("user_access:\n  access_as: {agent: {}}\n  projects: [{id: group-1/project-1}]\n"))
+	post := func(token string) int {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, "http://"+hook+"/", strings.NewReader(`{"object_kind":"push","project_id":2}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("X-Gitlab-Event", "Push Hook")
+		if token != "" {
+			req.Header.Set("X-Gitlab-Token", token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, bad := range []string{"", "not-the-secret-at-all-000"} {
+		if code := post(bad); code != http.StatusUnauthorized {
+			t.Fatalf("webhook with token %q: %d, want 401", bad, code)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	if graceOnBeta().GetOkResponse() == nil {
+		t.Fatal("a webhook call without the secret made authz re-read beta's configuration")
+	}
+	if code := post("a-webhook-secret-of-some-length"); code != http.StatusOK {
+		t.Fatalf("webhook with the secret: %d", code)
+	}
+	waitFor(t, "beta's pushed configuration after the webhook", func() bool { return graceOnBeta().GetDeniedResponse().GetStatus().GetCode() == 403 })
 	sigterm(t, p)
 }
