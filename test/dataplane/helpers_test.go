@@ -25,7 +25,6 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 
-	"kubegate.dev/kubegate/contract"
 	"kubegate.dev/kubegate/envoy"
 	"kubegate.dev/kubegate/envoy/devcert"
 	"kubegate.dev/kubegate/envoy/sds"
@@ -93,29 +92,7 @@ func realAuthzServer(t testing.TB) authv3.AuthorizationServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return routingAuthz{srv}
-}
-
-// routingAuthz adds contract.HeaderUpstream to an OK answer that lacks it.
-// TEMPORARY: kubegate authz sets it itself on the authz helper's branch of issue
-// 14; remove this once that is merged.
-type routingAuthz struct{ authv3.AuthorizationServer }
-
-func (r routingAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	resp, err := r.AuthorizationServer.Check(ctx, req)
-	if err != nil || resp.GetStatus().GetCode() != 0 {
-		return resp, err
-	}
-	for _, h := range resp.GetOkResponse().GetHeaders() {
-		if h.GetHeader().GetKey() == contract.HeaderUpstream {
-			return resp, nil
-		}
-	}
-	if resp.HttpResponse == nil {
-		resp.HttpResponse = &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}
-	}
-	routed(resp.GetOkResponse())
-	return resp, nil
+	return srv
 }
 
 // realExtProc is kubegate extproc, served as the command serves it (its codec

@@ -126,7 +126,7 @@ func authzWith(t *testing.T, modules ...policy.Module) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return serveGRPC(t, func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, routingAuthz{srv}) })
+	return serveGRPC(t, func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, srv) })
 }
 
 // TestPolicySeesWhatTheAPIServerParses sends attack queries through this data
