@@ -25,6 +25,7 @@ func rendered(t *testing.T) *hcmv3.HttpConnectionManager {
 	o.TLSCertFile, o.TLSKeyFile = "/etc/kubegate/tls/tls.crt", "/etc/kubegate/tls/tls.key"
 	o.APIServer, o.APIServerCA = "https://kubernetes.default.svc:443", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 	o.AllowNonLoopback = true
+	o.AgentID = 1
 	for _, a := range []struct {
 		dst *envoy.Addr
 		s   string
@@ -85,23 +86,42 @@ func TestRenderedConfigAgreesWithServices(t *testing.T) {
 		return regexp.MustCompile("^(?:" + expr + ")$").MatchString(name)
 	}
 
-	t.Run("route prefix is the services' and the kubeconfig's", func(t *testing.T) {
-		var prefixes []string
+	t.Run("routes are the services' and the kubeconfig's, routed by authz's header", func(t *testing.T) {
+		var prefixes, roots []string
 		for _, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
 			for _, r := range vh.GetRoutes() {
-				if r.GetRoute() != nil {
-					prefixes = append(prefixes, r.GetMatch().GetPrefix())
+				if r.GetRoute() == nil {
+					continue
+				}
+				if p := r.GetMatch().GetPrefix(); p != "" {
+					prefixes = append(prefixes, p)
+				}
+				if p := r.GetMatch().GetPathSeparatedPrefix(); p != "" {
+					roots = append(roots, p)
+				}
+				if h := r.GetRoute().GetClusterHeader(); h != contract.HeaderUpstream {
+					t.Errorf("route %q takes its cluster from %q (cluster %q); kubegate authz routes with %q", r.GetName(), h, r.GetRoute().GetCluster(), contract.HeaderUpstream)
 				}
 			}
 		}
 		if !slices.Equal(prefixes, []string{contract.PathPrefix}) || extauthz.PathPrefix != contract.PathPrefix || contract.ProxyPath+"/" != contract.PathPrefix {
 			t.Fatalf("routes to the API server %q, authz checks %q, kubeconfig points at %q; want all %q", prefixes, extauthz.PathPrefix, contract.ProxyPath, contract.PathPrefix)
 		}
+		slices.Sort(roots)
+		want := slices.Sorted(slices.Values(contract.APIRootPaths))
+		if !slices.Equal(roots, want) {
+			t.Fatalf("top-level API routes %q, authz accepts %q", roots, want)
+		}
+	})
+	t.Run("the agent's cluster has the name authz routes to", func(t *testing.T) {
+		if envoy.APIServerCluster(1) != contract.UpstreamCluster(1) {
+			t.Fatalf("envoy names agent 1's cluster %q, authz routes to %q", envoy.APIServerCluster(1), contract.UpstreamCluster(1))
+		}
 	})
 	t.Run("ext_authz may remove every credential header and set Impersonate-User", func(t *testing.T) {
 		expr := authz.GetDecoderHeaderMutationRules().GetAllowExpression().GetRegex()
 		ident := handoff.NewIdentity("gitlab:user:alice", []string{"gitlab:user"}, nil)
-		for _, h := range append(slices.Clone(contract.CredentialHeaders), ident.UserHeader().GetHeader().GetKey()) {
+		for _, h := range append(slices.Clone(contract.CredentialHeaders), ident.UserHeader().GetHeader().GetKey(), contract.HeaderUpstream) {
 			if !allows(expr, h) {
 				t.Errorf("ext_authz's mutation rules (%q) refuse %q, which kubegate authz removes or sets", expr, h)
 			}
@@ -125,7 +145,7 @@ func TestRenderedConfigAgreesWithServices(t *testing.T) {
 				t.Errorf("ext_proc's mutation rules (%q) refuse %q, which kubegate extproc sets", expr, h)
 			}
 		}
-		for _, h := range append(slices.Clone(contract.CredentialHeaders), contract.HeaderError) {
+		for _, h := range append(slices.Clone(contract.CredentialHeaders), contract.HeaderError, contract.HeaderUpstream) {
 			if allows(expr, h) {
 				t.Errorf("ext_proc's mutation rules (%q) allow %q", expr, h)
 			}
