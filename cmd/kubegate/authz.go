@@ -270,6 +270,7 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
+	defer o.service.closeLog()
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

@@ -35,6 +35,7 @@ with --metrics-listen, Prometheus metrics. SIGTERM stops it gracefully.`,
 			if err != nil {
 				return err
 			}
+			defer sf.closeLog()
 			reg := newRegistry()
 			srv, err := extproc.NewServer(log, reg, extproc.WithResponseCacheBytes(cacheBytes))
 			if err != nil {

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"kubegate.dev/kubegate/envoy"
+	"kubegate.dev/kubegate/internal/batchlog"
 )
 
 // serviceFlags are shared by the long-running gRPC services.
@@ -34,12 +35,15 @@ type serviceFlags struct {
 	shutdownGrace time.Duration
 	// allowNonLoopback permits a --listen address other clients could reach.
 	allowNonLoopback bool
+	logFlush         time.Duration
+	logWriter        *batchlog.Writer // set by logger; closeLog flushes it
 }
 
 func (s *serviceFlags) add(f *pflag.FlagSet, defaultListen string) {
 	f.StringVar(&s.listen, "listen", defaultListen, "ADDR to serve gRPC on: host:port or unix:///path")
 	f.StringVar(&s.metricsListen, "metrics-listen", "", "host:port to serve Prometheus /metrics and /healthz on (empty: off)")
 	f.StringVar(&s.logLevel, "log-level", "info", "log level: debug, info, warn or error (logs are JSON on stderr)")
+	f.DurationVar(&s.logFlush, "log-flush-interval", 50*time.Millisecond, "write info and debug lines (authz's one per decision) in batches at most this late; warnings and errors, and everything before them, are written at once, and all at shutdown. A kill -9 loses at most this much. 0 writes every line at once")
 	f.StringVar(&s.configFile, "config", "", "YAML file of flag values (keys are flag names without --); flags given on the command line win")
 	f.DurationVar(&s.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
 	f.BoolVar(&s.allowNonLoopback, "allow-non-loopback", false, allowNonLoopbackUsage)
@@ -50,7 +54,19 @@ func (s *serviceFlags) logger(w *os.File, service string) (*slog.Logger, error) 
 	if err := level.UnmarshalText([]byte(s.logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", s.logLevel)
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})).With("service", service), nil
+	if s.logFlush < 0 {
+		return nil, fmt.Errorf("--log-flush-interval %v: must not be negative (0 writes every line at once)", s.logFlush)
+	}
+	s.logWriter = batchlog.New(w, s.logFlush)
+	h := batchlog.Handler(slog.NewJSONHandler(s.logWriter, &slog.HandlerOptions{Level: level}), s.logWriter)
+	return slog.New(h).With("service", service), nil
+}
+
+// closeLog writes the log lines still batched; call it when the service stops.
+func (s *serviceFlags) closeLog() {
+	if s.logWriter != nil {
+		_ = s.logWriter.Close()
+	}
 }
 
 // applyConfigFile sets every flag named in a YAML config file that was not given on

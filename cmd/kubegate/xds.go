@@ -67,6 +67,7 @@ other address is refused unless --allow-non-loopback says only Envoy can reach i
 			if err != nil {
 				return err
 			}
+			defer sf.closeLog()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return serveXDS(ctx, sf, log, newRegistry(), secrets, strict, poll)
