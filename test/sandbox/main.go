@@ -134,6 +134,7 @@ func banner(s *stack.Stack, kubeconfig, workDir string, took time.Duration) {
     kubectl get pods                      # alice (maintainer of group-1/project-1): allowed
     kubectl get configmap welcome -o yaml # she can read what the 'view' role allows
     kubectl auth whoami                   # the identity the API server sees (impersonated)
+    kubectl get --raw /readyz             # the API's top-level paths work too (kubectl --raw skips /k8s-proxy)
     kubectl create namespace x            # refused by the API server's RBAC, not by kubegate
     kubectl --context bob get pods        # bob is only a reporter: 403 from kubegate
     kubectl --context carol get pods      # developer of group-3, parent of a listed group: allowed
