@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"os"
 	"reflect"
 	"slices"
 	"strconv"
@@ -315,6 +316,40 @@ func TestSharedModulesRebuildEveryAgent(t *testing.T) {
 	}
 	if d := denied(t, f.check(t, checkRequest("POST", execPath, patFor("1", aliceToken)))); d.reason != "policy_denied" {
 		t.Fatalf("after a failed shared swap: %+v", d)
+	}
+}
+
+// TestDirectorySwapKeepsEngines: a new directory with the same modules keeps every
+// agent's engine (and its warm decisions), and the new memberships still decide:
+// alice, no longer a member, is refused at once.
+func TestDirectorySwapKeepsEngines(t *testing.T) {
+	f := threeAgents(t)
+	if f.check(t, checkRequest("GET", podsPath, patFor("1", aliceToken))).GetOkResponse() == nil {
+		t.Fatal("alice on alpha before the swap")
+	}
+	engine := f.server.agents[1].engine.Load()
+	data, err := os.ReadFile(sandboxDirectory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := "  - {user: alice, project: group-1/project-1, role: maintainer}\n"
+	if !strings.Contains(string(data), line) {
+		t.Fatalf("the sandbox directory no longer has %q", line)
+	}
+	dir, err := directory.Parse("directory.yaml", []byte(strings.Replace(string(data), line, "", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := *f.server.shared.Load()
+	sh.Authenticator, sh.Memberships = dir, dir
+	if err := f.server.SwapShared(context.Background(), &sh); err != nil {
+		t.Fatal(err)
+	}
+	if f.server.agents[1].engine.Load() != engine {
+		t.Error("a directory change with the same modules rebuilt the engine")
+	}
+	if d := denied(t, f.check(t, checkRequest("GET", podsPath, patFor("1", aliceToken)))); d.code != 403 {
+		t.Fatalf("alice after losing her membership: %+v, want 403", d)
 	}
 }
 

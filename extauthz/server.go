@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -300,15 +301,23 @@ func (s *Server) WaitTried(ctx context.Context) (ready []int64) {
 	return ready
 }
 
-// SwapShared installs a new identity source and operator modules, rebuilding the
-// engine of every agent that has a configuration. Either every engine builds and
-// all are swapped in, or nothing changes and the error says which agent failed.
+// SwapShared installs a new identity source and operator modules. New modules
+// rebuild the engine of every agent that has a configuration: either every engine
+// builds and all are swapped in, or nothing changes and the error says which agent
+// failed. The same modules (a directory change) keep every engine and its warm
+// decisions: an engine depends on the agent, its configuration and the modules
+// only, and its decisions are keyed by the identity and memberships they were made
+// from, so a changed directory yields new keys rather than stale answers.
 func (s *Server) SwapShared(ctx context.Context, sh *Shared) error {
 	if err := sh.validate(); err != nil {
 		return err
 	}
 	s.build.Lock()
 	defer s.build.Unlock()
+	if cur := s.shared.Load(); cur != nil && slices.Equal(cur.Modules, sh.Modules) {
+		s.shared.Store(sh)
+		return nil
+	}
 	fresh := make(map[*agentSlot]*policy.Engine, len(s.order))
 	for _, slot := range s.order {
 		if slot.config == nil {
