@@ -2,8 +2,10 @@ package directory
 
 import (
 	"bytes"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // parseFlowLines reads the directory in the one shape large directories are written
@@ -25,11 +27,219 @@ func parseFlowLines(data []byte) (fileFormat, bool) {
 	if !printableASCII(data) {
 		return ff, false // YAML refuses control characters and checks UTF-8: let it decide
 	}
-	ff.presize(data)
-	section := ""
+	secs, ok := planSections(data)
+	if !ok {
+		return ff, false
+	}
+	// A section's entry lines are independent of each other, so a large one is
+	// parsed in parts on every core and the parts appended in file order: at real
+	// size the 50,000 membership lines are most of the file, and this parse most of
+	// kubegate authz's start-up.
+	var chunks []*chunk
+	for _, sec := range secs {
+		chunks = append(chunks, sec.split(runtime.GOMAXPROCS(0))...)
+	}
+	// Each chunk parses into its own region of one list per section, allocated
+	// once from the section's count: no list grows, and the parts need no copying.
+	users := place(secs, chunks, "users", func(f *fileFormat) *[]userEntry { return &f.Users })
+	groups := place(secs, chunks, "groups", func(f *fileFormat) *[]groupEntry { return &f.Groups })
+	projects := place(secs, chunks, "projects", func(f *fileFormat) *[]projectEntry { return &f.Projects })
+	memberships := place(secs, chunks, "memberships", func(f *fileFormat) *[]membershipEntry { return &f.Memberships })
+	tokens := place(secs, chunks, "tokens", func(f *fileFormat) *[]tokenEntry { return &f.Tokens })
+	if len(chunks) > len(secs) {
+		var wg sync.WaitGroup
+		for _, c := range chunks {
+			wg.Add(1)
+			go func() { defer wg.Done(); c.parse() }()
+		}
+		wg.Wait()
+	} else {
+		for _, c := range chunks {
+			c.parse()
+		}
+	}
+	for _, c := range chunks {
+		if !c.ok {
+			return fileFormat{}, false
+		}
+	}
+	ff.Users = gather(users, chunks, "users", func(f *fileFormat) []userEntry { return f.Users })
+	ff.Groups = gather(groups, chunks, "groups", func(f *fileFormat) []groupEntry { return f.Groups })
+	ff.Projects = gather(projects, chunks, "projects", func(f *fileFormat) []projectEntry { return f.Projects })
+	ff.Memberships = gather(memberships, chunks, "memberships", func(f *fileFormat) []membershipEntry { return f.Memberships })
+	ff.Tokens = gather(tokens, chunks, "tokens", func(f *fileFormat) []tokenEntry { return f.Tokens })
+	return ff, true
+}
+
+// place allocates section name's list for all its entries and hands each of its
+// chunks its own region (zero length, capped at the chunk's count), so appends
+// fill the list in place. Empty sections stay nil, as the YAML decoder leaves them.
+func place[E any](secs []chunkPlan, chunks []*chunk, name string, list func(*fileFormat) *[]E) []E {
+	total := 0
+	for _, sec := range secs {
+		if sec.name == name {
+			total = sec.entries
+		}
+	}
+	if total == 0 {
+		return nil
+	}
+	all := make([]E, total)
+	off := 0
+	for _, c := range chunks {
+		if c.section == name {
+			n := min(c.entries, total-off)
+			*list(&c.out) = all[off : off : off+n]
+			off += n
+		}
+	}
+	return all
+}
+
+// gather returns the section's entries in file order: all itself when every chunk
+// filled exactly its region, else (a count that did not match, which the
+// entry-line rule makes impossible for a file that parsed) a copy in order.
+func gather[E any](all []E, chunks []*chunk, name string, list func(*fileFormat) []E) []E {
+	if all == nil {
+		return nil
+	}
+	n, inPlace := 0, true
+	for _, c := range chunks {
+		if c.section != name {
+			continue
+		}
+		got := list(&c.out)
+		if len(got) != c.entries || len(got) > 0 && (n >= len(all) || &got[0] != &all[n]) {
+			inPlace = false
+		}
+		n += len(got)
+	}
+	if inPlace && n == len(all) {
+		return all
+	}
+	out := make([]E, 0, n)
+	for _, c := range chunks {
+		if c.section == name {
+			out = append(out, list(&c.out)...)
+		}
+	}
+	return out
+}
+
+// countEntries counts the lines of body that start "  - ": planSections' count of
+// a section's entries, per chunk.
+func countEntries(body []byte) int {
+	n := bytes.Count(body, []byte("\n  - "))
+	if bytes.HasPrefix(body, []byte("  - ")) {
+		n++
+	}
+	return n
+}
+
+// section is one top-level key's entry lines.
+type section struct {
+	name    string
+	start   int // offset of the first line after the key's own line
+	end     int // offset of the next key's line, or the end of the file
+	line    int // the file's line number of the line at start
+	entries int // lines starting "  - "
+}
+
+// minChunkEntries is the least number of entry lines worth a goroutine of its own.
+const minChunkEntries = 4096
+
+// chunk is a run of whole lines of one section, parsed on its own.
+type chunk struct {
+	section string
+	body    []byte
+	line    int
+	entries int        // lines starting "  - " (countEntries)
+	out     fileFormat // only the section's own list is used
+	ok      bool
+}
+
+// planSections walks the top-level keys: each must be a known section, once,
+// with nothing but a comment after its colon, and nothing but comments and blank
+// lines may come before the first. Tabs anywhere leave the file to YAML.
+func planSections(data []byte) ([]chunkPlan, bool) {
+	var secs []section
 	seen := map[string]bool{}
 	line := 0
+	for off := 0; off < len(data); {
+		line++
+		l, next := data[off:], len(data)
+		if i := bytes.IndexByte(l, '\n'); i >= 0 {
+			l, next = l[:i], off+i+1
+		}
+		if bytes.IndexByte(l, '\t') >= 0 {
+			return nil, false
+		}
+		trimmed := bytes.TrimLeft(l, " ")
+		switch {
+		case len(trimmed) == 0 || trimmed[0] == '#':
+		case len(trimmed) == len(l): // column 1: a top-level key
+			key, rest, ok := bytes.Cut(l, []byte{':'})
+			if !ok || !onlyComment(rest) {
+				return nil, false
+			}
+			switch name := string(key); name {
+			case "users", "groups", "projects", "memberships", "tokens":
+				if seen[name] {
+					return nil, false
+				}
+				seen[name] = true
+				if n := len(secs); n > 0 {
+					secs[n-1].end = off
+				}
+				secs = append(secs, section{name: name, start: next, end: len(data), line: line + 1})
+			default:
+				return nil, false
+			}
+		case len(secs) == 0:
+			return nil, false // an entry before any section
+		case bytes.HasPrefix(l, []byte("  - ")):
+			secs[len(secs)-1].entries++
+		}
+		off = next
+	}
+	plans := make([]chunkPlan, len(secs))
+	for i, sec := range secs {
+		plans[i] = chunkPlan{section: sec, body: data[sec.start:sec.end]}
+	}
+	return plans, true
+}
+
+// chunkPlan is a section with its lines.
+type chunkPlan struct {
+	section
+	body []byte
+}
+
+// split cuts the section into up to n chunks of whole lines, each with about
+// minChunkEntries entries or more.
+func (p chunkPlan) split(n int) []*chunk {
+	n = min(n, max(p.entries/minChunkEntries, 1))
+	var out []*chunk
+	body, line := p.body, p.line
+	for i := n; i > 1; i-- {
+		cut := len(body) / i
+		nl := bytes.IndexByte(body[cut:], '\n')
+		if nl < 0 {
+			break
+		}
+		cut += nl + 1
+		out = append(out, &chunk{section: p.name, body: body[:cut], line: line, entries: countEntries(body[:cut])})
+		line += bytes.Count(body[:cut], []byte{'\n'})
+		body = body[cut:]
+	}
+	return append(out, &chunk{section: p.name, body: body, line: line, entries: countEntries(body)})
+}
+
+// parse reads the chunk's lines: entries "  - {...}" with an optional comment,
+// blank lines and comment lines.
+func (c *chunk) parse() {
 	var fields flowFields
+	line, data := c.line-1, c.body
 	for len(data) > 0 {
 		line++
 		var l []byte
@@ -38,81 +248,25 @@ func parseFlowLines(data []byte) (fileFormat, bool) {
 		} else {
 			l, data = data, nil
 		}
-		if bytes.IndexByte(l, '\t') >= 0 {
-			return ff, false
-		}
 		trimmed := bytes.TrimLeft(l, " ")
 		if len(trimmed) == 0 || trimmed[0] == '#' {
 			continue
 		}
-		if len(trimmed) == len(l) { // column 1: a top-level key
-			key, rest, ok := bytes.Cut(l, []byte{':'})
-			if !ok || !onlyComment(rest) {
-				return ff, false
-			}
-			switch s := string(key); s {
-			case "users", "groups", "projects", "memberships", "tokens":
-				if seen[s] {
-					return ff, false
-				}
-				seen[s], section = true, s
-				continue
-			default:
-				return ff, false
-			}
-		}
-		if section == "" || len(l)-len(trimmed) != 2 || !bytes.HasPrefix(trimmed, []byte("- {")) {
-			return ff, false
+		if len(l)-len(trimmed) != 2 || !bytes.HasPrefix(trimmed, []byte("- {")) {
+			return
 		}
 		body, rest, ok := bytes.Cut(trimmed[3:], []byte{'}'})
 		if !ok || !onlyComment(rest) {
-			return ff, false
+			return
 		}
 		if !fields.parse(string(body)) {
-			return ff, false
+			return
 		}
-		if !ff.add(section, &fields, line) {
-			return ff, false
-		}
-	}
-	return ff, true
-}
-
-// presize counts the entry lines of each section, so the entry lists are
-// allocated once.
-func (ff *fileFormat) presize(data []byte) {
-	counts := map[string]int{}
-	section := ""
-	for len(data) > 0 {
-		l := data
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			l, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
-		if len(l) > 0 && l[0] != ' ' && l[0] != '#' {
-			key, _, _ := bytes.Cut(l, []byte{':'})
-			section = string(key)
-		} else if bytes.HasPrefix(l, []byte("  - ")) {
-			counts[section]++
+		if !c.out.add(c.section, &fields, line) {
+			return
 		}
 	}
-	// Empty sections stay nil, as the YAML decoder leaves them.
-	if n := counts["users"]; n > 0 {
-		ff.Users = make([]userEntry, 0, n)
-	}
-	if n := counts["groups"]; n > 0 {
-		ff.Groups = make([]groupEntry, 0, n)
-	}
-	if n := counts["projects"]; n > 0 {
-		ff.Projects = make([]projectEntry, 0, n)
-	}
-	if n := counts["memberships"]; n > 0 {
-		ff.Memberships = make([]membershipEntry, 0, n)
-	}
-	if n := counts["tokens"]; n > 0 {
-		ff.Tokens = make([]tokenEntry, 0, n)
-	}
+	c.ok = true
 }
 
 // onlyComment: nothing, or whitespace then a comment.

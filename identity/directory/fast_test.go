@@ -1,6 +1,7 @@
 package directory
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -126,4 +127,52 @@ func FuzzFlowLinesAgreeWithYAML(f *testing.F) {
 			t.Fatalf("line reader and YAML differ on\n%q\nfast %+v\nyaml %+v", doc, fast, slow)
 		}
 	})
+}
+
+// A large section is parsed in chunks on every core: the result, line numbers
+// included, is the YAML decoder's, whatever sits at the cut (a comment, a blank
+// line, an entry with a trailing comment), and a bad line in any chunk leaves the
+// whole file to YAML.
+func TestChunkedSectionsAgreeWithYAML(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("# a directory in several large sections\nusers:\n")
+	for i := range 9000 {
+		fmt.Fprintf(&b, "  - {id: %d, username: user%d}\n", i+1, i)
+		if i%997 == 0 {
+			b.WriteString("  # a comment among the users\n\n")
+		}
+	}
+	b.WriteString("memberships:\n")
+	for i := range 20000 {
+		fmt.Fprintf(&b, "  - {user: user%d, project: org/p%d, role: developer}   # line %d\n", i%9000, i%300, i)
+	}
+	doc := []byte(b.String())
+	plans, ok := planSections(doc)
+	if !ok {
+		t.Fatal("the plan refused the file")
+	}
+	if n := len(plans[1].split(4)); n != 4 {
+		t.Fatalf("the memberships were cut into %d chunks, want 4", n)
+	}
+	fast, ok := parseFlowLines(doc)
+	if !ok {
+		t.Fatal("the line reader refused the file")
+	}
+	slow, err := decodeYAML(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(fast, slow) {
+		t.Fatal("the chunked line reader and YAML read the file differently")
+	}
+	if got := fast.Memberships[len(fast.Memberships)-1].line; got != strings.Count(b.String(), "\n") {
+		t.Fatalf("the last membership is on line %d, want %d", got, strings.Count(b.String(), "\n"))
+	}
+	bad := []byte(strings.Replace(b.String(), "role: developer}   # line 19999", "role: developer, nope: 1}   # line 19999", 1))
+	if string(bad) == b.String() {
+		t.Fatal("the test did not plant its bad line")
+	}
+	if _, ok := parseFlowLines(bad); ok {
+		t.Fatal("a bad line in the last chunk was accepted")
+	}
 }
