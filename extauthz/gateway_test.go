@@ -661,7 +661,10 @@ func TestNoOKAnswerWithoutAnAgent(t *testing.T) {
 	if resp, err := allowResponse(outcome{reason: ReasonAllowed, decision: &d}, "id", nil); err == nil || resp != nil {
 		t.Fatalf("an OK answer without an agent: %v %v", resp, err)
 	}
-	slot := &agentSlot{spec: AgentSpec{Agent: policy.Agent{ID: 7}}}
+	if resp, err := allowResponse(outcome{reason: ReasonAllowed, decision: &d, agent: &agentSlot{spec: AgentSpec{Agent: policy.Agent{ID: 7}}}}, "id", nil); err == nil || resp != nil {
+		t.Fatalf("an OK answer for a slot without its route: %v %v", resp, err)
+	}
+	slot := newAgentSlot(AgentSpec{Agent: policy.Agent{ID: 7}})
 	resp, err := allowResponse(outcome{reason: ReasonAllowed, decision: &d, agent: slot}, "id", nil)
 	if err != nil || okHeaders(t, resp)[contract.HeaderUpstream] != "kubegate_apiserver_7" {
 		t.Fatalf("%v %v", resp, err)

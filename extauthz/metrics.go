@@ -34,7 +34,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 // SharedLabel is the agent label of reloads of the inputs every agent shares
-// (the directory, the operator policy): such a reload rebuilds every agent.
+// (the directory, the operator policy); new operator modules rebuild every
+// agent's engine, a new directory alone keeps them.
 const SharedLabel = "shared"
 
 // ReloadMetrics count reloads by agent (an agent's id for its agent
@@ -51,7 +52,7 @@ func NewReloadMetrics(reg prometheus.Registerer) (*ReloadMetrics, error) {
 	m := &ReloadMetrics{
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kubegate_authz_reloads_total",
-			Help: "Reloads by agent (an agent's id for its agent configuration; \"shared\" for the directory and operator policy, which rebuild every agent) and result (success, failure, unchanged).",
+			Help: "Reloads by agent (an agent's id for its agent configuration; \"shared\" for the directory and operator policy) and result (success, failure, unchanged).",
 		}, []string{"agent", "result"}),
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kubegate_authz_last_reload_success_timestamp_seconds",

@@ -46,7 +46,7 @@ var (
 // (cluster_header) once ext_authz has cleared the route cache. An outcome with no
 // served agent cannot become an OK answer.
 func allowResponse(o outcome, decisionID string, ident *handoff.Identity) (*authv3.CheckResponse, error) {
-	if o.agent == nil {
+	if o.agent == nil || o.agent.route == nil {
 		return nil, errors.New("an allowed request has no agent to route to")
 	}
 	md, err := handoff.Encode(decisionID, string(o.decision.AccessAs), ident)
@@ -54,7 +54,7 @@ func allowResponse(o outcome, decisionID string, ident *handoff.Identity) (*auth
 		return nil, err
 	}
 	ok := &authv3.OkHttpResponse{
-		Headers:                 []*corev3.HeaderValueOption{upstreamHeader(o.agent.spec.Agent.ID)},
+		Headers:                 []*corev3.HeaderValueOption{o.agent.route},
 		HeadersToRemove:         credentialHeaders,
 		QueryParametersToRemove: credentialQuery,
 	}

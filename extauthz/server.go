@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -49,8 +50,12 @@ func (sh *Shared) validate() error {
 // agentSlot is one agent's place in the Server. Its engine is nil until a valid
 // agent configuration has been loaded; requests for it are then answered 503.
 type agentSlot struct {
-	spec   AgentSpec
-	label  string // the agent label of metrics
+	spec  AgentSpec
+	label string // the agent label of metrics
+	// route is the OK answer's header naming this agent's cluster, built once: it
+	// never changes, and every allowed request sends it (read-only, so shared by
+	// concurrent answers as the credential header lists are).
+	route  *corev3.HeaderValueOption
 	engine atomic.Pointer[policy.Engine]
 
 	// Guarded by Server.build.
@@ -59,6 +64,10 @@ type agentSlot struct {
 	tried    chan struct{} // closed after the first attempt to load a configuration
 	once     sync.Once
 	lastErr  atomic.Pointer[error] // the last failure to load a configuration (nil after a success)
+}
+
+func newAgentSlot(a AgentSpec) *agentSlot {
+	return &agentSlot{spec: a, label: strconv.FormatInt(a.Agent.ID, 10), route: upstreamHeader(a.Agent.ID), tried: make(chan struct{})}
 }
 
 // Server implements envoy.service.auth.v3.Authorization for every agent of a
@@ -120,7 +129,7 @@ func NewGateway(agents []AgentSpec, shared *Shared, o GatewayOptions) (*Server, 
 		if _, dup := s.agents[a.Agent.ID]; dup {
 			return nil, fmt.Errorf("extauthz: agent %d is listed twice", a.Agent.ID)
 		}
-		slot := &agentSlot{spec: a, label: strconv.FormatInt(a.Agent.ID, 10), tried: make(chan struct{})}
+		slot := newAgentSlot(a)
 		s.agents[a.Agent.ID] = slot
 		s.order = append(s.order, slot)
 	}

@@ -71,7 +71,7 @@ Each agent's configuration is watched and reloaded on its own: a change that
 does not validate is logged and ignored (that agent's last good configuration
 stays), and an agent with no valid configuration yet is answered 503 while the
 others serve. The directory and the policy directory are shared by every agent
-and watched too: a change rebuilds every agent. Also serves grpc.health.v1 and,
+and watched too: new operator modules rebuild every agent's engine. Also serves grpc.health.v1 and,
 with --metrics-listen, Prometheus metrics. Every decision is logged as one JSON
 line (user, agent, verb, resource, namespace, result, reason; never a
 credential). SIGTERM stops it gracefully.`,
