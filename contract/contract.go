@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -75,6 +76,42 @@ type AgentInfo struct {
 	ConfigProjectID int64  `json:"config_project_id"`
 	// AccessAs is "agent" or "user": how the caller's requests reach the cluster.
 	AccessAs string `json:"access_as"`
+}
+
+// The browser half (issue 13). Everything under BrowserPrefix is served by kubegate
+// authz's browser listener (`--browser-listen`): the login page and password form, the
+// OIDC authorization-code flow, logout, the session endpoint and the Dashboard's
+// embedded assets. Envoy routes the prefix to BrowserCluster with ext_authz and
+// ext_proc disabled for that route only: nothing under it ever reaches a cluster, and
+// `kubegate envoy validate` refuses any other route without both filters. The
+// Dashboard's Kubernetes calls go to PathPrefix like kubectl's, with the session
+// cookie, HeaderAgentID and HeaderCSRFToken, through ext_authz and ext_proc.
+const (
+	BrowserPrefix  = "/ui/"
+	BrowserCluster = "kubegate_browser"
+
+	DashboardPath    = BrowserPrefix                // GET: the Dashboard (redirects to LoginPath without a session)
+	LoginPath        = BrowserPrefix + "login"      // GET: the login page; POST: password login (form fields username, password)
+	OIDCLoginPath    = BrowserPrefix + "login/oidc" // GET: starts the OIDC authorization-code flow with PKCE
+	OIDCCallbackPath = BrowserPrefix + "oidc/callback"
+	LogoutPath       = BrowserPrefix + "logout"  // POST with HeaderCSRFToken (or form field csrf_token): ends the session everywhere
+	SessionPath      = BrowserPrefix + "session" // GET: SessionInfo (JSON); refreshes the idle timer
+	AssetsPrefix     = BrowserPrefix + "assets/"
+
+	// SessionCookie is the browser session: host-only, Path=/, Secure, HttpOnly,
+	// SameSite=Lax, sealed by kubegate authz with its session key.
+	SessionCookie = "kubegate_session"
+)
+
+// SessionInfo is the body of a SessionPath answer: who is logged in, the CSRF token
+// the Dashboard sends with every API call (bound to this session), when the session
+// ends, and the agents the user can reach (as AgentsPath answers).
+type SessionInfo struct {
+	User          string      `json:"user"`
+	CSRFToken     string      `json:"csrf_token"`
+	ExpiresAt     time.Time   `json:"expires_at"`      // absolute expiry
+	IdleExpiresAt time.Time   `json:"idle_expires_at"` // without activity before then, the session ends
+	Agents        []AgentInfo `json:"agents"`
 }
 
 // Names of the request parts a user's credential is read from (access.md §2).

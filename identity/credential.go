@@ -23,7 +23,7 @@ const (
 	HeaderCSRFToken     = contract.HeaderCSRFToken
 	QueryAgentID        = contract.QueryAgentID
 	QueryCSRFToken      = contract.QueryCSRFToken
-	SessionCookieName   = "kubegate_session"
+	SessionCookieName   = contract.SessionCookie
 )
 
 // Credential carriers the API server reads that the gateway never accepts. The
