@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"kubegate.dev/kubegate/test/cluster"
 )
 
 // DemoNamespace is where the demo RBAC grants access.
@@ -75,6 +78,36 @@ func SeedDemo(ctx context.Context, cs kubernetes.Interface) error {
 		}()); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// DemoDeployment is the Deployment SeedDemoDeployment creates in DemoNamespace, for
+// the Dashboard's restart and scale: kube-controller-manager makes its ReplicaSet
+// and pods, bound to KWOK's node by the template (there is no scheduler), where
+// KWOK runs them.
+const DemoDeployment = "api"
+
+// SeedDemoDeployment creates DemoDeployment with replicas pods (the stack must run
+// KWOK for them to become Running). It is idempotent.
+func SeedDemoDeployment(ctx context.Context, cs kubernetes.Interface, replicas int32) error {
+	labels := map[string]string{"app": DemoDeployment}
+	_, err := cs.AppsV1().Deployments(DemoNamespace).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: DemoDeployment, Labels: labels},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					NodeName:   cluster.KubeletNode,
+					Containers: []corev1.Container{{Name: "api", Image: "registry.example/api:1.0"}},
+				},
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("seeding the demo deployment: %w", err)
 	}
 	return nil
 }

@@ -7,6 +7,8 @@ package stack
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -70,6 +72,10 @@ type Options struct {
 	// Metrics serves authz's and extproc's Prometheus /metrics on a free loopback
 	// port each (Service.MetricsAddr): goroutines, resident memory, open files.
 	Metrics bool
+	// Browser turns on the browser half: authz's browser listener (login, sessions,
+	// the Dashboard) with a session key written into WorkDir, its public URL the
+	// gateway's, and the data plane's route to it (envoy render --browser).
+	Browser bool
 }
 
 // Stack is a running local gateway in front of a real API server.
@@ -92,6 +98,12 @@ type Stack struct {
 	Authz, ExtProc, XDS *Service
 	// DataPlane is "envoy" or "test data plane".
 	DataPlane string
+	// PublicURL is https://<gateway addr>, the gateway's origin; DashboardURL is
+	// where a browser opens the Dashboard (with Options.Browser).
+	PublicURL, DashboardURL string
+	// BrowserAddr is authz's browser listener (with Options.Browser); SessionKeyFile
+	// its session key (rewrite it to rotate).
+	BrowserAddr, SessionKeyFile string
 
 	opts     Options
 	gateway  gateway
@@ -118,7 +130,20 @@ func (o *Options) defaults() error {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
+	if o.Browser && o.Mesh {
+		return errors.New("stack: Options.Browser with Options.Mesh: the mesh resources have no browser route")
+	}
 	return nil
+}
+
+// WriteSessionKey writes a new random session key file for kubegate authz's
+// --session-key-file (one base64 line of 32 bytes, the format it reads).
+func WriteSessionKey(path string) error {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	return WriteFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600)
 }
 
 // Start brings the whole path up; on any failure what was started is stopped.
@@ -160,20 +185,42 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err := WriteFileAtomic(s.TokenFile, []byte(s.Cluster.AgentTokens[0]), 0o600); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(5)
+	ports, err := freePorts(6)
 	if err != nil {
 		return nil, err
 	}
+	gwAddr := opts.GatewayAddr
+	if gwAddr == "" {
+		p, err := freePorts(1)
+		if err != nil {
+			return nil, err
+		}
+		gwAddr = loopback(p[0])
+	}
+	s.PublicURL = "https://" + gwAddr
+	s.GatewayURL = s.PublicURL + contract.ProxyPath
 	authzAddr, extprocAddr, xdsAddr := loopback(ports[0]), loopback(ports[1]), loopback(ports[2])
-	var authzMetrics, extprocMetrics []string
+	var authzMetrics, extprocMetrics, browserArgs []string
 	if opts.Metrics {
 		authzMetrics = []string{"--metrics-listen", loopback(ports[3])}
 		extprocMetrics = []string{"--metrics-listen", loopback(ports[4])}
 	}
+	if opts.Browser {
+		s.BrowserAddr = loopback(ports[5])
+		s.DashboardURL = s.PublicURL + contract.DashboardPath
+		s.SessionKeyFile = filepath.Join(s.WorkDir, "session.keys")
+		if err := WriteSessionKey(s.SessionKeyFile); err != nil {
+			return nil, err
+		}
+		browserArgs = []string{"--browser-listen", s.BrowserAddr, "--public-url", s.PublicURL, "--session-key-file", s.SessionKeyFile}
+	}
 	logs := filepath.Join(s.WorkDir, "logs")
-	s.Authz = &Service{Name: "authz", Bin: s.Binary, Addr: authzAddr, Health: "envoy.service.auth.v3.Authorization", LogDir: logs,
-		Args: append([]string{"authz", "--listen", authzAddr, "--agent-id", strconv.Itoa(AgentID), "--config-project-id", strconv.Itoa(ConfigProjectID),
-			"--agent-config", opts.AgentConfig, "--directory", opts.Directory, "--reload-poll", "2s"}, append(append(policyArgs(opts.PolicyDir), authzMetrics...), opts.AuthzArgs...)...)}
+	authzArgs := []string{"authz", "--listen", authzAddr, "--agent-id", strconv.Itoa(AgentID), "--config-project-id", strconv.Itoa(ConfigProjectID),
+		"--agent-config", opts.AgentConfig, "--directory", opts.Directory, "--reload-poll", "2s"}
+	for _, more := range [][]string{policyArgs(opts.PolicyDir), authzMetrics, browserArgs, opts.AuthzArgs} {
+		authzArgs = append(authzArgs, more...)
+	}
+	s.Authz = &Service{Name: "authz", Bin: s.Binary, Addr: authzAddr, Health: "envoy.service.auth.v3.Authorization", LogDir: logs, Args: authzArgs}
 	s.ExtProc = &Service{Name: "extproc", Bin: s.Binary, Addr: extprocAddr, Health: "envoy.service.ext_proc.v3.ExternalProcessor", LogDir: logs,
 		Args: append([]string{"extproc", "--listen", extprocAddr}, extprocMetrics...)}
 	if opts.Metrics {
@@ -198,15 +245,6 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.GatewayCA = filepath.Join(certDir, devcert.CAFile)
-	gwAddr := opts.GatewayAddr
-	if gwAddr == "" {
-		p, err := freePorts(1)
-		if err != nil {
-			return nil, err
-		}
-		gwAddr = loopback(p[0])
-	}
-	s.GatewayURL = "https://" + gwAddr + contract.ProxyPath
 	s.Bootstrap = filepath.Join(s.WorkDir, "envoy.yaml")
 	if opts.Mesh {
 		if err := s.writeMeshBootstrap(gwAddr, certDir, authzAddr, extprocAddr); err != nil {
@@ -228,6 +266,9 @@ func (s *Stack) renderBootstrap(ctx context.Context, gwAddr, certDir, authzAddr,
 		"--tls-cert", filepath.Join(certDir, devcert.CertFile), "--tls-key", filepath.Join(certDir, devcert.KeyFile),
 		"--agent-id", strconv.Itoa(AgentID), "--apiserver", s.Cluster.URL, "--apiserver-ca", s.Cluster.CAFile,
 		"--authz", authzAddr, "--extproc", extprocAddr, "--xds", xdsAddr)
+	if s.BrowserAddr != "" {
+		render.Args = append(render.Args, "--browser", s.BrowserAddr)
+	}
 	render.Args = append(render.Args, s.opts.RenderArgs...)
 	if out, err := render.CombinedOutput(); err != nil {
 		return fmt.Errorf("kubegate envoy render: %v\n%s", err, out)
