@@ -780,24 +780,46 @@ func (c *checker) grpcServices(gs []*corev3.GrpcService, p, rule string) {
 }
 
 func (c *checker) routes(rc *routev3.RouteConfiguration, p string, security map[string]string) {
-	c.perFilter(rc.GetTypedPerFilterConfig(), p, security)
+	c.perFilter(rc.GetTypedPerFilterConfig(), p, security, false)
 	c.routeHeaders(rc.GetRequestHeadersToAdd(), rc.GetRequestHeadersToRemove(), p)
 	forwarding := 0
+	type apiRoute struct {
+		vh *routev3.VirtualHost
+		rt *routev3.Route
+		rp string
+	}
+	var api []apiRoute
+	_, browser := c.clusters[contract.BrowserCluster]
 	for v, vh := range rc.GetVirtualHosts() {
 		vp := fmt.Sprintf("%s.virtual_hosts[%d]", p, v)
-		c.perFilter(vh.GetTypedPerFilterConfig(), vp, security)
+		c.perFilter(vh.GetTypedPerFilterConfig(), vp, security, false)
 		c.routeHeaders(vh.GetRequestHeadersToAdd(), vh.GetRequestHeadersToRemove(), vp)
 		for r, rt := range vh.GetRoutes() {
 			rp := fmt.Sprintf("%s.routes[%d]", vp, r)
-			c.perFilter(rt.GetTypedPerFilterConfig(), rp, security)
+			off := c.perFilter(rt.GetTypedPerFilterConfig(), rp, security, true)
 			c.routeHeaders(rt.GetRequestHeadersToAdd(), rt.GetRequestHeadersToRemove(), rp)
-			if a := rt.GetRoute(); a != nil {
+			c.browserRoute(rt, off, rp)
+			a := rt.GetRoute()
+			switch {
+			case a == nil:
+			case a.GetCluster() == contract.BrowserCluster:
+				// The browser route: browser-route's and browser-cluster's, not
+				// an API route.
+				c.refOrder = append(c.refOrder, clusterRef{a.GetCluster(), rp + ".route.cluster"})
+				browser = true
+			default:
 				forwarding++
+				api = append(api, apiRoute{vh, rt, rp})
 				c.routeAction(rt, a, rp, security)
 			}
 		}
 		c.explainRoute(vh, vp)
 		c.agentsRoute(vh, vp)
+	}
+	if browser {
+		for _, r := range api {
+			c.apiCORSStrip(rc, r.vh, r.rt, r.rp)
+		}
 	}
 	if forwarding == 0 {
 		c.fs.add(p+".virtual_hosts", RuleRoutePrefix, "no route forwards %s to the API server", PathPrefix)
@@ -898,12 +920,34 @@ func (c *checker) routeAction(rt *routev3.Route, a *routev3.RouteAction, rp stri
 	c.routeCluster(a, ap, security)
 }
 
-func (c *checker) perFilter(m map[string]*anypb.Any, p string, security map[string]string) {
+// perFilter checks one level's typed_per_filter_config. Only a route's own
+// (onRoute) may turn ext_authz or ext_proc off, and only by disabling it outright
+// (disables; rule browser-route then says where that is allowed): every other
+// per-route config of a security filter can change its settings for these
+// requests. It returns which of the two the level turns off.
+func (c *checker) perFilter(m map[string]*anypb.Any, p string, security map[string]string, onRoute bool) filtersOff {
+	var off filtersOff
 	for _, name := range sortedAnyKeys(m) {
-		if what, ok := security[name]; ok {
-			c.fs.add(fmt.Sprintf("%s.typed_per_filter_config[%q]", p, name), RulePerRouteOverride, "a per-route %s config can disable it or change its settings for these requests; kubegate configures it once, at the listener", what)
+		what, ok := security[name]
+		if !ok {
+			continue
 		}
+		fp := fmt.Sprintf("%s.typed_per_filter_config[%q]", p, name)
+		if disables(m[name], what) {
+			if !onRoute {
+				c.fs.add(fp, RuleBrowserRoute, "disables %s for every route below this level; only the browser route (to %s) may skip it, on the route itself", what, contract.BrowserCluster)
+				continue
+			}
+			if what == "ext_authz" {
+				off.authz = true
+			} else {
+				off.proc = true
+			}
+			continue
+		}
+		c.fs.add(fp, RulePerRouteOverride, "a per-route %s config can disable it or change its settings for these requests; kubegate configures it once, at the listener (only the browser route disables ext_authz and ext_proc, with disabled: true alone)", what)
 	}
+	return off
 }
 
 func sortedAnyKeys(m map[string]*anypb.Any) []string {
