@@ -14,10 +14,13 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"kubegate.dev/kubegate/contract"
 	"kubegate.dev/kubegate/envoy"
+	"kubegate.dev/kubegate/extauthz"
 )
 
 // browserUpstream stands in for kubegate authz's browser listener (plain
@@ -283,5 +286,46 @@ func TestBrowserRouteTimeout(t *testing.T) {
 	resp, body := s.raw(t, "/ui/", nil)
 	if resp.StatusCode != http.StatusGatewayTimeout || body != "upstream request timeout" {
 		t.Fatalf("status %d body %q, want 504 upstream request timeout", resp.StatusCode, body)
+	}
+}
+
+// TestCrossOriginSessionThroughTheChain: a Dashboard-style API call with the
+// session cookie from another origin is refused by kubegate authz (403
+// cross_origin) through the rendered chain, and nothing reaches the API server.
+func TestCrossOriginSessionThroughTheChain(t *testing.T) {
+	c := newCerts(t)
+	api := newRecorder(t, nil)
+	_, xds := realXDS(t, agentToken)
+	srv := realAuthzServer(t).(*extauthz.Server)
+	if err := srv.SetAllowedOrigins([]string{"https://127.0.0.1:8443"}); err != nil {
+		t.Fatal(err)
+	}
+	authz := serveGRPC(t, func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, srv) })
+	dp := start(t, render(t, c, setup{authz: authz, extproc: realExtProc(t), xds: xds, apiserver: api.url(), caFile: api.caFile}), Options{})
+	cl := client(t, c, true)
+	session := http.Header{"Cookie": {contract.SessionCookie + "=sealed"}, "Gitlab-Agent-Id": {"1"}, "X-Csrf-Token": {"csrf"}}
+	for _, tt := range []struct {
+		name       string
+		origin     string
+		wantStatus int
+		wantReason string
+	}{
+		{"another site", "https://attacker.example", http.StatusForbidden, string(extauthz.ReasonCrossOrigin)},
+		{"the gateway's origin over http", "http://127.0.0.1:8443", http.StatusForbidden, string(extauthz.ReasonCrossOrigin)},
+		// The gateway's own origin passes the check and reaches the identity step,
+		// which here has no session authenticator.
+		{"the gateway's own origin", "https://127.0.0.1:8443", http.StatusUnauthorized, "unsupported_credential"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := session.Clone()
+			h.Set("Origin", tt.origin)
+			status, header, body := do(t, cl, "DELETE", dp.URL()+"/k8s-proxy/api/v1/namespaces/demo/pods/web", h)
+			if status != tt.wantStatus || header.Get(contract.HeaderError) != tt.wantReason {
+				t.Fatalf("status %d %s %s, want %d %s", status, header.Get(contract.HeaderError), body, tt.wantStatus, tt.wantReason)
+			}
+			if n := len(api.requests()); n != 0 {
+				t.Fatalf("the API server got %d requests", n)
+			}
+		})
 	}
 }
