@@ -40,12 +40,9 @@ var browserRuleDocs = []RuleDoc{
 func init() { RuleDocs = append(RuleDocs, browserRuleDocs...) }
 
 var (
-	extAuthzPerRouteType = (&extauthzv3.ExtAuthzPerRoute{}).ProtoReflect().Descriptor().FullName()
-	extProcPerRouteType  = (&extprocv3.ExtProcPerRoute{}).ProtoReflect().Descriptor().FullName()
-	filterConfigType     = (&routev3.FilterConfig{}).ProtoReflect().Descriptor().FullName()
-	corsFilterType       = (&corsv3.Cors{}).ProtoReflect().Descriptor().FullName()
-	corsPolicyType       = (&corsv3.CorsPolicy{}).ProtoReflect().Descriptor().FullName()
-	routeCorsPolicyType  = (&routev3.CorsPolicy{}).ProtoReflect().Descriptor().FullName()
+	corsFilterType      = (&corsv3.Cors{}).ProtoReflect().Descriptor().FullName()
+	corsPolicyType      = (&corsv3.CorsPolicy{}).ProtoReflect().Descriptor().FullName()
+	routeCorsPolicyType = (&routev3.CorsPolicy{}).ProtoReflect().Descriptor().FullName()
 )
 
 // filtersOff says which of ext_authz and ext_proc one route's

@@ -57,13 +57,12 @@ func NormalizeOrigin(raw string) (string, error) {
 
 // NormalizeOrigins normalizes each public URL (NormalizeOrigin).
 func NormalizeOrigins(raw []string) ([]string, error) {
-	var out, bad []string
+	var out []string
 	var errs []error
 	for _, r := range raw {
 		o, err := NormalizeOrigin(r)
 		if err != nil {
 			errs = append(errs, err)
-			bad = append(bad, r)
 			continue
 		}
 		out = append(out, o)
