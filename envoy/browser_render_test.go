@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
@@ -210,6 +211,13 @@ func browserRuleCases(t *testing.T) []struct {
 					lbe.GetEndpoint().Address = proto.Clone(api.LoadAssignment.Endpoints[0].LbEndpoints[0].GetEndpoint().Address).(*corev3.Address)
 				}
 			}
+		}},
+		{"the browser cluster's destination from the request", RuleBrowserCluster, func(b *bootstrapv3.Bootstrap) {
+			bc := cluster(t, b, contract.BrowserCluster)
+			bc.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST}
+			bc.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED
+			bc.LoadAssignment = nil
+			bc.LbConfig = &clusterv3.Cluster_OriginalDstLbConfig_{OriginalDstLbConfig: &clusterv3.Cluster_OriginalDstLbConfig{UseHttpHeader: true}}
 		}},
 		{"a CORS policy on the virtual host", RuleNoCORS, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {

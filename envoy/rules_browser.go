@@ -32,7 +32,7 @@ const (
 
 var browserRuleDocs = []RuleDoc{
 	{RuleBrowserRoute, "a route that disables ext_authz or ext_proc (ExtAuthzPerRoute/ExtProcPerRoute disabled, or FilterConfig disabled) disables both, on the route itself (never a virtual host, the route configuration or a weighted cluster), and either goes to the static cluster " + contract.BrowserCluster + " matching only under " + contract.BrowserPrefix + ", or is a redirect that changes only the path, or a direct_response; a route to " + contract.BrowserCluster + " disables both"},
-	{RuleBrowserCluster, "the cluster " + contract.BrowserCluster + " is plain HTTP/1.1 with no upstream filter but upstream_codec (no credential_injector: an agent token never goes there), no TLS (kube-apiserver serves only TLS, so it cannot be an API server), no endpoint of an API server cluster, and no gRPC service uses it"},
+	{RuleBrowserCluster, "the cluster " + contract.BrowserCluster + " has a fixed endpoint (STATIC or DNS, not ORIGINAL_DST, EDS or a custom type), is plain HTTP/1.1 with no upstream filter but upstream_codec (no credential_injector: an agent token never goes there), no TLS (kube-apiserver serves only TLS, so it cannot be an API server), no endpoint of an API server cluster, and no gRPC service uses it"},
 	{RuleNoCORS, "no CORS anywhere: no envoy.filters.http.cors filter or CorsPolicy (virtual host, route, typed_per_filter_config), and no response header Access-Control-* added (routes, virtual hosts, local replies)"},
 	{RuleAPICORSStrip, "with a browser route, every forwarding API route removes the CORS response headers (" + strings.Join(CORSResponseHeaders, ", ") + ") on the route, its virtual host or the route configuration, so no API server CORS setting (kube-apiserver --cors-allowed-origins) opens the API to another origin's scripts while a browser holds a session cookie"},
 }
@@ -150,6 +150,15 @@ func (c *checker) browserCluster(cl *clusterv3.Cluster, p string, apiClusters []
 	}
 	if cl.GetTransportSocket() != nil || len(cl.GetTransportSocketMatches()) > 0 {
 		c.fs.add(p+".transport_socket", RuleBrowserCluster, "the browser listener is plain HTTP/1.1 on loopback (or a unix socket); with TLS this cluster could be an API server (kube-apiserver serves only TLS), which would then get requests no filter checked")
+	}
+	switch {
+	case cl.GetClusterType() != nil:
+		c.fs.add(p+".cluster_type", RuleBrowserCluster, "a custom cluster type (%s) can send requests wherever it likes, unchecked; use a STATIC or STRICT_DNS cluster with the browser listener's address", cl.GetClusterType().GetName())
+	case cl.GetType() != clusterv3.Cluster_STATIC && cl.GetType() != clusterv3.Cluster_STRICT_DNS && cl.GetType() != clusterv3.Cluster_LOGICAL_DNS:
+		// ORIGINAL_DST goes where the connection (or, with use_http_header, the
+		// client's x-envoy-original-dst-host header) says; EDS where a server
+		// says: either could be an API server, reached without the filters.
+		c.fs.add(p+".type", RuleBrowserCluster, "%v: the browser cluster's endpoint must be fixed in the bootstrap (STATIC or STRICT_DNS with the browser listener's address); otherwise requests that skipped ext_authz could be sent elsewhere, an API server included", cl.GetType())
 	}
 	mine := endpoints(cl)
 	for _, name := range apiClusters {
