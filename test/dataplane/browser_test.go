@@ -329,3 +329,45 @@ func TestCrossOriginSessionThroughTheChain(t *testing.T) {
 		})
 	}
 }
+
+// TestBrowserLoginPost: a password form POST goes to the browser listener with
+// its body, Content-Type and Cookie, over HTTP/2 and HTTP/1.1, and the API server
+// sees nothing.
+func TestBrowserLoginPost(t *testing.T) {
+	var mu sync.Mutex
+	var bodies []string
+	s := newBrowserStack(t, nil, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, r.Method+" "+r.Header.Get("Content-Type")+" "+string(b))
+		mu.Unlock()
+		w.WriteHeader(http.StatusSeeOther)
+	}, nil)
+	for _, h2 := range []bool{true, false} {
+		cl := client(t, s.c, h2)
+		cl.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		req, err := http.NewRequest("POST", s.dp.URL()+contract.LoginPath, strings.NewReader("username=alice&password=correct+horse"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", s.dp.URL())
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("h2=%v: status %d", h2, resp.StatusCode)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := "POST application/x-www-form-urlencoded username=alice&password=correct+horse"
+	if len(bodies) != 2 || bodies[0] != want || bodies[1] != want {
+		t.Fatalf("the browser listener got %q, want %q twice", bodies, want)
+	}
+	if n := len(s.api.requests()); n != 0 {
+		t.Fatalf("the API server got %d requests", n)
+	}
+}
