@@ -13,6 +13,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -157,6 +158,11 @@ func browserRuleCases(t *testing.T) []struct {
 				r.Match.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: "/"}
 			})
 		}},
+		{"the browser route without its slash", RuleBrowserRoute, func(b *bootstrapv3.Bootstrap) {
+			withRouteNamed(t, b, BrowserRouteName, func(r *routev3.Route) {
+				r.Match.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: "/ui"} // would take /uifoo
+			})
+		}},
 		{"the browser route case-insensitive", RuleBrowserRoute, func(b *bootstrapv3.Bootstrap) {
 			withRouteNamed(t, b, BrowserRouteName, func(r *routev3.Route) { r.Match.CaseSensitive = wrapperspb.Bool(false) })
 		}},
@@ -233,6 +239,39 @@ func browserRuleCases(t *testing.T) []struct {
 		{"the API route keeps CORS headers", RuleAPICORSStrip, func(b *bootstrapv3.Bootstrap) {
 			withRouteNamed(t, b, RouteName, func(r *routev3.Route) { r.ResponseHeadersToRemove = r.ResponseHeadersToRemove[1:] })
 		}},
+	}
+}
+
+// TestBrowserRouteMatches: the browser route may match under /ui/ in any of the
+// forms that cannot take another path; anything wider is refused.
+func TestBrowserRouteMatches(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		match *routev3.RouteMatch
+		ok    bool
+	}{
+		{"prefix /ui/", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/ui/"}}, true},
+		{"prefix /ui/assets/", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/ui/assets/"}}, true},
+		{"path /ui/login", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/ui/login"}}, true},
+		{"path_separated_prefix /ui", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_PathSeparatedPrefix{PathSeparatedPrefix: "/ui"}}, true},
+		{"prefix /ui", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/ui"}}, false},
+		{"prefix /", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}, false},
+		{"path /ui", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/ui"}}, false},
+		{"path_separated_prefix /u", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_PathSeparatedPrefix{PathSeparatedPrefix: "/u"}}, false},
+		{"regex", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "/ui/.*"}}}, false},
+		{"prefix /ui/, case-insensitive", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/ui/"}, CaseSensitive: wrapperspb.Bool(false)}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := Bootstrap(browserOptions(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			withRouteNamed(t, b, BrowserRouteName, func(r *routev3.Route) { r.Match = tt.match })
+			fs := CheckBootstrap(b)
+			if tt.ok != (len(fs) == 0) {
+				t.Fatalf("want accepted: %v; findings:\n%s", tt.ok, FormatFindings(fs))
+			}
+		})
 	}
 }
 

@@ -102,7 +102,7 @@ func (c *checker) browserRoute(rt *routev3.Route, off filtersOff, rp string) {
 	case rt.GetDirectResponse() != nil:
 	case toBrowser:
 		if !underBrowserPrefix(rt.GetMatch()) {
-			c.fs.add(rp+".match", RuleBrowserRoute, "a route to %s without ext_authz and ext_proc must match only under %s (prefix %q, or a path below it), case-sensitively: anything else it takes skips both filters", contract.BrowserCluster, contract.BrowserPrefix, contract.BrowserPrefix)
+			c.fs.add(rp+".match", RuleBrowserRoute, "a route to %s without ext_authz and ext_proc must match only under %s (prefix %q, a path below it, or path_separated_prefix \"/ui\"), case-sensitively: anything else it takes skips both filters", contract.BrowserCluster, contract.BrowserPrefix, contract.BrowserPrefix)
 		}
 	default:
 		target := "its cluster"
@@ -118,8 +118,8 @@ func (c *checker) browserRoute(rt *routev3.Route, off filtersOff, rp string) {
 	}
 }
 
-// underBrowserPrefix: a case-sensitive prefix starting with BrowserPrefix, or an
-// exact path below it.
+// underBrowserPrefix: a case-sensitive prefix starting with BrowserPrefix, an exact
+// path below it, or path_separated_prefix "/ui" (or below).
 func underBrowserPrefix(m *routev3.RouteMatch) bool {
 	if cs := m.GetCaseSensitive(); cs != nil && !cs.GetValue() {
 		return false
@@ -129,6 +129,10 @@ func underBrowserPrefix(m *routev3.RouteMatch) bool {
 		return strings.HasPrefix(ps.Prefix, contract.BrowserPrefix)
 	case *routev3.RouteMatch_Path:
 		return strings.HasPrefix(ps.Path, contract.BrowserPrefix)
+	case *routev3.RouteMatch_PathSeparatedPrefix:
+		// "/ui" matches "/ui" and "/ui/..." but not "/uifoo" (route_components.proto
+		// path_separated_prefix).
+		return ps.PathSeparatedPrefix == strings.TrimSuffix(contract.BrowserPrefix, "/") || strings.HasPrefix(ps.PathSeparatedPrefix, contract.BrowserPrefix)
 	}
 	return false
 }
