@@ -11,6 +11,11 @@
 // decoding with JSON paths (decode.go), protoc-gen-validate rules on every message
 // including those inside google.protobuf.Any (pgv.go), and kubegate's own rules that
 // catch configurations which would fail open or break kubectl exec (rules.go).
+// With Options.Browser (--browser), the browser half is rendered too (browser.go):
+// /ui/ to kubegate authz's browser listener with ext_authz and ext_proc disabled
+// for that route only, redirects to it, and CORS response headers stripped on the
+// API routes; rules_browser.go holds the rules that keep it the only way around
+// the two filters.
 // MeshResources builds the same listener and clusters for a service mesh's Envoy,
 // with the agent token read through file-based SDS (mesh.go; the Helm chart's
 // mesh.mode=istio embeds its output).

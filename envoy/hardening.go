@@ -221,6 +221,7 @@ func (o Options) checkPrivate() []error {
 		{o.Authz, "--authz", "kubegate authz sees users' credentials"},
 		{o.ExtProc, "--extproc", "kubegate extproc decides whom the API server sees"},
 		{o.XDS, "--xds", "kubegate xds serves the agent token, which can impersonate anyone"},
+		{o.Browser, "--browser", "kubegate authz's browser listener receives passwords and session cookies"},
 	} {
 		if s.addr != (Addr{}) && !isLocal(s.addr) {
 			errs = append(errs, fmt.Errorf("%s %s is not loopback or a unix socket, and %s: use 127.0.0.1:PORT or unix:///PATH, or pass --allow-non-loopback if only Envoy can reach that address", s.flag, s.addr, s.why))

@@ -94,6 +94,9 @@ func MeshResources(o Options) (*Mesh, error) {
 	if len(o.Agents) > 1 {
 		return nil, fmt.Errorf("a service mesh's Envoy serves one agent, got %d: its agent token comes from one projected ServiceAccount token (TokenSDSFile names one file), and the chart's mesh mode runs one agent per release; serve several agents with kubegate's own Envoy (mesh.mode=none)", len(o.Agents))
 	}
+	if o.Browser != (Addr{}) {
+		return nil, errors.New("the browser routes (--browser) are not rendered for a service mesh's Envoy yet; serve the Dashboard with kubegate's own Envoy (mesh.mode=none)")
+	}
 	if err := o.Check(); err != nil {
 		return nil, err
 	}

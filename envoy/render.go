@@ -46,6 +46,9 @@ type Options struct {
 	Authz       Addr   // kubegate authz
 	ExtProc     Addr   // kubegate extproc
 	XDS         Addr   // kubegate xds (SDS for the agent token)
+	// Browser is kubegate authz's browser listener (--browser): when set, the
+	// browser routes and cluster are rendered (browser.go); zero renders none.
+	Browser Addr
 	// TokenSDSDir, set only by the service-mesh modes (MeshResources), makes the
 	// credential injector read the agent token through a file-based SDS
 	// subscription in this directory (TokenSDSFile) instead of gRPC SDS from XDS,
@@ -233,6 +236,7 @@ func (o Options) Check() error {
 		errs = append(errs, errors.New("--max-connections must be positive"))
 	}
 	errs = append(errs, o.checkHardening()...)
+	errs = append(errs, o.checkBrowser()...)
 	if o.CheckFiles && len(errs) == 0 {
 		errs = append(errs, checkFiles(o)...)
 	}
@@ -317,6 +321,13 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 			return nil, err
 		}
 		clusters = append(clusters, gc)
+	}
+	if o.Browser != (Addr{}) {
+		bc, err := BrowserCluster(o.Browser, o.ConnectTimeout, o.MaxConnections)
+		if err != nil {
+			return nil, err
+		}
+		clusters = append(clusters, bc)
 	}
 	monitor, err := typed(&downstreamconnsv3.DownstreamConnectionsConfig{MaxActiveDownstreamConnections: int64(o.MaxConnections)})
 	if err != nil {

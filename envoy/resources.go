@@ -392,6 +392,29 @@ func RouteConfig() *routev3.RouteConfiguration {
 	}
 }
 
+// routeConfigFor is RouteConfig, and with --browser the browser routes before the
+// catch-all and the CORS response headers removed on every API route
+// (browser.go).
+func routeConfigFor(o Options) (*routev3.RouteConfiguration, error) {
+	rc := RouteConfig()
+	if o.Browser == (Addr{}) {
+		return rc, nil
+	}
+	extra, err := browserRoutes()
+	if err != nil {
+		return nil, err
+	}
+	vh := rc.VirtualHosts[0]
+	last := len(vh.Routes) - 1 // the catch-all stays last
+	for _, r := range vh.Routes[:last] {
+		if r.GetRoute() != nil {
+			stripCORS(r)
+		}
+	}
+	vh.Routes = append(append(vh.Routes[:last:last], extra...), vh.Routes[last])
+	return rc, nil
+}
+
 // HTTPConnectionManager is the listener's HCM.
 func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 	filters, err := HTTPFilters(o)
@@ -410,6 +433,10 @@ func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 	if err != nil {
 		return nil, err
 	}
+	routes, err := routeConfigFor(o)
+	if err != nil {
+		return nil, err
+	}
 	var upgrades []*hcmv3.HttpConnectionManager_UpgradeConfig
 	for _, u := range UpgradeTypes {
 		upgrades = append(upgrades, &hcmv3.HttpConnectionManager_UpgradeConfig{UpgradeType: u, Enabled: wrapperspb.Bool(true)})
@@ -417,7 +444,7 @@ func HTTPConnectionManager(o Options) (*hcmv3.HttpConnectionManager, error) {
 	return &hcmv3.HttpConnectionManager{
 		CodecType:      hcmv3.HttpConnectionManager_AUTO,
 		StatPrefix:     "kubegate",
-		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: RouteConfig()},
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: routes},
 		HttpFilters:    filters,
 		UpgradeConfigs: upgrades,
 		// Large but finite: a watch or `logs -f` can be quiet for long; 0 would let

@@ -114,8 +114,8 @@ var RuleDocs = []RuleDoc{
 	{RuleCredentialOverwrite, "credential_injector: overwrite true, allow_request_without_credential false, generic credential into Authorization with prefix \"Bearer \""},
 	{RuleCredentialRotation, "credential_injector: the token comes from SDS (gRPC, or a file source with watched_directory), so it rotates without a restart"},
 	{RuleUpgradeTypes, "upgrade_configs enable websocket and spdy/3.1, and no route disables them"},
-	{RuleRoutePrefix, "every forwarding route matches prefix /k8s-proxy/ and rewrites it to /, or is path_separated_prefix of one of the Kubernetes API's top-level paths (" + strings.Join(contract.APIRootPaths, ", ") + ") without a rewrite"},
-	{RuleRouteTimeout, "every forwarding route has timeout 0s"},
+	{RuleRoutePrefix, "every forwarding route but the browser route (to " + contract.BrowserCluster + ", rule browser-route) matches prefix /k8s-proxy/ and rewrites it to /, or is path_separated_prefix of one of the Kubernetes API's top-level paths (" + strings.Join(contract.APIRootPaths, ", ") + ") without a rewrite"},
+	{RuleRouteTimeout, "every forwarding route but the browser route has timeout 0s"},
 	{RuleExplainRoute, "no redirect or other non-forwarding route takes the explain endpoint (" + ExplainPrefix + ", answered by kubegate authz) before a direct_response does"},
 	{RuleAgentsRoute, "no redirect or other non-forwarding route takes the agent list endpoint (" + contract.AgentsPath + ", answered by kubegate authz) before a direct_response does"},
 	{RuleStreamTimeouts, "stream_idle_timeout explicit and 0 or at least 1h; no request_timeout, max_stream_duration or max_connection_duration"},
@@ -130,7 +130,7 @@ var RuleDocs = []RuleDoc{
 	{RuleClusterRefs, "every referenced cluster exists, once"},
 	{RuleAdminLoopback, "the admin interface listens on loopback or a unix socket"},
 	{RuleUpstreamHeaderStrip, "early_header_mutation_extensions remove the client's " + contract.HeaderUpstream + " before the route is picked, and the first HTTP filter is a header_mutation that removes it too (both set nothing), so only kubegate authz's copy can choose a cluster"},
-	{RuleRouteClusterHeader, "every forwarding route takes its cluster from " + contract.HeaderUpstream + " (cluster_header) and nothing else (no static, weighted or plugin cluster); there is at least one API server cluster"},
+	{RuleRouteClusterHeader, "every forwarding route but the browser route takes its cluster from " + contract.HeaderUpstream + " (cluster_header) and nothing else (no static, weighted or plugin cluster); there is at least one API server cluster"},
 	{RuleClusterNotFound, "every forwarding route answers a missing or unknown " + contract.HeaderUpstream + " with cluster_not_found_response_code SERVICE_UNAVAILABLE (503)"},
 	{RuleExtAuthzRouting, "ext_authz: clear_route_cache true and decoder_header_mutation_rules, when set, allow setting " + contract.HeaderUpstream + ", so the route reads the cluster kubegate authz chose"},
 	{RuleExtProcNoRouting, "ext_proc: mutation_rules refuse " + contract.HeaderUpstream + " and route_cache_action RETAIN, so kubegate extproc can neither choose nor re-run the route"},
@@ -780,24 +780,46 @@ func (c *checker) grpcServices(gs []*corev3.GrpcService, p, rule string) {
 }
 
 func (c *checker) routes(rc *routev3.RouteConfiguration, p string, security map[string]string) {
-	c.perFilter(rc.GetTypedPerFilterConfig(), p, security)
+	c.perFilter(rc.GetTypedPerFilterConfig(), p, security, false)
 	c.routeHeaders(rc.GetRequestHeadersToAdd(), rc.GetRequestHeadersToRemove(), p)
 	forwarding := 0
+	type apiRoute struct {
+		vh *routev3.VirtualHost
+		rt *routev3.Route
+		rp string
+	}
+	var api []apiRoute
+	_, browser := c.clusters[contract.BrowserCluster]
 	for v, vh := range rc.GetVirtualHosts() {
 		vp := fmt.Sprintf("%s.virtual_hosts[%d]", p, v)
-		c.perFilter(vh.GetTypedPerFilterConfig(), vp, security)
+		c.perFilter(vh.GetTypedPerFilterConfig(), vp, security, false)
 		c.routeHeaders(vh.GetRequestHeadersToAdd(), vh.GetRequestHeadersToRemove(), vp)
 		for r, rt := range vh.GetRoutes() {
 			rp := fmt.Sprintf("%s.routes[%d]", vp, r)
-			c.perFilter(rt.GetTypedPerFilterConfig(), rp, security)
+			off := c.perFilter(rt.GetTypedPerFilterConfig(), rp, security, true)
 			c.routeHeaders(rt.GetRequestHeadersToAdd(), rt.GetRequestHeadersToRemove(), rp)
-			if a := rt.GetRoute(); a != nil {
+			c.browserRoute(rt, off, rp)
+			a := rt.GetRoute()
+			switch {
+			case a == nil:
+			case a.GetCluster() == contract.BrowserCluster:
+				// The browser route: browser-route's and browser-cluster's, not
+				// an API route.
+				c.refOrder = append(c.refOrder, clusterRef{a.GetCluster(), rp + ".route.cluster"})
+				browser = true
+			default:
 				forwarding++
+				api = append(api, apiRoute{vh, rt, rp})
 				c.routeAction(rt, a, rp, security)
 			}
 		}
 		c.explainRoute(vh, vp)
 		c.agentsRoute(vh, vp)
+	}
+	if browser {
+		for _, r := range api {
+			c.apiCORSStrip(rc, r.vh, r.rt, r.rp)
+		}
 	}
 	if forwarding == 0 {
 		c.fs.add(p+".virtual_hosts", RuleRoutePrefix, "no route forwards %s to the API server", PathPrefix)
@@ -898,12 +920,34 @@ func (c *checker) routeAction(rt *routev3.Route, a *routev3.RouteAction, rp stri
 	c.routeCluster(a, ap, security)
 }
 
-func (c *checker) perFilter(m map[string]*anypb.Any, p string, security map[string]string) {
+// perFilter checks one level's typed_per_filter_config. Only a route's own
+// (onRoute) may turn ext_authz or ext_proc off, and only by disabling it outright
+// (disables; rule browser-route then says where that is allowed): every other
+// per-route config of a security filter can change its settings for these
+// requests. It returns which of the two the level turns off.
+func (c *checker) perFilter(m map[string]*anypb.Any, p string, security map[string]string, onRoute bool) filtersOff {
+	var off filtersOff
 	for _, name := range sortedAnyKeys(m) {
-		if what, ok := security[name]; ok {
-			c.fs.add(fmt.Sprintf("%s.typed_per_filter_config[%q]", p, name), RulePerRouteOverride, "a per-route %s config can disable it or change its settings for these requests; kubegate configures it once, at the listener", what)
+		what, ok := security[name]
+		if !ok {
+			continue
 		}
+		fp := fmt.Sprintf("%s.typed_per_filter_config[%q]", p, name)
+		if disables(m[name], what) {
+			if !onRoute {
+				c.fs.add(fp, RuleBrowserRoute, "disables %s for every route below this level; only the browser route (to %s) may skip it, on the route itself", what, contract.BrowserCluster)
+				continue
+			}
+			if what == "ext_authz" {
+				off.authz = true
+			} else {
+				off.proc = true
+			}
+			continue
+		}
+		c.fs.add(fp, RulePerRouteOverride, "a per-route %s config can disable it or change its settings for these requests; kubegate configures it once, at the listener (only the browser route disables ext_authz and ext_proc, with disabled: true alone)", what)
 	}
+	return off
 }
 
 func sortedAnyKeys(m map[string]*anypb.Any) []string {

@@ -229,6 +229,7 @@ func walk(m protoreflect.Message, path string, fn func(protoreflect.Message, str
 // listener, router upstream_log, admin).
 func (c *checker) everywhere() {
 	walk(c.b.ProtoReflect(), "$", func(m protoreflect.Message, p string) {
+		c.noCORS(m, p)
 		switch x := m.Interface().(type) {
 		case *routev3.RouteConfiguration:
 			c.mirror(len(x.GetRequestMirrorPolicies()), p)

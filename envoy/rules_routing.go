@@ -153,7 +153,7 @@ func (c *checker) routeCluster(a *routev3.RouteAction, ap string, security map[s
 	case a.GetWeightedClusters() != nil:
 		for k, wc := range a.GetWeightedClusters().GetClusters() {
 			wp := fmt.Sprintf("%s.weighted_clusters.clusters[%d]", ap, k)
-			c.perFilter(wc.GetTypedPerFilterConfig(), wp, security)
+			c.perFilter(wc.GetTypedPerFilterConfig(), wp, security, false)
 			c.routeHeaders(wc.GetRequestHeadersToAdd(), wc.GetRequestHeadersToRemove(), wp)
 		}
 		c.fs.add(ap+".weighted_clusters", RuleRouteClusterHeader, "weighted clusters spread requests over API servers whatever agent kubegate authz chose; use cluster_header %s", contract.HeaderUpstream)
@@ -229,11 +229,14 @@ func (c *checker) apiServerClusters() {
 	}
 	var names []string
 	for name := range c.clusters {
-		if _, grpc := c.grpcRefs[name]; !grpc && !sdsClusters[name] {
+		if _, grpc := c.grpcRefs[name]; !grpc && !sdsClusters[name] && name != contract.BrowserCluster {
 			names = append(names, name)
 		}
 	}
 	sort.Strings(names)
+	if cl, ok := c.clusters[contract.BrowserCluster]; ok {
+		c.browserCluster(cl, c.cpath[contract.BrowserCluster], names)
+	}
 	if len(names) == 0 {
 		c.fs.add("$.static_resources.clusters", RuleRouteClusterHeader, "no API server cluster: kubegate envoy render writes one per agent (%s<agent id>)", strings.TrimSuffix(APIServerCluster(0), "0"))
 		return

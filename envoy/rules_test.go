@@ -187,7 +187,7 @@ func ruleCases(t *testing.T) []struct {
 		{"disabled ext_proc", RuleFilterEnabled, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) { h.HttpFilters[securityChainStart(h)+1].Disabled = true })
 		}},
-		{"ext_authz disabled on the route", RulePerRouteOverride, func(b *bootstrapv3.Bootstrap) {
+		{"ext_authz disabled on the route", RuleBrowserRoute, func(b *bootstrapv3.Bootstrap) {
 			withRoute(t, b, func(r *routev3.Route) {
 				r.TypedPerFilterConfig = map[string]*anypb.Any{FilterExtAuthz: mustAny(t, &extauthzv3.ExtAuthzPerRoute{Override: &extauthzv3.ExtAuthzPerRoute_Disabled{Disabled: true}})}
 			})
@@ -465,7 +465,7 @@ func ruleCases(t *testing.T) []struct {
 					FilterHeaderMutation: mustAny(t, &routev3.FilterConfig{Disabled: true})}
 			})
 		}},
-		{"ext_authz disabled on a top-level API route", RulePerRouteOverride, func(b *bootstrapv3.Bootstrap) {
+		{"ext_authz disabled on a top-level API route", RuleBrowserRoute, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
 				for _, r := range h.GetRouteConfig().VirtualHosts[0].Routes {
 					if r.Name == APIRootRoutePrefix+"/version" {
@@ -474,7 +474,7 @@ func ruleCases(t *testing.T) []struct {
 				}
 			})
 		}},
-		{"ext_proc disabled on the agent list route", RulePerRouteOverride, func(b *bootstrapv3.Bootstrap) {
+		{"ext_proc disabled on the agent list route", RuleBrowserRoute, func(b *bootstrapv3.Bootstrap) {
 			withHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
 				for _, r := range h.GetRouteConfig().VirtualHosts[0].Routes {
 					if r.Name == AgentsRouteName {
@@ -671,7 +671,7 @@ func TestUpstreamIdleTimeoutBounds(t *testing.T) {
 func TestEveryRuleHasACase(t *testing.T) {
 	covered := map[string]bool{RuleSyntax: true, RuleSchema: true, RuleProtoValidate: true} // decode_test.go
 	covered[RuleMeshPatches] = true                                                         // mesh_test.go, TestValidateEnvoyFilter
-	for _, c := range ruleCases(t) {
+	for _, c := range append(ruleCases(t), browserRuleCases(t)...) {
 		covered[c.rule] = true
 	}
 	for _, r := range RuleDocs {

@@ -36,7 +36,7 @@ func statusFor(r Reason) int {
 		return http.StatusOK
 	case ReasonOutsidePrefix, ReasonBadRequest, ReasonAmbiguousQuery, ReasonForeignCredential:
 		return http.StatusBadRequest
-	case ReasonClientImpersonation, Reason(policy.ReasonNotMember), Reason(policy.ReasonPolicyDenied):
+	case ReasonClientImpersonation, ReasonCrossOrigin, Reason(policy.ReasonNotMember), Reason(policy.ReasonPolicyDenied):
 		return http.StatusForbidden
 	case Reason(identity.ReasonUnavailable), Reason(identity.ReasonBusy), ReasonAgentNotReady:
 		return http.StatusServiceUnavailable

@@ -119,6 +119,13 @@ func authenticate(ctx context.Context, s *Server, r *httpRequest) (o outcome, rt
 		return identityDenial(identity.AsError(err)), rt, false
 	}
 	o = outcome{credType: cred.Type, request: req}
+	if cred.Type == identity.AccessSessionCookie {
+		// Before the session is opened: a cross-origin request costs nothing.
+		if msg := sameOrigin(s.allowedOrigins(), r.Header); msg != "" {
+			o.reason, o.message, o.credAgent = ReasonCrossOrigin, msg, cred.AgentID
+			return o, rt, false
+		}
+	}
 	if cred.AgentID == 0 {
 		// The bare OIDC form names no agent: it is the gateway's own only when the
 		// gateway serves one.

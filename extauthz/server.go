@@ -88,6 +88,10 @@ type Server struct {
 	// lastSwap is the snapshot last installed through the single-agent API
 	// (NewServer, Swap), for its tests.
 	lastSwap atomic.Pointer[Snapshot]
+	// origins are the gateway's own origins, normalized (GatewayOptions.
+	// AllowedOrigins): a session-cookie request from any other is refused
+	// (origin.go). Nil: every session-cookie request is refused.
+	origins atomic.Pointer[[]string]
 }
 
 // GatewayOptions are NewGateway's optional parts.
@@ -98,6 +102,13 @@ type GatewayOptions struct {
 	// EngineOptions are passed to every engine built (policy.WithDecisionCache
 	// gives all agents one decision-cache bound).
 	EngineOptions []policy.Option
+	// AllowedOrigins are the gateway's public URLs (kubegate authz --public-url,
+	// e.g. https://gateway.example:8443), normalized to origins (NormalizeOrigin).
+	// A request with the session cookie whose Origin is not exactly one of them,
+	// or whose Sec-Fetch-Site is not same-origin or none, is refused (403
+	// cross_origin); with none, every session-cookie request is. PAT and OIDC
+	// requests are not checked (origin.go says why).
+	AllowedOrigins []string
 }
 
 // NewGateway makes the Check service for agents. Each agent is served once its
@@ -122,6 +133,9 @@ func NewGateway(agents []AgentSpec, shared *Shared, o GatewayOptions) (*Server, 
 		return nil, err
 	}
 	s := &Server{agents: map[int64]*agentSlot{}, engineOpts: o.EngineOptions, log: o.Log, metrics: m, reloads: rm}
+	if err := s.SetAllowedOrigins(o.AllowedOrigins); err != nil {
+		return nil, err
+	}
 	for _, a := range agents {
 		if a.Agent.ID <= 0 {
 			return nil, fmt.Errorf("extauthz: agent id %d is not a positive number", a.Agent.ID)
@@ -151,6 +165,24 @@ func NewServer(agent policy.Agent, snap *Snapshot, log *slog.Logger, reg prometh
 	s.order[0].markTried()
 	s.lastSwap.Store(snap)
 	return s, nil
+}
+
+// SetAllowedOrigins replaces the gateway's own origins (GatewayOptions.
+// AllowedOrigins), for servers built by NewServer and for a changed --public-url.
+func (s *Server) SetAllowedOrigins(publicURLs []string) error {
+	origins, err := NormalizeOrigins(publicURLs)
+	if err != nil {
+		return fmt.Errorf("extauthz: %w", err)
+	}
+	s.origins.Store(&origins)
+	return nil
+}
+
+func (s *Server) allowedOrigins() []string {
+	if o := s.origins.Load(); o != nil {
+		return *o
+	}
+	return nil
 }
 
 func (s *Snapshot) validate() error {

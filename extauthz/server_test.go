@@ -99,6 +99,11 @@ func start(t testing.TB, configFile, policyDir string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The gateway's own origin, so that session-cookie requests without an Origin
+	// reach the identity step (origin_test.go tries the others).
+	if err := srv.SetAllowedOrigins([]string{testPublicURL}); err != nil {
+		t.Fatal(err)
+	}
 	return &fixture{client: serve(t, srv), server: srv, backend: backend, logs: logs}
 }
 

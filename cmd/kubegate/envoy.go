@@ -31,7 +31,7 @@ validate" checks any bootstrap against the rules that keep the gateway closed.`,
 
 func newEnvoyRenderCommand() *cobra.Command {
 	o := envoy.DefaultOptions()
-	var listen, authz, extproc, xds, output, gatewayConfig string
+	var listen, authz, extproc, xds, browser, output, gatewayConfig string
 	cmd := &cobra.Command{
 		Use:   "render",
 		Short: "Print the Envoy v3 bootstrap (YAML) for kubegate",
@@ -46,6 +46,13 @@ and HTTP/2 clusters for the three kubegate services, health-checked over gRPC.
 API routes (/k8s-proxy/ and the API's top-level paths such as /version) take their
 cluster from the x-kubegate-upstream header kubegate authz sets; a client's copy
 is removed first, so a request kubegate authz did not route gets a 503.
+
+With --browser ADDR (kubegate authz's --browser-listen), /ui/ goes to cluster
+kubegate_browser (plain HTTP/1.1, no credential injector: the agent token is
+never sent there) with ext_authz and ext_proc disabled for that route only and a
+30s route timeout; / and /ui redirect to /ui/; every API route removes
+Access-Control-* response headers, so no API server CORS setting opens the API
+to another origin while a browser holds a session cookie.
 
 The agents are those of --gateway-config FILE (each agent's id and upstream
 server and ca_file), or the one agent of --agent-id, --apiserver and
@@ -66,7 +73,7 @@ unix:///path; --authz, --extproc and --xds must be loopback or unix sockets unle
 				dst  *envoy.Addr
 				val  string
 				flag string
-			}{{&o.Listen, listen, "--listen"}, {&o.Authz, authz, "--authz"}, {&o.ExtProc, extproc, "--extproc"}, {&o.XDS, xds, "--xds"}} {
+			}{{&o.Listen, listen, "--listen"}, {&o.Authz, authz, "--authz"}, {&o.ExtProc, extproc, "--extproc"}, {&o.XDS, xds, "--xds"}, {&o.Browser, browser, "--browser"}} {
 				if a.val == "" {
 					continue // Options.Check names it as required
 				}
@@ -106,6 +113,7 @@ unix:///path; --authz, --extproc and --xds must be loopback or unix sockets unle
 	f.StringVar(&authz, "authz", "", "ADDR of kubegate authz (ext_authz gRPC)")
 	f.StringVar(&extproc, "extproc", "", "ADDR of kubegate extproc (ext_proc gRPC)")
 	f.StringVar(&xds, "xds", "", "ADDR of kubegate xds (SDS for the agent token)")
+	f.StringVar(&browser, "browser", "", "ADDR of kubegate authz's browser listener (its --browser-listen, plain HTTP/1.1): routes /ui/ there with ext_authz and ext_proc off for that route only, redirects / and /ui to /ui/, and strips CORS response headers on the API routes; unset renders no browser route")
 	f.StringVar(&o.Admin, "admin", o.Admin, `ADDR of Envoy's admin interface, loopback or unix only; "" disables it`)
 	f.StringVar(&o.NodeID, "node-id", o.NodeID, "Envoy node id (shown to the SDS server)")
 	f.StringVar(&o.NodeCluster, "node-cluster", o.NodeCluster, "Envoy node cluster")
@@ -124,7 +132,7 @@ unix:///path; --authz, --extproc and --xds must be loopback or unix sockets unle
 	f.Uint32Var(&o.ConnectionBufferBytes, "connection-buffer-bytes", o.ConnectionBufferBytes, "listener per_connection_buffer_limit_bytes: what one connection may make Envoy buffer")
 	f.Uint32Var(&o.ClientRateLimit, "client-rate-limit", o.ClientRateLimit, "requests per second one client address may make, refused with 429 beyond (before authentication)")
 	f.Uint32Var(&o.ClientRateBurst, "client-rate-burst", o.ClientRateBurst, "requests one client address may make at once (its token bucket's size)")
-	f.BoolVar(&o.AllowNonLoopback, "allow-non-loopback", o.AllowNonLoopback, "allow --authz, --extproc and --xds addresses that are not loopback or unix sockets (only if nothing but Envoy can reach them)")
+	f.BoolVar(&o.AllowNonLoopback, "allow-non-loopback", o.AllowNonLoopback, "allow --authz, --extproc, --xds and --browser addresses that are not loopback or unix sockets (only if nothing but Envoy can reach them)")
 	f.BoolVar(&o.CheckFiles, "check-files", o.CheckFiles, "read the certificate, key and CA files now; turn off when rendering for another machine or container")
 	f.StringVarP(&output, "output", "o", "", "write to FILE instead of stdout")
 	return cmd

@@ -53,6 +53,37 @@ func TestEnvoyRenderThenValidate(t *testing.T) {
 	}
 }
 
+// TestEnvoyRenderBrowser: --browser renders the browser cluster and routes, the
+// header records the flag, the result validates; a non-loopback --browser is
+// refused naming the flag.
+func TestEnvoyRenderBrowser(t *testing.T) {
+	dir := t.TempDir()
+	if _, errOut, code := run(t, "", "envoy", "certs", "--dir", dir, "--host", "127.0.0.1"); code != 0 {
+		t.Fatalf("envoy certs: %s", errOut)
+	}
+	args := func(browser string) []string {
+		return []string{"envoy", "render",
+			"--tls-cert", filepath.Join(dir, "tls.crt"), "--tls-key", filepath.Join(dir, "tls.key"),
+			"--agent-id", "1", "--apiserver", "https://127.0.0.1:6443", "--apiserver-ca", filepath.Join(dir, "ca.crt"),
+			"--authz", "127.0.0.1:9001", "--extproc", "127.0.0.1:9002", "--xds", "127.0.0.1:9003", "--browser", browser}
+	}
+	out, errOut, code := run(t, "", args("127.0.0.1:9004")...)
+	if code != 0 {
+		t.Fatalf("envoy render --browser: %s", errOut)
+	}
+	for _, want := range []string{"--browser=127.0.0.1:9004", "kubegate_browser", "path_redirect: /ui/", "access-control-allow-origin", "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rendered bootstrap lacks %q", want)
+		}
+	}
+	if v, errOut, code := run(t, out, "envoy", "validate", "-"); code != 0 || v != "ok\n" {
+		t.Fatalf("validate = %d %q %q", code, v, errOut)
+	}
+	if _, errOut, code := run(t, "", args("0.0.0.0:9004")...); code == 0 || !strings.Contains(errOut, "--browser 0.0.0.0:9004 is not loopback") {
+		t.Fatalf("a browser listener on every interface: code %d, %s", code, errOut)
+	}
+}
+
 // writeGatewayConfig writes a gateway configuration of two agents into dir.
 func writeGatewayConfig(t *testing.T, dir string) string {
 	t.Helper()

@@ -150,6 +150,18 @@ type route struct {
 	notFound      int
 	// direct is set for a direct_response route: the router answers it itself.
 	direct *localReply
+	// redirect is set for a redirect route: the router answers it with a
+	// Location (browser.go).
+	redirect *redirectConfig
+	// timeout is RouteAction.timeout (0: none; router.go).
+	timeout time.Duration
+	// disabled names the HTTP filters this route turns off (typed_per_filter_config
+	// ExtAuthzPerRoute / ExtProcPerRoute disabled), by filter name → "ext_authz" or
+	// "ext_proc" (browser.go).
+	disabled map[string]string
+	// requestRemoves and responseRemoves are the route's request_headers_to_remove
+	// and response_headers_to_remove, lower case.
+	requestRemoves, responseRemoves []string
 }
 
 type routeMatch int
@@ -551,6 +563,7 @@ func (p *parser) hcm(h *hcmv3.HttpConnectionManager, path string) hcmConfig {
 	if n := len(hc.filters); n == 0 || !hc.filters[n-1].router {
 		p.fail(path+".http_filters", "the last HTTP filter must be the router (Envoy refuses a chain without a terminal filter)")
 	}
+	p.perFilterNames(&hc, path)
 	return hc
 }
 
@@ -574,6 +587,11 @@ func (p *parser) virtualHost(vh *routev3.VirtualHost, path string) virtualHost {
 		if cs := r.GetMatch().GetCaseSensitive(); cs != nil && !cs.GetValue() {
 			p.fail(rp+".match.case_sensitive", "case-insensitive matching is not emulated")
 		}
+		rt := route{name: r.GetName(), match: match, prefix: value,
+			disabled:        p.perFilterDisabled(r.GetTypedPerFilterConfig(), rp+".typed_per_filter_config"),
+			requestRemoves:  lowerAll(r.GetRequestHeadersToRemove()),
+			responseRemoves: lowerAll(r.GetResponseHeadersToRemove()),
+		}
 		if d := r.GetDirectResponse(); d != nil {
 			// route_components.proto DirectResponseAction: the router answers with
 			// status and body (router.cc sendLocalReply via the route's direct
@@ -587,13 +605,23 @@ func (p *parser) virtualHost(vh *routev3.VirtualHost, path string) virtualHost {
 				}
 				body = inline.InlineString
 			}
-			v.routes = append(v.routes, route{name: r.GetName(), match: match, prefix: value,
-				direct: &localReply{status: int(d.GetStatus()), body: body, details: "direct_response"}})
+			if s := d.GetStatus(); s == http.StatusCreated || s/100 == 3 {
+				// The router adds a Location of newUri to a 201 or 3xx direct
+				// response, which without a redirect action is the request's own URL.
+				p.fail(rp+".direct_response.status", "a 201 or 3xx direct response (Envoy adds a Location) is not emulated; use redirect")
+			}
+			rt.direct = &localReply{status: int(d.GetStatus()), body: body, details: "direct_response"}
+			v.routes = append(v.routes, rt)
+			continue
+		}
+		if rd := r.GetRedirect(); rd != nil {
+			rt.redirect = p.redirect(rd, rp+".redirect")
+			v.routes = append(v.routes, rt)
 			continue
 		}
 		a := r.GetRoute()
 		if a == nil {
-			p.fail(rp, "only forwarding (route:) and direct_response routes are emulated")
+			p.fail(rp, "only forwarding (route:), redirect and direct_response routes are emulated")
 			continue
 		}
 		if a.GetCluster() == "" && a.GetClusterHeader() == "" {
@@ -602,28 +630,23 @@ func (p *parser) virtualHost(vh *routev3.VirtualHost, path string) virtualHost {
 		if match == matchPath && a.GetPrefixRewrite() != "" {
 			p.fail(rp+".route.prefix_rewrite", "prefix_rewrite on a path match is not emulated")
 		}
-		// route_components.proto RouteAction.timeout: 0 disables the timeout; unset
-		// means 15s. Only 0 is emulated (kubegate renders it; Validate insists on it).
-		if d := duration(a.GetTimeout(), defaultRouteTimeout); d != 0 {
-			p.fail(rp+".route.timeout", "%v: only timeout 0s (no route timeout) is emulated", d)
-		}
+		// route_components.proto RouteAction.timeout: "This spans between the point
+		// at which the entire downstream request (i.e. end-of-stream) has been
+		// processed and when the upstream response has been completely processed. A
+		// value of 0 will disable the route's timeout"; unset means 15s (router.go).
+		rt.timeout = duration(a.GetTimeout(), defaultRouteTimeout)
 		// cluster_not_found_response_code: "The default response code is 503
 		// Service Unavailable" (route_components.proto); the enum's values are
 		// SERVICE_UNAVAILABLE, NOT_FOUND and INTERNAL_SERVER_ERROR.
-		notFound := map[routev3.RouteAction_ClusterNotFoundResponseCode]int{
+		rt.notFound = map[routev3.RouteAction_ClusterNotFoundResponseCode]int{
 			routev3.RouteAction_SERVICE_UNAVAILABLE:   http.StatusServiceUnavailable,
 			routev3.RouteAction_NOT_FOUND:             http.StatusNotFound,
 			routev3.RouteAction_INTERNAL_SERVER_ERROR: http.StatusInternalServerError,
 		}[a.GetClusterNotFoundResponseCode()]
-		v.routes = append(v.routes, route{
-			name:          r.GetName(),
-			match:         match,
-			prefix:        value,
-			prefixRewrite: a.GetPrefixRewrite(),
-			cluster:       a.GetCluster(),
-			clusterHeader: strings.ToLower(a.GetClusterHeader()),
-			notFound:      notFound,
-		})
+		rt.prefixRewrite = a.GetPrefixRewrite()
+		rt.cluster = a.GetCluster()
+		rt.clusterHeader = strings.ToLower(a.GetClusterHeader())
+		v.routes = append(v.routes, rt)
 	}
 	return v
 }

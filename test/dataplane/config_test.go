@@ -13,6 +13,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	credinjectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocfiltv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -53,6 +54,16 @@ func editHCM(t testing.TB, b *bootstrapv3.Bootstrap, hcmEdit func(*hcmv3.HttpCon
 		}
 	}
 	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, hcm)}
+}
+
+// addRoute puts r before the catch-all route.
+func addRoute(t testing.TB, b *bootstrapv3.Bootstrap, r *routev3.Route) {
+	t.Helper()
+	editHCM(t, b, func(h *hcmv3.HttpConnectionManager) {
+		vh := h.GetRouteConfig().VirtualHosts[0]
+		last := len(vh.Routes) - 1
+		vh.Routes = append(append(vh.Routes[:last:last], r), vh.Routes[last])
+	}, nil)
 }
 
 func clusterNamed(b *bootstrapv3.Bootstrap, name string) *clusterv3.Cluster {
@@ -128,6 +139,22 @@ func TestStartRefuses(t *testing.T) {
 				})
 			},
 			want: []string{"routes[0].match.case_sensitive", "disable_clear_route_cache", "not emulated"},
+		},
+		{
+			name: "redirect fields",
+			edit: func(b *bootstrapv3.Bootstrap) {
+				addRoute(t, b, &routev3.Route{Name: "elsewhere", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/elsewhere"}},
+					Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{HostRedirect: "example.com", PathRewriteSpecifier: &routev3.RedirectAction_PathRedirect{PathRedirect: "/"}}}})
+			},
+			want: []string{".redirect.host_redirect:", "not emulated"},
+		},
+		{
+			name: "a 3xx direct response",
+			edit: func(b *bootstrapv3.Bootstrap) {
+				addRoute(t, b, &routev3.Route{Name: "moved", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/moved"}},
+					Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 301}}})
+			},
+			want: []string{".direct_response.status:", "a 201 or 3xx direct response", "not emulated"},
 		},
 		{
 			name: "header_mutation fields",

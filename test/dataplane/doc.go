@@ -89,7 +89,21 @@
 //     streamed responses flushed chunk by chunk; 101 upgrades passed through
 //     byte for byte; stream_idle_timeout; a cluster's upstream
 //     common_http_protocol_options.idle_timeout (pooled connections with no
-//     request closed after it, default 1h, 0 never; codec_client.cc).
+//     request closed after it, default 1h, 0 never; codec_client.cc); a route
+//     timeout from the end of the request to the end of the response (504
+//     "upstream request timeout" before the response headers, a reset after,
+//     x-envoy-expected-rq-timeout-ms sent upstream; router.cc); a route's
+//     request_headers_to_remove and response_headers_to_remove
+//     (finalizeRequestHeaders / finalizeResponseHeaders, upstream responses).
+//   - The browser half (browser.go): a route's typed_per_filter_config
+//     ExtAuthzPerRoute{disabled: true} (ext_authz.cc getPerRouteFlags: the check
+//     is skipped) and ExtProcPerRoute{disabled: true} (ext_proc.cc
+//     mergePerRouteConfig: every callback skipped, no stream); redirect routes
+//     with path_redirect, strip_query and response_code (Location from
+//     Http::Utility::newUri with the request's scheme and Host); a plain HTTP/1.1
+//     cluster (no transport_socket) for the browser listener. Other per-route
+//     configs, per-filter configs on a virtual host or route configuration,
+//     host/port/scheme redirects and 201/3xx direct responses are refused.
 //
 // Known differences from Envoy, none of which kubegate's filters can observe
 // except as noted: Go's server does not keep the order of distinct request header
@@ -98,8 +112,9 @@
 // not re-escape characters invalid in a path; for a loopback peer
 // x-forwarded-for gets the listener's IP rather than the host's primary address;
 // clusters have exactly one endpoint and active health checks are not run (with
-// one endpoint Envoy's panic threshold sends traffic to it anyway); only a route
-// timeout of 0 is emulated (Validate requires it); request_headers_timeout runs
+// one endpoint Envoy's panic threshold sends traffic to it anyway); the route's
+// response_headers_to_remove is not applied to the router's own local replies;
+// request_headers_timeout runs
 // from the start of a connection's first request rather than its first byte, and
 // on expiry the connection is closed without Envoy's 408, and it does not apply
 // to HTTP/2 streams; a stream over max_concurrent_streams is reset with Go's

@@ -75,6 +75,11 @@ func (f *extAuthzFilter) decodeHeaders(ctx context.Context, s *stream) *localRep
 	if s.route == nil {
 		return nil
 	}
+	// getPerRouteFlags: the route's ExtAuthzPerRoute{disabled: true} skips the
+	// check (skip_check_), and the request goes on untouched (browser.go).
+	if s.route.disabled[f.name] == "ext_authz" {
+		return nil
+	}
 	start := time.Now()
 	resp := f.check(ctx, s)
 	return f.onComplete(s, resp, time.Since(start))

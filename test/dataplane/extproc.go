@@ -45,6 +45,11 @@ func (f *extProcFilter) decodeHeaders(ctx context.Context, s *stream) *localRepl
 	if !f.cfg.sendReqHeaders {
 		return nil // processing_mode.request_header_mode SKIP
 	}
+	// mergePerRouteConfig: the route's ExtProcPerRoute{disabled: true} is a
+	// processing mode that skips every callback; no stream is opened (browser.go).
+	if s.route != nil && s.route.disabled[f.name] == "ext_proc" {
+		return nil
+	}
 	release, ok := f.breaker.acquire()
 	if !ok {
 		return f.onGrpcError(status.Error(codes.Unavailable, "circuit breaker overflow"))

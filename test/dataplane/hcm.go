@@ -166,6 +166,10 @@ func (cm *connectionManager) ServeHTTP(w http.ResponseWriter, req *http.Request)
 		cm.sendLocalReply(w, req, s, &r)
 		return
 	}
+	if s.route.redirect != nil {
+		cm.sendLocalReply(w, req, s, s.route.redirect.reply(s.headers))
+		return
+	}
 	cm.dp.router.forward(cm.dp.ctx, w, req, s, cm)
 }
 

@@ -243,8 +243,15 @@ func (r *router) forward(dpCtx context.Context, w http.ResponseWriter, req *http
 		}
 	}()
 
-	// The route timeout is 0 (config.go refuses others): nothing bounds the
-	// response but the stream idle timeout.
+	// The route timeout (RouteAction.timeout; 0 disables it) starts once the
+	// whole downstream request has been sent (Filter::onRequestComplete arms
+	// response_timeout_) and covers the response to its end; on expiry the router
+	// answers 504 "upstream request timeout" if no response headers went
+	// downstream yet, and resets the stream otherwise (Filter::onResponseTimeout →
+	// onUpstreamTimeout, response flag UT, details upstream_response_timeout,
+	// source/common/router/router.cc). An upgraded stream stays under it too.
+	rto := newRouteTimer(rt.timeout, cancel)
+	defer rto.stop()
 
 	_, upgrade := upgradeType(s.headers)
 	head, chunked := r.requestHead(s, c.cfg.name)
@@ -256,14 +263,25 @@ func (r *router) forward(dpCtx context.Context, w http.ResponseWriter, req *http
 	}
 	bodyDone := make(chan error, 1)
 	if s.endStream || upgrade {
+		rto.start()
 		bodyDone <- nil
 	} else {
-		go func() { bodyDone <- copyRequestBody(uc, s, req.Body, chunked, idle) }()
+		go func() {
+			err := copyRequestBody(uc, s, req.Body, chunked, idle)
+			if err == nil {
+				rto.start()
+			}
+			bodyDone <- err
+		}()
 	}
 
 	resp, err := http.ReadResponse(uc.br, &http.Request{Method: s.headers.first(":method")})
 	if err != nil {
 		uc.Close()
+		if rto.fired() {
+			cm.sendLocalReply(w, req, s, &localReply{status: http.StatusGatewayTimeout, body: "upstream request timeout", details: "upstream_response_timeout", flags: "UT"})
+			return
+		}
 		r.resetBeforeResponse(w, req, s, cm, err, idled)
 		return
 	}
@@ -299,12 +317,23 @@ func fired(c chan struct{}) bool {
 // route: prefix_rewrite replaces the matched prefix, and the original path is kept
 // in x-envoy-original-path (insert_envoy_original_path: the router's
 // suppress_envoy_headers is false). With timeout 0 the router sends no
-// x-envoy-expected-rq-timeout-ms (FilterUtility::setTimeoutHeaders).
+// x-envoy-expected-rq-timeout-ms (FilterUtility::setTimeoutHeaders); with a
+// route timeout it sends that timeout in milliseconds ("if
+// (insert_envoy_expected_request_timeout_ms && expected_timeout > 0)", the
+// router's suppress_envoy_headers being false). The route's
+// request_headers_to_remove go last (RouteEntryImplBase::finalizeRequestHeaders,
+// HeaderParser::evaluateHeaders removing every line of each name).
 func finalizeRequestHeaders(s *stream, rt *route) {
 	path := s.headers.first(":path")
 	if rt.prefixRewrite != "" {
 		s.headers.set("x-envoy-original-path", path)
 		s.headers.set(":path", rt.prefixRewrite+path[len(rt.prefix):])
+	}
+	if rt.timeout > 0 {
+		s.headers.set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(rt.timeout.Milliseconds(), 10))
+	}
+	for _, h := range rt.requestRemoves {
+		s.headers.remove(h)
 	}
 }
 
@@ -419,6 +448,14 @@ func responseHeaders(s *stream, resp *http.Response) *headerMap {
 	h.remove("transfer-encoding")
 	h.remove("keep-alive")
 	h.remove("proxy-connection")
+	// The route's response_headers_to_remove, applied by the router
+	// (Filter::onUpstreamHeaders → RouteEntryImplBase::finalizeResponseHeaders),
+	// before the encoder filters (ext_authz's response headers) run.
+	if s.route != nil {
+		for _, k := range s.route.responseRemoves {
+			h.remove(k)
+		}
+	}
 	for _, m := range s.responseHeaders {
 		m.apply(h)
 	}
@@ -519,6 +556,48 @@ func closeWrite(c net.Conn) {
 	if cw, ok := c.(closeWriter); ok {
 		cw.CloseWrite()
 	}
+}
+
+// routeTimer is the route timeout: armed by start once the request is sent,
+// cancelling the stream when it fires (0: never).
+type routeTimer struct {
+	d      time.Duration
+	cancel func()
+	mu     sync.Mutex
+	t      *time.Timer
+	hit    bool
+}
+
+func newRouteTimer(d time.Duration, cancel func()) *routeTimer {
+	return &routeTimer{d: d, cancel: cancel}
+}
+
+func (rt *routeTimer) start() {
+	if rt.d <= 0 {
+		return
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.t = time.AfterFunc(rt.d, func() {
+		rt.mu.Lock()
+		rt.hit = true
+		rt.mu.Unlock()
+		rt.cancel()
+	})
+}
+
+func (rt *routeTimer) stop() {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.t != nil {
+		rt.t.Stop()
+	}
+}
+
+func (rt *routeTimer) fired() bool {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return rt.hit
 }
 
 // idleTimer is the HCM's stream_idle_timeout: it ends the stream when no bytes

@@ -77,12 +77,16 @@ var emulated = map[protoreflect.FullName][]string{
 	"envoy.config.core.v3.SubstitutionFormatString":             {"text_format_source"},
 
 	// Routes.
-	"envoy.config.route.v3.RouteConfiguration":   {"name", "virtual_hosts"},
-	"envoy.config.route.v3.VirtualHost":          {"name", "domains", "routes"},
-	"envoy.config.route.v3.Route":                {"name", "match", "route", "direct_response"},
-	"envoy.config.route.v3.DirectResponseAction": {"status", "body"},
-	"envoy.config.route.v3.RouteMatch":           {"prefix", "path", "path_separated_prefix", "case_sensitive"},
-	"envoy.config.route.v3.RouteAction":          {"cluster", "cluster_header", "cluster_not_found_response_code", "prefix_rewrite", "timeout"},
+	"envoy.config.route.v3.RouteConfiguration": {"name", "virtual_hosts"},
+	"envoy.config.route.v3.VirtualHost":        {"name", "domains", "routes"},
+	"envoy.config.route.v3.Route":              {"name", "match", "route", "direct_response", "redirect", "typed_per_filter_config", "request_headers_to_remove", "response_headers_to_remove"},
+	"envoy.config.route.v3.RedirectAction":     {"path_redirect", "strip_query", "response_code"},
+	// Per-route configs of the browser route (browser.go): disabled only.
+	"envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute": {"disabled"},
+	"envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute":   {"disabled"},
+	"envoy.config.route.v3.DirectResponseAction":                  {"status", "body"},
+	"envoy.config.route.v3.RouteMatch":                            {"prefix", "path", "path_separated_prefix", "case_sensitive"},
+	"envoy.config.route.v3.RouteAction":                           {"cluster", "cluster_header", "cluster_not_found_response_code", "prefix_rewrite", "timeout"},
 
 	// HTTP filters.
 	"envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": {

@@ -118,7 +118,10 @@ func TestDenialsNeverReachTheAPIServer(t *testing.T) {
 		// An agent the gateway does not serve answers as an invalid token (no enumeration).
 		{"wrong agent", "GET", "/api/v1/namespaces/demo/pods", []string{"Authorization", "Bearer pat:2:kg-sandbox-alice-token"}, 401, "unauthorized"},
 		{"OIDC not configured", "GET", "/api/v1/namespaces/demo/pods", []string{"Authorization", "Bearer " + jws}, 401, "unsupported_credential"},
-		{"session cookie not configured", "GET", "/api/v1/namespaces/demo/pods", []string{"Cookie", "kubegate_session=s", "Gitlab-Agent-Id", "1", "X-Csrf-Token", "c"}, 401, "unsupported_credential"},
+		// Without --public-url kubegate authz cannot tell its own pages from another
+		// site's, so it refuses every session cookie (extauthz/origin.go).
+		{"session cookie without a public URL", "GET", "/api/v1/namespaces/demo/pods", []string{"Cookie", "kubegate_session=s", "Gitlab-Agent-Id", "1", "X-Csrf-Token", "c"}, 403, "cross_origin"},
+		{"session cookie from another origin", "GET", "/api/v1/namespaces/demo/pods", []string{"Cookie", "kubegate_session=s", "Gitlab-Agent-Id", "1", "X-Csrf-Token", "c", "Origin", "https://attacker.example"}, 403, "cross_origin"},
 		{"session cookie without CSRF", "GET", "/api/v1/namespaces/demo/pods", []string{"Cookie", "kubegate_session=s", "Gitlab-Agent-Id", "1"}, 401, "malformed_credential"},
 		{"not a member (reporter)", "GET", "/api/v1/namespaces/demo/pods", []string{"Authorization", pat("bob")}, 403, "not_a_member"},
 		{"subgroup member only", "GET", "/api/v1/namespaces/demo/pods", []string{"Authorization", pat("dave")}, 403, "not_a_member"},
