@@ -86,6 +86,15 @@ type Options struct {
 	SessionKeyFile     string
 	SessionIdleTimeout time.Duration
 	SessionMaxAge      time.Duration
+	// SessionStore is where logouts are kept: SessionStoreMemory (one replica) or
+	// SessionStoreEtcd (shared by the replicas).
+	SessionStore      string
+	SessionEtcd       []string
+	SessionEtcdPrefix string
+	SessionEtcdCAFile string
+	SessionEtcdCert   string
+	SessionEtcdKey    string
+	SessionSyncBound  time.Duration
 }
 
 // DefaultOptions returns the flags' defaults.
@@ -106,6 +115,9 @@ func DefaultOptions() Options {
 		CacheBytes:                cache.DefaultMaxBytes,
 		SessionIdleTimeout:        session.DefaultIdleTimeout,
 		SessionMaxAge:             session.DefaultMaxAge,
+		SessionStore:              SessionStoreMemory,
+		SessionEtcdPrefix:         session.DefaultEtcdPrefix,
+		SessionSyncBound:          session.DefaultSyncBound,
 	}
 }
 
@@ -157,6 +169,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"a browser session without activity ends after this long")
 	fs.DurationVar(&o.SessionMaxAge, "session-max-age", o.SessionMaxAge,
 		"a browser session ends this long after login however active it is (at most 168h)")
+	o.addSessionStoreFlags(fs)
 }
 
 // Validate checks the options against each other; every problem is reported at once.

@@ -17,6 +17,7 @@ import (
 	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/gitlab/gitlabtest"
 	"kubegate.dev/kubegate/identity/session"
+	"kubegate.dev/kubegate/test/cluster"
 )
 
 func sessionKeyFile(t *testing.T) string {
@@ -307,5 +308,136 @@ func TestBackendsRunWatchesKeys(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestSessionStoreFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(t *testing.T, o Options)
+	}{
+		{name: "defaults: memory, the documented prefix, 5s", check: func(t *testing.T, o Options) {
+			if o.SessionStore != "memory" || o.SessionEtcdPrefix != "/kubegate/sessions/revoked/" || o.SessionSyncBound != 5*time.Second || len(o.SessionEtcd) != 0 {
+				t.Errorf("defaults %q %q %v %v", o.SessionStore, o.SessionEtcdPrefix, o.SessionSyncBound, o.SessionEtcd)
+			}
+		}},
+		{name: "etcd", args: []string{"--session-key-file=/k", "--session-store=etcd", "--session-etcd-endpoints=https://e0:2379,https://e1:2379",
+			"--session-etcd-prefix=/x/", "--session-etcd-ca-file=/ca", "--session-etcd-cert-file=/c", "--session-etcd-key-file=/k2", "--session-sync-bound=2s"},
+			check: func(t *testing.T, o Options) {
+				if strings.Join(o.SessionEtcd, ",") != "https://e0:2379,https://e1:2379" || o.SessionEtcdPrefix != "/x/" || o.SessionSyncBound != 2*time.Second ||
+					o.SessionEtcdCAFile != "/ca" || o.SessionEtcdCert != "/c" || o.SessionEtcdKey != "/k2" {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
+		{name: "unknown store", args: []string{"--session-store=redis"}, wantErr: "use memory or etcd"},
+		{name: "etcd without endpoints", args: []string{"--session-key-file=/k", "--session-store=etcd"}, wantErr: "needs --session-etcd-endpoints"},
+		{name: "etcd without sessions", args: []string{"--session-store=etcd", "--session-etcd-endpoints=http://e:2379"}, wantErr: "needs --session-key-file"},
+		{name: "endpoint without scheme", args: []string{"--session-key-file=/k", "--session-store=etcd", "--session-etcd-endpoints=e:2379"}, wantErr: "not an http:// or https:// URL"},
+		{name: "cert without key", args: []string{"--session-key-file=/k", "--session-store=etcd", "--session-etcd-endpoints=https://e:2379", "--session-etcd-cert-file=/c"}, wantErr: "go together"},
+		{name: "etcd flags with memory", args: []string{"--session-etcd-endpoints=https://e:2379"}, wantErr: "need --session-store=etcd"},
+		{name: "relative prefix", args: []string{"--session-key-file=/k", "--session-store=etcd", "--session-etcd-endpoints=https://e:2379", "--session-etcd-prefix=x/"}, wantErr: "must start with /"},
+		{name: "sync bound too long", args: []string{"--session-sync-bound=2m"}, wantErr: "between 100ms and 1m"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parse(t, tt.args...)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.check != nil {
+				tt.check(t, o)
+			}
+		})
+	}
+}
+
+// TestSessionStoreEtcd: two authz replicas built from the flags share their logouts
+// through a real etcd: a logout on one is refused on the other through Sources.
+func TestSessionStoreEtcd(t *testing.T) {
+	if _, err := cluster.EtcdBinary(); err != nil {
+		t.Skipf("no etcd binary, so --session-store=etcd is not tested: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e, err := cluster.StartEtcd(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Stop)
+	keyFile := sessionKeyFile(t)
+	dir := sandboxDirectory(t)
+	replica := func() (*Backends, identity.Authenticator) {
+		o, err := parse(t, "--session-key-file="+keyFile, "--session-store=etcd", "--session-etcd-endpoints="+e.URL, "--session-sync-bound=1s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := Build(ctx, o, prometheus.NewRegistry(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- b.Run(ctx) }()
+		t.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+			b.Close()
+		})
+		authn, _, err := b.Sources(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b, authn
+	}
+	a, authA := replica()
+	_, authB := replica()
+	alice := identity.User{ID: 1, Username: "alice"}
+	rec := httptest.NewRecorder()
+	s, err := a.Sessions.Issue(rec, alice, session.MethodPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred := identity.Credential{Type: identity.AccessSessionCookie, AgentID: 1, Secret: rec.Result().Cookies()[0].Value, CSRF: s.CSRFToken}
+	// Until each replica has read etcd, sessions get 503; then they are accepted.
+	for name, authn := range map[string]identity.Authenticator{"A": authA, "B": authB} {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, ok, err := authn.Authenticate(ctx, cred)
+			if ok {
+				break
+			}
+			var ie *identity.Error
+			if !errors.As(err, &ie) || !ie.Unavailable() || time.Now().After(deadline) {
+				t.Fatalf("replica %s: %v, want it accepted once it has read etcd (503 before)", name, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if err := a.Sessions.Revoke(ctx, httptest.NewRecorder(), s); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Second) // the sync bound
+	for {
+		_, ok, err := authB.Authenticate(ctx, cred)
+		if !ok {
+			var ie *identity.Error
+			if !errors.As(err, &ie) || ie.Reason != identity.ReasonRevoked {
+				t.Fatalf("replica B: %v, want %s", err, identity.ReasonRevoked)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("replica B still accepts the logged-out session after the sync bound")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -31,14 +31,17 @@
 //     session: a token of another session, or none, is a 401. The comparison is
 //     constant-time (crypto/subtle).
 //   - Logout must end the session even though the cookie still opens: a sealed
-//     cookie is all an attacker who copied it needs, so only state the gateway keeps
-//     can refuse it. That state is a Revocations store holding the session id until
-//     the session's absolute expiry (after which the cookie is refused anyway).
-//     Memory is that store for ONE replica: it forgets logouts when the process
-//     restarts, so it refuses every session issued before it was created — a
-//     restart logs everyone out rather than reopening a logged-out session. Several
-//     replicas need a store they share (Etcd), or a logout on one replica would not
-//     be seen by the others.
+//     cookie is all an attacker who copied it needs, so only state the replicas
+//     share can refuse it on every replica. That state is a Revocations store
+//     holding the session id until the session's absolute expiry (after which the
+//     cookie is refused anyway). Memory is that store for ONE replica: it forgets
+//     logouts when the process restarts, so it refuses every session issued before
+//     it was created — a restart logs everyone out rather than reopening a
+//     logged-out session. Several replicas share Etcd: a logout is a key with a
+//     lease, each replica watches the prefix, and a replica whose watch has not
+//     been confirmed current within the sync bound answers 503 rather than from a
+//     stale copy — so a logout is refused on every replica within that bound
+//     (typically milliseconds).
 //   - The session Authenticator is never put behind the identity cache: a cached
 //     success would keep a logged-out session working for the cache's TTL. It checks
 //     the user still exists and is active on every request.
