@@ -119,9 +119,11 @@ type sessionSource struct {
 	build   func(t *testing.T) (*Backends, identity.Authenticator)
 	alice   identity.User
 	disable func(t *testing.T) identity.Authenticator // blocks alice; returns the chain of the new snapshot
+	// userCacheTTL is how long the source's user lookup is cached (0: not at all).
+	userCacheTTL time.Duration
 }
 
-func sessionSources(t *testing.T) []sessionSource {
+func sessionSources(t *testing.T, gl *gitlabtest.Server) []sessionSource {
 	dirSource := sessionSource{name: "directory", alice: identity.User{ID: 1, Username: "alice"}}
 	var dirBackends *Backends
 	dirSource.build = func(t *testing.T) (*Backends, identity.Authenticator) {
@@ -151,20 +153,17 @@ func sessionSources(t *testing.T) []sessionSource {
 		return authn
 	}
 
-	gl := gitlabtest.New(time.Now())
-	t.Cleanup(gl.Close)
-	gl.Sandbox()
-	gl.AddUser(gitlabtest.User{ID: 100, Username: "root", Admin: true})
-	gl.AddToken("glpat-admin-0000000000000000", gitlabtest.Token{ID: 100, UserID: 100, Scopes: []string{"api"}})
-	glSource := sessionSource{name: "gitlab", alice: identity.User{ID: 1, Username: "alice"}}
+	glSource := sessionSource{name: "gitlab", alice: identity.User{ID: 1, Username: "alice"}, userCacheTTL: time.Second}
 	var glAuthn identity.Authenticator
 	glSource.build = func(t *testing.T) (*Backends, identity.Authenticator) {
 		tokenFile := filepath.Join(t.TempDir(), "token")
 		if err := os.WriteFile(tokenFile, []byte("glpat-admin-0000000000000000\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
+		// A short cache TTL: a session behind the authentication cache would still
+		// be accepted right after its logout; the user lookup is cached this long.
 		o, err := parse(t, "--identity-source=gitlab", "--gitlab-url="+gl.URL, "--gitlab-insecure-http-for-tests", "--gitlab-token-file="+tokenFile,
-			"--session-key-file="+sessionKeyFile(t))
+			"--session-key-file="+sessionKeyFile(t), "--cache-ttl=1s")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -191,7 +190,12 @@ func sessionSources(t *testing.T) []sessionSource {
 // outside the identity cache, so a logout is refused at once (the cache TTL is the
 // default 30s) and a blocked user is refused on the next request.
 func TestSessionsThroughSources(t *testing.T) {
-	for _, src := range sessionSources(t) {
+	gl := gitlabtest.New(time.Now())
+	t.Cleanup(gl.Close)
+	gl.Sandbox()
+	gl.AddUser(gitlabtest.User{ID: 100, Username: "root", Admin: true})
+	gl.AddToken("glpat-admin-0000000000000000", gitlabtest.Token{ID: 100, UserID: 100, Scopes: []string{"api"}})
+	for _, src := range sessionSources(t, gl) {
 		t.Run(src.name, func(t *testing.T) {
 			b, authn := src.build(t)
 			if b.Sessions == nil {
@@ -207,11 +211,15 @@ func TestSessionsThroughSources(t *testing.T) {
 				return s, identity.Credential{Type: identity.AccessSessionCookie, AgentID: 1, Secret: rec.Result().Cookies()[0].Value, CSRF: s.CSRFToken}
 			}
 			s, cred := login(t)
+			lookups := gl.Calls("GET /api/v4/users")
 			for i := range 3 { // several requests: any cache in the way would now hold the success
 				id, ok, err := authn.Authenticate(ctx, cred)
 				if !ok || err != nil || id.User != src.alice || id.AccessType != identity.AccessSessionCookie || id.AgentID != 1 {
 					t.Fatalf("request %d: %+v %v %v", i, id, ok, err)
 				}
+			}
+			if n := gl.Calls("GET /api/v4/users") - lookups; src.name == "gitlab" && n != 1 {
+				t.Errorf("%d GitLab user lookups for 3 session requests, want 1 (cached)", n)
 			}
 			t.Run("a revoked session is refused at once", func(t *testing.T) {
 				if err := b.Sessions.Revoke(ctx, httptest.NewRecorder(), s); err != nil {
@@ -239,10 +247,22 @@ func TestSessionsThroughSources(t *testing.T) {
 					t.Fatal(err)
 				}
 				next := src.disable(t)
-				_, ok, err := next.Authenticate(ctx, c)
-				var e *identity.Error
-				if ok || !errors.As(err, &e) || e.Reason != identity.ReasonInactive {
-					t.Fatalf("%v %v, want %s", ok, err, identity.ReasonInactive)
+				// The directory: at once (a new snapshot); GitLab: once the cached
+				// user lookup expires (--cache-ttl=1s here).
+				deadline := time.Now().Add(src.userCacheTTL + 2*time.Second)
+				for {
+					_, ok, err := next.Authenticate(ctx, c)
+					if !ok {
+						var e *identity.Error
+						if !errors.As(err, &e) || e.Reason != identity.ReasonInactive {
+							t.Fatalf("%v, want %s", err, identity.ReasonInactive)
+						}
+						break
+					}
+					if src.userCacheTTL == 0 || time.Now().After(deadline) {
+						t.Fatalf("a blocked user's session still accepted")
+					}
+					time.Sleep(50 * time.Millisecond)
 				}
 			})
 			t.Run("PATs still work behind it", func(t *testing.T) {
