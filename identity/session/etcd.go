@@ -23,6 +23,10 @@ const (
 	DefaultSyncBound  = 5 * time.Second
 	// maxEtcdValue bounds a revocation's value (its expiry in Unix milliseconds).
 	maxEtcdValue = 32
+	// RevocationGrace keeps a revocation in etcd this long past the session's
+	// absolute expiry: a replica whose clock is behind still refuses the session
+	// until its own clock says it expired (clocks within this of each other).
+	RevocationGrace = 5 * time.Minute
 )
 
 // EtcdConfig configures an Etcd revocation store.
@@ -38,6 +42,8 @@ type EtcdConfig struct {
 	SyncBound time.Duration
 	// Timeout bounds one Revoke and one list (default SyncBound).
 	Timeout time.Duration
+	// Grace keeps a revocation past the session's expiry (RevocationGrace).
+	Grace time.Duration
 	// Log receives the store's state changes; nil discards them.
 	Log *slog.Logger
 }
@@ -61,9 +67,9 @@ func EtcdTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 // Etcd is a Revocations store in etcd, shared by every replica: a logout on one is
 // refused on all within the sync bound (typically milliseconds).
 //
-// Revoke puts <prefix><id> with a lease of the session's remaining lifetime, so
-// etcd deletes it when the session would have expired anyway: the store holds only
-// live logouts. Each replica keeps a local copy: Run lists the prefix, then watches
+// Revoke puts <prefix><id> with a lease of the session's remaining lifetime (plus
+// RevocationGrace for clock differences between replicas), so etcd deletes it when
+// the session would have expired anyway: the store holds only live logouts. Each replica keeps a local copy: Run lists the prefix, then watches
 // it from the listed revision (asking for progress notifications every third of
 // the sync bound). Revoked answers from the copy, and fails closed — an error, a 503
 // — while the watch has not been confirmed current (an event or a progress
@@ -102,6 +108,9 @@ func NewEtcd(cfg EtcdConfig) (*Etcd, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = cfg.SyncBound
 	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = RevocationGrace
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -130,10 +139,11 @@ func (e *Etcd) Revoke(ctx context.Context, id string, until time.Time) error {
 	if id == "" || strings.Contains(id, "/") {
 		return fmt.Errorf("invalid session id for a revocation")
 	}
-	left := time.Until(until)
-	if left <= 0 {
+	if time.Until(until) <= 0 {
 		return nil // expired already: the cookie is refused without us
 	}
+	until = until.Add(e.cfg.Grace)
+	left := time.Until(until)
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	ttl := int64((left + time.Second - 1) / time.Second)

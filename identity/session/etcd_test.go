@@ -36,9 +36,9 @@ func startEtcd(t *testing.T) *cluster.Etcd {
 }
 
 // newEtcdStore makes a store (one "replica") and runs it until the test ends.
-func newEtcdStore(t *testing.T, url string) *Etcd {
+func newEtcdStore(t *testing.T, url string, grace time.Duration) *Etcd {
 	t.Helper()
-	s, err := NewEtcd(EtcdConfig{Endpoints: []string{url}, SyncBound: testSyncBound, Prefix: "/test/revoked"})
+	s, err := NewEtcd(EtcdConfig{Endpoints: []string{url}, SyncBound: testSyncBound, Prefix: "/test/revoked", Grace: grace})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestEtcdReplicas(t *testing.T) {
 	writeKeys(t, keyFile, newKey(t))
 	users := newUsers(alice)
 	replica := func() (*Manager, identity.Authenticator) {
-		m, err := New(Config{KeyFile: keyFile, Revocations: newEtcdStore(t, e.URL)})
+		m, err := New(Config{KeyFile: keyFile, Revocations: newEtcdStore(t, e.URL, 0)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +131,7 @@ func TestEtcdReplicas(t *testing.T) {
 // when etcd is back.
 func TestEtcdFailsClosed(t *testing.T) {
 	e := startEtcd(t)
-	store := newEtcdStore(t, e.URL)
+	store := newEtcdStore(t, e.URL, 0)
 	ctx := context.Background()
 	if err := store.Revoke(ctx, "before-outage", time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
@@ -181,7 +181,7 @@ func TestEtcdFailsClosed(t *testing.T) {
 // replica's copy, so many logouts do not accumulate.
 func TestEtcdBounded(t *testing.T) {
 	e := startEtcd(t)
-	a, b := newEtcdStore(t, e.URL), newEtcdStore(t, e.URL)
+	a, b := newEtcdStore(t, e.URL, time.Millisecond), newEtcdStore(t, e.URL, time.Millisecond) // leases of the sessions' lifetime
 	ctx := context.Background()
 	const n = 200
 	until := time.Now().Add(3 * time.Second)
@@ -209,6 +209,26 @@ func TestEtcdBounded(t *testing.T) {
 	if got := count(); got != n {
 		t.Fatalf("%d revocations in etcd, want %d", got, n)
 	}
+	t.Run("a revocation outlives its session by the grace (clock differences)", func(t *testing.T) {
+		g := newEtcdStore(t, e.URL, 0)
+		if err := g.Revoke(ctx, "graced", time.Now().Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Get(ctx, "/test/revoked/graced")
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("%v %v", resp, err)
+		}
+		ttl, err := client.TimeToLive(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := int64((time.Minute + RevocationGrace) / time.Second); ttl.GrantedTTL != want {
+			t.Errorf("lease of %ds, want %ds (the session's remaining minute plus the grace)", ttl.GrantedTTL, want)
+		}
+		if _, err := client.Delete(ctx, "/test/revoked/graced"); err != nil {
+			t.Fatal(err)
+		}
+	})
 	// etcd's lessor expires leases on its own schedule, a little after the TTL.
 	waitFor(t, 30*time.Second, "the leases to delete the revocations in etcd", func() bool { return count() == 0 })
 	waitFor(t, 10*time.Second, "both copies to empty", func() bool { return a.Len() == 0 && b.Len() == 0 })

@@ -184,7 +184,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	if worldReadable {
-		m.log.Warn("the session key file is readable by every user of this machine: anyone who reads it can forge sessions; chmod 600 it (or 0400 in a Secret volume)", "file", cfg.KeyFile)
+		m.log.Warn("the session key file is readable by every user of this machine: anyone who reads it can forge sessions; chmod 600 it (in Kubernetes, mount the Secret with defaultMode: 0400)", "file", cfg.KeyFile)
 	}
 	m.keys.Store(k)
 	m.log.Info("browser sessions on", "key_ids", strings.Join(k.ids(), ","), "idle_timeout", cfg.IdleTimeout.String(), "max_age", cfg.MaxAge.String())
