@@ -84,6 +84,7 @@ type Etcd struct {
 	mu        sync.Mutex
 	entries   map[string]time.Time // id → until
 	confirmed time.Time            // when the copy was last confirmed current; zero: never
+	lists     int                  // lists of the prefix so far (each (re)connect lists once)
 }
 
 // NewEtcd makes the store and its client; it does not wait for etcd (Run does).
@@ -238,10 +239,17 @@ func (e *Etcd) syncOnce(parent context.Context) error {
 	e.mu.Lock()
 	e.entries = entries
 	e.confirmed = time.Now()
+	e.lists++
 	e.mu.Unlock()
 	e.log.Info("the etcd revocation store is current", "revocations", len(entries), "revision", resp.Header.Revision)
 
-	wch := e.client.Watch(ctx, e.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1), clientv3.WithProgressNotify())
+	// The watch starts AT the listed revision, not after it: etcd answers a progress
+	// request only when every watcher of the stream has a start revision at or
+	// below the store's (progressIfSync in go.etcd.io/etcd/server/v3
+	// storage/mvcc/watchable_store.go), and a quiet prefix in a quiet etcd never
+	// reaches revision+1. Replaying the listed revision's own events is harmless:
+	// they are already in the list, and applying them again changes nothing.
+	wch := e.client.Watch(ctx, e.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision), clientv3.WithProgressNotify())
 	tick := time.NewTicker(e.cfg.SyncBound / 3)
 	defer tick.Stop()
 	for {

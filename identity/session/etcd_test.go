@@ -114,6 +114,19 @@ func TestEtcdReplicas(t *testing.T) {
 		wantReason(t, last, identity.ReasonRevoked)
 		t.Logf("replica B refused the logged-out session after %s (bound %s)", took, testSyncBound)
 	})
+	t.Run("a quiet watch stays current by progress notifications, without relisting", func(t *testing.T) {
+		store := newEtcdStore(t, e.URL, 0)
+		time.Sleep(3 * testSyncBound) // no events at all meanwhile
+		if _, err := store.Revoked(ctx, "x"); err != nil {
+			t.Fatal(err)
+		}
+		store.mu.Lock()
+		lists := store.lists
+		store.mu.Unlock()
+		if lists != 1 {
+			t.Fatalf("%d lists in 3 sync bounds without events, want 1: progress notifications did not confirm the watch", lists)
+		}
+	})
 	t.Run("another session is unaffected", func(t *testing.T) {
 		rec := httptest.NewRecorder()
 		s2, err := a.Issue(rec, alice, MethodOIDC)
