@@ -13,9 +13,12 @@
 // apply immediately.
 //
 // Browser sessions (identity/session, with --session-key-file) come first in the
-// chain and are never cached: a cached success would keep a logged-out session
-// working for the cache's TTL. Their user lookup is the one OIDC's lookup mode uses:
-// the directory of the snapshot, or GitLab.
+// chain and are not behind the authentication cache: a cached success would keep a
+// logged-out session working for the cache's TTL. Their user lookup is the one
+// OIDC's lookup mode uses: the directory of the snapshot, or GitLab — whose answer
+// is cached (cache.Users), so that a Dashboard's many requests cost one GitLab call
+// per user and TTL; a user blocked in GitLab keeps a session at most that long, as
+// a cached token does.
 package backends
 
 import (
@@ -160,9 +163,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.CacheFailureTTL, "cache-failure-ttl", o.CacheFailureTTL,
 		"how long a rejected credential stays rejected without asking again (0 disables); an unavailable source is never cached")
 	fs.IntVar(&o.CacheSize, "cache-size", o.CacheSize,
-		"most entries in each identity cache (authentication, memberships)")
+		"most entries in each identity cache (authentication, memberships, users)")
 	fs.Int64Var(&o.CacheBytes, "cache-bytes", o.CacheBytes,
-		"memory bound, in bytes, of each identity cache (authentication, memberships; at least 1 MiB); entries are weighed by what they hold, so large membership answers are evicted first rather than letting the cache grow with them")
+		"memory bound, in bytes, of each identity cache (authentication, memberships, users; at least 1 MiB); entries are weighed by what they hold, so large membership answers are evicted first rather than letting the cache grow with them")
 	fs.StringVar(&o.SessionKeyFile, "session-key-file", o.SessionKeyFile,
 		"file of the keys browser session cookies are sealed with: one per line, base64 of 32 random bytes (head -c 32 /dev/urandom | base64), the first seals, the others still open (rotation); '#' comments; re-read when it changes. Empty: no browser sessions (session cookies are refused)")
 	fs.DurationVar(&o.SessionIdleTimeout, "session-idle-timeout", o.SessionIdleTimeout,

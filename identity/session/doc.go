@@ -43,8 +43,10 @@
 //     stale copy — so a logout is refused on every replica within that bound
 //     (typically milliseconds).
 //   - The session Authenticator is never put behind the identity cache: a cached
-//     success would keep a logged-out session working for the cache's TTL. It checks
-//     the user still exists and is active on every request.
+//     success would keep a logged-out session working for the cache's TTL. It asks
+//     the revocation store and its UserLookup (is the user still there and active,
+//     with the same id?) on every request; a lookup may cache its own answers
+//     (identity/backends caches GitLab's for --cache-ttl), never the revocation.
 //   - Nothing secret is logged: Session's String and LogValue leave out the CSRF
 //     token and show at most an 8-character prefix of the session id; the cookie and
 //     the keys are never logged.
