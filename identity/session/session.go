@@ -308,6 +308,11 @@ func (m *Manager) open(value string) (*Session, error) {
 	if s.ID == "" || s.CSRFToken == "" || s.User.ID <= 0 || s.User.Username == "" || s.ExpiresAt.Before(s.IssuedAt) {
 		return nil, identity.Rejected(identity.ReasonInvalid, errors.New("session cookie opens but is incomplete"))
 	}
+	// A session sealed under a longer --session-max-age ends by the current one:
+	// shortening it applies to the sessions already issued.
+	if limit := s.IssuedAt.Add(m.cfg.MaxAge); limit.Before(s.ExpiresAt) {
+		s.ExpiresAt = limit
+	}
 	now := m.now()
 	if !now.Before(s.ExpiresAt) {
 		return nil, identity.Rejected(identity.ReasonExpired, fmt.Errorf("%s: reached its max age at %s", s, s.ExpiresAt.UTC().Format(time.RFC3339)))

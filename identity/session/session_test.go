@@ -394,6 +394,21 @@ func TestAttacks(t *testing.T) {
 			}
 			return cred(c.Value, s.CSRFToken)
 		}},
+		{name: "issued under a longer max age than the gateway's now", want: identity.ReasonExpired, make: func(t *testing.T, f *fixture, s *Session, c *http.Cookie) identity.Credential {
+			shorter, err := New(Config{KeyFile: f.keyFile, Now: f.clock.Now, Revocations: f.mem, IdleTimeout: 30 * time.Minute, MaxAge: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.m = shorter
+			for range 5 { // keep it active: only the max age can end it
+				f.clock.Advance(15 * time.Minute)
+				rec := httptest.NewRecorder()
+				if next, err := f.m.Refresh(rec, s); err == nil && len(rec.Result().Cookies()) == 1 {
+					s, c = next, rec.Result().Cookies()[0]
+				}
+			}
+			return cred(c.Value, s.CSRFToken)
+		}},
 		{name: "revoked", want: identity.ReasonRevoked, make: func(t *testing.T, f *fixture, s *Session, c *http.Cookie) identity.Credential {
 			if err := f.m.Revoke(context.Background(), httptest.NewRecorder(), s); err != nil {
 				t.Fatal(err)
