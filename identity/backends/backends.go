@@ -253,7 +253,7 @@ type Backends struct {
 
 	// Sessions issues and verifies browser sessions; nil without --session-key-file.
 	Sessions     *session.Manager
-	sessionUsers session.UserLookup // GitLab's lookup, cached; nil with the directory (per snapshot)
+	sessionUsers session.UserLookup // GitLab's lookup (cached with sessions on); nil with the directory (per snapshot)
 	runners      []func(context.Context) error
 }
 
@@ -351,6 +351,7 @@ func Build(ctx context.Context, o Options, reg prometheus.Registerer, log *slog.
 		}
 		b.closers = append(b.closers, cm.Close)
 		b.members = cm
+		b.sessionUsers = gl
 		if o.SessionKeyFile != "" {
 			// Every Dashboard request checks its user: one GitLab call per user per
 			// --cache-ttl, not per request.
