@@ -387,7 +387,7 @@ func TestSessionStoreEtcd(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	e, err := cluster.StartEtcd(ctx, t.TempDir())
+	e, err := cluster.StartEtcd(ctx, t.TempDir(), cluster.EtcdOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,5 +459,75 @@ func TestSessionStoreEtcd(t *testing.T) {
 			t.Fatal("replica B still accepts the logged-out session after the sync bound")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestSessionStoreEtcdTLS: the --session-etcd-*-file flags reach etcd over mutual
+// TLS; without the client certificate, or trusting another CA, the store never
+// becomes current and sessions get 503 (fail closed), never an unchecked accept.
+func TestSessionStoreEtcdTLS(t *testing.T) {
+	if _, err := cluster.EtcdBinary(); err != nil {
+		t.Skipf("no etcd binary, so --session-etcd-*-file are not tested: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e, err := cluster.StartEtcd(ctx, t.TempDir(), cluster.EtcdOptions{TLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Stop)
+	keyFile := sessionKeyFile(t)
+	tests := []struct {
+		name   string
+		args   []string
+		accept bool
+	}{
+		{name: "CA and client certificate", accept: true,
+			args: []string{"--session-etcd-ca-file=" + e.CAFile, "--session-etcd-cert-file=" + e.ClientCert, "--session-etcd-key-file=" + e.ClientKey}},
+		{name: "no client certificate", args: []string{"--session-etcd-ca-file=" + e.CAFile}},
+		{name: "the system roots do not know etcd's CA", args: []string{"--session-etcd-cert-file=" + e.ClientCert, "--session-etcd-key-file=" + e.ClientKey}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"--session-key-file=" + keyFile, "--session-store=etcd", "--session-etcd-endpoints=" + e.URL, "--session-sync-bound=1s"}, tt.args...)
+			o, err := parse(t, args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := Build(ctx, o, prometheus.NewRegistry(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rctx, rcancel := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- b.Run(rctx) }()
+			defer func() { rcancel(); <-done; b.Close() }()
+			authn, _, err := b.Sources(sandboxDirectory(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := httptest.NewRecorder()
+			s, err := b.Sessions.Issue(rec, identity.User{ID: 1, Username: "alice"}, session.MethodPassword)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cred := identity.Credential{Type: identity.AccessSessionCookie, AgentID: 1, Secret: rec.Result().Cookies()[0].Value, CSRF: s.CSRFToken}
+			deadline := time.Now().Add(3 * time.Second)
+			var last error
+			for time.Now().Before(deadline) {
+				var ok bool
+				if _, ok, last = authn.Authenticate(ctx, cred); ok {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			var ie *identity.Error
+			switch {
+			case tt.accept && last != nil:
+				t.Fatalf("not accepted over mutual TLS: %v", last)
+			case !tt.accept && (!errors.As(last, &ie) || !ie.Unavailable()):
+				t.Fatalf("%v, want 503 (the store cannot reach etcd)", last)
+			}
+		})
 	}
 }

@@ -27,7 +27,7 @@ func startEtcd(t *testing.T) *cluster.Etcd {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	e, err := cluster.StartEtcd(ctx, t.TempDir())
+	e, err := cluster.StartEtcd(ctx, t.TempDir(), cluster.EtcdOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
