@@ -645,3 +645,49 @@ func general(t *testing.T, flattened string) string {
 	}
 	return string(out)
 }
+
+// VerifyLogin: the token from a browser login's code exchange must carry that
+// login's nonce, besides everything Authenticate checks.
+func TestVerifyLoginNonce(t *testing.T) {
+	p := startProvider(t)
+	clk := &clock{t: time.Now()}
+	a := newAuthenticator(t, p, clk)
+	tok := p.login(t, gitlabUser{sub: "42", nickname: "alice"}) // nonce "n"
+	now := time.Now()
+	withNonce := func(n any) string {
+		c := p.claims(now)
+		if n != nil {
+			c["nonce"] = n
+		}
+		return p.sign(t, c)
+	}
+	otherAud := p.claims(now)
+	otherAud["aud"], otherAud["nonce"] = "another-client", "n"
+	tests := []struct {
+		name, token, nonce string
+		wantErr            bool
+	}{
+		{name: "the login's nonce", token: tok, nonce: "n"},
+		{name: "another nonce", token: tok, nonce: "m", wantErr: true},
+		{name: "no nonce expected", token: tok, nonce: "", wantErr: true},
+		{name: "token without a nonce", token: withNonce(nil), nonce: "n", wantErr: true},
+		{name: "nonce not a string", token: withNonce(7), nonce: "7", wantErr: true},
+		{name: "another audience", token: p.sign(t, otherAud), nonce: "n", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, exp, err := a.VerifyLogin(context.Background(), tt.token, tt.nonce)
+			if tt.wantErr {
+				wantReason(t, err, identity.ReasonInvalid, tt.token)
+				return
+			}
+			if err != nil || u.ID != 42 || u.Username != "alice" || exp.IsZero() {
+				t.Fatalf("got %+v %v %v", u, exp, err)
+			}
+		})
+	}
+	authURL, tokenURL, err := a.Endpoints(context.Background())
+	if err != nil || authURL != p.AuthorizationEndpoint() || tokenURL != p.TokenEndpoint() {
+		t.Fatalf("endpoints %q %q %v", authURL, tokenURL, err)
+	}
+}

@@ -154,7 +154,9 @@ func TestTokenRefuses(t *testing.T) {
 		{name: "good", change: func(url.Values, string) {}},
 		{name: "no verifier", change: func(v url.Values, _ string) { v.Del("code_verifier") }, want: "invalid_grant: code_verifier missing"},
 		{name: "another verifier", change: func(v url.Values, _ string) { v.Set("code_verifier", oauth2.GenerateVerifier()) }, want: "does not match"},
-		{name: "the challenge as verifier", change: func(v url.Values, verifier string) { v.Set("code_verifier", oauth2.S256ChallengeFromVerifier(verifier)) }, want: "does not match"},
+		{name: "the challenge as verifier", change: func(v url.Values, verifier string) {
+			v.Set("code_verifier", oauth2.S256ChallengeFromVerifier(verifier))
+		}, want: "does not match"},
 		{name: "another redirect_uri", change: func(v url.Values, _ string) { v.Set("redirect_uri", redirectURI+"2") }, want: "redirect_uri differs"},
 		{name: "no redirect_uri", change: func(v url.Values, _ string) { v.Del("redirect_uri") }, want: "redirect_uri differs"},
 		{name: "wrong secret", change: func(v url.Values, _ string) { v.Set("client_secret", "guess") }, want: "invalid_client"},
