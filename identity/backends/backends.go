@@ -11,6 +11,11 @@
 // Only remote sources are cached (GitLab's answers, OIDC verification): the directory
 // answers from memory faster than a cache lookup, and a changed directory file should
 // apply immediately.
+//
+// Browser sessions (identity/session, with --session-key-file) come first in the
+// chain and are never cached: a cached success would keep a logged-out session
+// working for the cache's TTL. Their user lookup is the one OIDC's lookup mode uses:
+// the directory of the snapshot, or GitLab.
 package backends
 
 import (
@@ -36,6 +41,7 @@ import (
 	"kubegate.dev/kubegate/identity/directory"
 	"kubegate.dev/kubegate/identity/gitlab"
 	"kubegate.dev/kubegate/identity/oidc"
+	"kubegate.dev/kubegate/identity/session"
 )
 
 // Source names for --identity-source.
@@ -74,6 +80,12 @@ type Options struct {
 	CacheFailureTTL time.Duration
 	CacheSize       int
 	CacheBytes      int64
+
+	// SessionKeyFile holds the browser session keys; empty: no browser sessions
+	// (session cookies stay "not accepted").
+	SessionKeyFile     string
+	SessionIdleTimeout time.Duration
+	SessionMaxAge      time.Duration
 }
 
 // DefaultOptions returns the flags' defaults.
@@ -92,6 +104,8 @@ func DefaultOptions() Options {
 		CacheFailureTTL:           cache.DefaultFailureTTL,
 		CacheSize:                 cache.DefaultMaxEntries,
 		CacheBytes:                cache.DefaultMaxBytes,
+		SessionIdleTimeout:        session.DefaultIdleTimeout,
+		SessionMaxAge:             session.DefaultMaxAge,
 	}
 }
 
@@ -137,6 +151,12 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"most entries in each identity cache (authentication, memberships)")
 	fs.Int64Var(&o.CacheBytes, "cache-bytes", o.CacheBytes,
 		"memory bound, in bytes, of each identity cache (authentication, memberships; at least 1 MiB); entries are weighed by what they hold, so large membership answers are evicted first rather than letting the cache grow with them")
+	fs.StringVar(&o.SessionKeyFile, "session-key-file", o.SessionKeyFile,
+		"file of the keys browser session cookies are sealed with: one per line, base64 of 32 random bytes (head -c 32 /dev/urandom | base64), the first seals, the others still open (rotation); '#' comments; re-read when it changes. Empty: no browser sessions (session cookies are refused)")
+	fs.DurationVar(&o.SessionIdleTimeout, "session-idle-timeout", o.SessionIdleTimeout,
+		"a browser session without activity ends after this long")
+	fs.DurationVar(&o.SessionMaxAge, "session-max-age", o.SessionMaxAge,
+		"a browser session ends this long after login however active it is (at most 168h)")
 }
 
 // Validate checks the options against each other; every problem is reported at once.
@@ -200,6 +220,7 @@ func (o *Options) Validate() error {
 	if o.CacheBytes < cache.MinMaxBytes {
 		errs = append(errs, fmt.Errorf("--cache-bytes must be at least %d (1 MiB)", cache.MinMaxBytes))
 	}
+	errs = append(errs, o.validateSessions()...)
 	return errors.Join(errs...)
 }
 
@@ -213,6 +234,11 @@ type Backends struct {
 	members    identity.MembershipResolver // cached GitLab memberships; nil for the directory
 	dir        atomic.Pointer[directory.Directory]
 	closers    []func()
+
+	// Sessions issues and verifies browser sessions; nil without --session-key-file.
+	Sessions     *session.Manager
+	sessionUsers session.UserLookup // GitLab's lookup; nil with the directory (per snapshot)
+	runners      []func(context.Context) error
 }
 
 // Build validates o and makes the clients and caches. reg receives the caches'
@@ -309,6 +335,11 @@ func Build(ctx context.Context, o Options, reg prometheus.Registerer, log *slog.
 		}
 		b.closers = append(b.closers, cm.Close)
 		b.members = cm
+		b.sessionUsers = gl
+	}
+	if err := b.buildSessions(ctx, o, log); err != nil {
+		b.Close()
+		return nil, err
 	}
 	return b, nil
 }
@@ -377,13 +408,28 @@ func (b *Backends) Sources(dir *directory.Directory) (identity.Authenticator, id
 			return nil, nil, errors.New("--identity-source=directory needs the --directory file")
 		}
 		b.dir.Store(dir)
-		if b.remote == nil {
+		var chain identity.Union
+		if b.Sessions != nil {
+			chain = append(chain, b.Sessions.Authenticator(session.UserLookupFunc(func(_ context.Context, username string) (identity.User, bool, error) {
+				u, ok := dir.UserByName(username)
+				return u, ok, nil
+			})))
+		}
+		chain = append(chain, dir)
+		if b.remote != nil {
+			// PATs from the directory; anything it does not handle (OIDC) goes on, its
+			// cached identities checked against this directory.
+			chain = append(chain, inDirectory{inner: b.remote, dir: dir, lookup: b.oidcLookup})
+		}
+		if len(chain) == 1 {
 			return dir, dir, nil
 		}
-		// PATs from the directory; anything it does not handle (OIDC) goes on, its
-		// cached identities checked against this directory.
-		return identity.Union{dir, inDirectory{inner: b.remote, dir: dir, lookup: b.oidcLookup}}, dir, nil
+		return chain, dir, nil
 	default:
+		if b.Sessions != nil {
+			// First and outside the cache: see the package doc.
+			return identity.Union{b.Sessions.Authenticator(b.sessionUsers), b.remote}, b.members, nil
+		}
 		return b.remote, b.members, nil
 	}
 }
