@@ -138,6 +138,18 @@ func New(cfg Config) (*Handler, error) {
 	return h, nil
 }
 
+// ParsePublicURL parses and checks a public URL (--public-url) as New does.
+func ParsePublicURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("login: the public URL %q does not parse: %w", s, err)
+	}
+	if _, err := checkPublicURL(u); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
 // checkPublicURL: an absolute https URL of an origin only (http only for a
 // loopback host, where nothing crosses a network), returned as the origin
 // browsers send in Origin.
