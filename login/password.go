@@ -116,3 +116,28 @@ func roundUp(d time.Duration) string {
 	}
 	return strconv.Itoa(s) + " seconds"
 }
+
+// ForwardedClient is a Config.ClientAddr for the listener behind kubegate's Envoy:
+// the rightmost X-Forwarded-For entry, which Envoy appends with the client's
+// address (HttpConnectionManager use_remote_address, which kubegate envoy
+// validate requires, with no trusted hops: conn_manager_utility.cc
+// mutateRequestHeaders), else the connection's address. A client that reaches
+// the listener directly could write that header itself, so keep
+// --browser-listen where only Envoy reaches it; the per-username limit holds
+// either way.
+func ForwardedClient(r *http.Request) string {
+	if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+		last := xff[len(xff)-1]
+		if i := strings.LastIndexByte(last, ','); i >= 0 {
+			last = last[i+1:]
+		}
+		if ip := net.ParseIP(strings.TrimSpace(last)); ip != nil {
+			return ip.String()
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

@@ -244,3 +244,28 @@ func TestPasswordLoginBodyBounded(t *testing.T) {
 		t.Fatalf("got %s", resp.Status)
 	}
 }
+
+func TestForwardedClient(t *testing.T) {
+	tests := []struct {
+		name string
+		xff  []string
+		want string
+	}{
+		{"no header: the connection", nil, "192.0.2.1"},
+		{"Envoy's entry", []string{"203.0.113.7"}, "203.0.113.7"},
+		{"the client's own entries are left of Envoy's", []string{"10.0.0.1, 198.51.100.2,203.0.113.7"}, "203.0.113.7"},
+		{"the last header line", []string{"10.0.0.1", "203.0.113.7"}, "203.0.113.7"},
+		{"not an address", []string{"203.0.113.7, evil"}, "192.0.2.1"},
+		{"IPv6", []string{"2001:db8::1"}, "2001:db8::1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, _ := http.NewRequest("GET", "/", nil)
+			r.RemoteAddr = "192.0.2.1:5000"
+			r.Header["X-Forwarded-For"] = tt.xff
+			if got := ForwardedClient(r); got != tt.want {
+				t.Fatalf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

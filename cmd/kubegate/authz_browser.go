@@ -87,7 +87,7 @@ func (b *browserFlags) handler(bk *backends.Backends, id *backends.Options, srv 
 	if bk.Sessions == nil {
 		return nil, errors.New("--browser-listen needs --session-key-file")
 	}
-	cfg := login.Config{PublicURL: pub, Sessions: bk.Sessions, Agents: srv, Dashboard: dashboardHandler(), Logger: log.With("component", "browser")}
+	cfg := login.Config{PublicURL: pub, Sessions: bk.Sessions, Agents: srv, Dashboard: dashboardHandler(), ClientAddr: login.ForwardedClient, Logger: log.With("component", "browser")}
 	if bk.HasPasswords() {
 		cfg.Passwords = bk
 	}
