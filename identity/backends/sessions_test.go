@@ -142,7 +142,7 @@ func sessionSources(t *testing.T) []sessionSource {
 	}
 	dirSource.disable = func(t *testing.T) identity.Authenticator {
 		authn, _, err := dirBackends.Sources(renumbered(t, func(s string) string {
-			return strings.Replace(s, "{id: 1, username: alice}", "{id: 1, username: alice, state: blocked}", 1)
+			return strings.Replace(s, "username: alice", "username: alice, state: blocked", 1) // the users line, with or without a password_hash
 		}))
 		if err != nil {
 			t.Fatal(err)
