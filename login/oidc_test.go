@@ -278,6 +278,16 @@ func TestOIDCCallbackRefuses(t *testing.T) {
 			if !strings.Contains(body, `href="/ui/login"`) {
 				t.Fatal("the page does not lead back to the login")
 			}
+			cbURL, _ := url.Parse(cb)
+			logs := f.logs.String()
+			for _, secret := range []string{cbURL.Query().Get("code"), cbURL.Query().Get("state"), f.secret} {
+				if secret != "" && strings.Contains(logs, secret) {
+					t.Fatalf("the log contains a code, state or secret %.12q…", secret)
+				}
+			}
+			if strings.Contains(logs, "eyJ") {
+				t.Fatal("the log contains a JWT")
+			}
 		})
 	}
 }
