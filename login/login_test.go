@@ -411,3 +411,28 @@ func (f *fixture) users() session.UserLookup {
 		return u, ok, nil
 	})
 }
+
+// FuzzSafeNext: whatever next a login carries, where the browser ends up is this
+// origin and a path under the browser prefix. The browser's reading is
+// approximated by net/url's reference resolution (RFC 3986 §5.2) plus the WHATWG
+// URL standard's treatment of '\' as '/' in special schemes.
+func FuzzSafeNext(f *testing.F) {
+	for _, s := range []string{"/ui/", "/ui/#/pods", "//evil", `/\evil`, "/ui/../x", "/ui/%2e%2e/", "/ui/?next=//evil", "/ui/;x", "/ui/@evil"} {
+		f.Add(s)
+	}
+	base, _ := url.Parse(publicURL + contract.LoginPath)
+	f.Fuzz(func(t *testing.T, next string) {
+		got := safeNext(next)
+		if got == "" {
+			return
+		}
+		u, err := url.Parse(strings.ReplaceAll(got, `\`, "/"))
+		if err != nil {
+			t.Fatalf("safeNext(%q) = %q does not parse: %v", next, got, err)
+		}
+		r := base.ResolveReference(u)
+		if r.Scheme != "https" || r.Host != "kubegate.test" || !strings.HasPrefix(r.Path, contract.BrowserPrefix) || r.User != nil {
+			t.Fatalf("safeNext(%q) = %q leads to %s", next, got, r)
+		}
+	})
+}
