@@ -86,12 +86,10 @@ func newOIDCLogin(c OIDCConfig, redirect string) (*oidcLogin, error) {
 	}
 	scopes := c.Scopes
 	if len(scopes) == 0 {
-		scopes = []string{gooidcScopeOpenID, "profile"}
+		scopes = []string{"openid", "profile"} // openid: an ID token (OIDC Core §3.1.2.1); profile: the username claims
 	}
 	return &oidcLogin{verifier: v, users: users, clientID: c.ClientID, secret: secret, scopes: scopes, redirect: redirect, host: iss.Host}, nil
 }
-
-const gooidcScopeOpenID = "openid"
 
 // config is the oauth2 client for the provider's endpoints (from discovery).
 func (o *oidcLogin) config(ctx context.Context) (*oauth2.Config, error) {
