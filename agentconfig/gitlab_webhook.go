@@ -33,7 +33,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"time"
+
+	"kubegate.dev/kubegate/internal/httpserve"
 )
 
 // Webhook header and event names (GitLab's webhook documentation).
@@ -180,28 +181,5 @@ func ServeWebhook(ctx context.Context, addr string, h http.Handler) error {
 
 // ServeWebhookOn is ServeWebhook on a listener (tests listen on :0).
 func ServeWebhookOn(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return err
-	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return httpserve.Serve(ctx, ln, h)
 }

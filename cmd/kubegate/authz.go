@@ -25,6 +25,7 @@ import (
 	"kubegate.dev/kubegate/gateway"
 	"kubegate.dev/kubegate/identity/backends"
 	"kubegate.dev/kubegate/identity/directory"
+	"kubegate.dev/kubegate/internal/httpserve"
 	"kubegate.dev/kubegate/policy"
 )
 
@@ -43,6 +44,7 @@ type authzOptions struct {
 	startWait       time.Duration
 	webhookListen   string
 	webhookSecret   string
+	browser         browserFlags
 
 	// Set by agents: the GitLab sources' shared metrics and the sources a webhook
 	// call refreshes.
@@ -100,6 +102,7 @@ credential). SIGTERM stops it gracefully.`,
 	f.StringVar(&o.webhookListen, "gitlab-webhook-listen", "", "serve GitLab's webhook on ADDR (host:port, plain HTTP: put TLS in front, the secret travels in a header): a push to an agent's config project re-reads that agent's configuration at once instead of at its interval. Add a project webhook with push events, or an admin system hook with push events, pointing at http(s)://<ADDR>/, with a secret token; needs --gitlab-webhook-secret-file and agents with agent_config.gitlab")
 	f.StringVar(&o.webhookSecret, "gitlab-webhook-secret-file", "", "the webhook's secret token, one line of at least 16 characters; a call without it in X-Gitlab-Token gets 401 and causes no read")
 	f.DurationVar(&o.startWait, "start-wait", 30*time.Second, "at start, how long to wait for every agent's first configuration before serving (agents still without one answer 503 until it loads); the start fails if no agent has a valid configuration by then")
+	o.browser.add(f)
 	o.identity.AddFlags(f)
 	return cmd
 }
@@ -129,6 +132,7 @@ func (o *authzOptions) validate() error {
 	if (o.webhookListen == "") != (o.webhookSecret == "") {
 		errs = append(errs, errors.New("--gitlab-webhook-listen and --gitlab-webhook-secret-file go together: the webhook is never served without a secret"))
 	}
+	errs = append(errs, o.browser.validate(&o.identity)...)
 	if o.directory == "" && o.identity.Source == backends.SourceDirectory {
 		errs = append(errs, errors.New("--directory is required with --identity-source=directory: the directory file of users, memberships and token digests"))
 	}
@@ -291,6 +295,13 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 	if err != nil {
 		return fmt.Errorf("cannot start: %w", err)
 	}
+	browserLn, err := o.browser.open(log)
+	if err != nil {
+		return fmt.Errorf("cannot start: %w", err)
+	}
+	if browserLn != nil {
+		defer browserLn.Close()
+	}
 	var reloader *extauthz.Reloader
 	if paths := o.watched(); len(paths) > 0 {
 		reloader = &extauthz.Reloader{Paths: paths, Log: log, Poll: o.reloadPoll}
@@ -310,10 +321,34 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 		return err
 	}
 
+	var browser http.Handler
+	if browserLn != nil {
+		if browser, err = o.browser.handler(o.backends, &o.identity, srv, log); err != nil {
+			return fmt.Errorf("cannot start: %w", err)
+		}
+	}
+
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		// The session key file watch (rotation); nothing without --session-key-file.
+		if err := o.backends.Run(runCtx); err != nil {
+			log.Error("the session key file is no longer watched; a rotated key is not picked up until kubegate authz restarts", "err", err.Error())
+		}
+	}()
+	if browser != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := httpserve.Serve(runCtx, browserLn, browser); err != nil {
+				log.Error("the browser listener stopped; browser logins and the Dashboard are unavailable until kubegate authz restarts", "err", err.Error())
+			}
+		}()
+	}
 	for _, a := range agents {
 		wg.Add(1)
 		go func() {

@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"kubegate.dev/kubegate/identity/directory"
 )
 
 // run executes the kubegate command line in-process and returns stdout, stderr and
@@ -80,5 +85,90 @@ func TestHashToken(t *testing.T) {
 	b, _, _ := run(t, "", "directory", "hash-token")
 	if a == b || !strings.HasPrefix(a, "token:  kgpat-") || !strings.Contains(a, "digest: sha256:") {
 		t.Fatalf("generated tokens %q %q", a, b)
+	}
+}
+
+func TestHashPassword(t *testing.T) {
+	tests := []struct {
+		name, stdin string
+		args        []string
+		wantPrefix  string
+		wantErr     string
+	}{
+		{name: "argon2id by default", stdin: "alice-sandbox-password\n", wantPrefix: "$argon2id$v=19$m=19456,t=2,p=1$"},
+		{name: "without a newline", stdin: "alice-sandbox-password", wantPrefix: "$argon2id$v=19$m=19456,t=2,p=1$"},
+		{name: "bcrypt", stdin: "alice-sandbox-password\r\n", args: []string{"--algorithm", "bcrypt", "--bcrypt-cost", "4"}, wantPrefix: "$2a$04$"},
+		{name: "empty", stdin: "\n", wantErr: "no password on stdin"},
+		{name: "nothing", stdin: "", wantErr: "no password on stdin"},
+		{name: "unknown algorithm", stdin: "pw\n", args: []string{"--algorithm", "md5"}, wantErr: `--algorithm "md5"`},
+		{name: "cost without bcrypt", stdin: "pw\n", args: []string{"--bcrypt-cost", "12"}, wantErr: "--bcrypt-cost is for --algorithm bcrypt"},
+		{name: "bcrypt cost too high", stdin: "pw\n", args: []string{"--algorithm", "bcrypt", "--bcrypt-cost", "20"}, wantErr: "above 13"},
+		{name: "bcrypt over 72 bytes", stdin: strings.Repeat("p", 73) + "\n", args: []string{"--algorithm", "bcrypt", "--bcrypt-cost", "4"}, wantErr: "72 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, code := run(t, tt.stdin, append([]string{"directory", "hash-password"}, tt.args...)...)
+			if tt.wantErr != "" {
+				if code != 1 || out != "" || !strings.Contains(errOut, tt.wantErr) {
+					t.Fatalf("code %d out %q err %q, want %q", code, out, errOut, tt.wantErr)
+				}
+				return
+			}
+			if code != 0 || !strings.HasPrefix(out, tt.wantPrefix) {
+				t.Fatalf("code %d out %q err %q", code, out, errOut)
+			}
+			// What it prints, the directory accepts, and the password checks.
+			doc := fmt.Sprintf("users:\n  - {id: 1, username: alice, password_hash: %q}\n", strings.TrimSpace(out))
+			d, err := directory.Parse("dir.yaml", []byte(doc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.CheckPassword(context.Background(), "alice", "alice-sandbox-password"); err != nil {
+				t.Fatalf("the printed digest does not check: %v", err)
+			}
+		})
+	}
+}
+
+type fakeTerminal struct{ answers []string }
+
+func (f *fakeTerminal) ReadPassword() ([]byte, error) {
+	if len(f.answers) == 0 {
+		return nil, io.EOF
+	}
+	a := f.answers[0]
+	f.answers = f.answers[1:]
+	return []byte(a), nil
+}
+
+func TestReadNewPasswordFromTerminal(t *testing.T) {
+	tests := []struct {
+		name    string
+		answers []string
+		want    string
+		wantErr string
+	}{
+		{name: "asked twice", answers: []string{"s3cret-pass", "s3cret-pass"}, want: "s3cret-pass"},
+		{name: "the two differ", answers: []string{"s3cret-pass", "s3cret-pasS"}, wantErr: "the two passwords differ"},
+		{name: "empty", answers: []string{""}, wantErr: "the password is empty"},
+		{name: "closed", answers: nil, wantErr: "reading the password"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var prompts bytes.Buffer
+			got, err := readNewPassword(strings.NewReader("not read\n"), &prompts, &fakeTerminal{answers: tt.answers})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got %q %v, want %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("got %q %v", got, err)
+			}
+			if p := prompts.String(); !strings.Contains(p, "Password: ") || !strings.Contains(p, "Again: ") || strings.Contains(p, tt.want) {
+				t.Fatalf("prompts %q", p)
+			}
+		})
 	}
 }

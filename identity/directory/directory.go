@@ -43,13 +43,17 @@ type Directory struct {
 	// first Memberships call for it (one listing per configuration).
 	index   atomic.Pointer[listedIndex]
 	indexMu sync.Mutex
+
+	// dummy is checked for users without a usable password_hash (CheckPassword).
+	dummy dummy
 }
 
 type user struct {
 	identity.User
-	state   string
-	directG []groupLevel // direct group memberships
-	directP []projectLevel
+	state    string
+	password *passwordHash // nil: no password login
+	directG  []groupLevel  // direct group memberships
+	directP  []projectLevel
 }
 
 type groupLevel struct {
@@ -179,11 +183,17 @@ func build(ff fileFormat) (*Directory, []string) {
 		now:         time.Now,
 	}
 
+	var hashes []*passwordHash
 	for i, u := range ff.Users {
 		where := entryAt{"users", i}
 		state := u.State
 		if state == "" {
 			state = "active"
+		}
+		var pw *passwordHash
+		var pwErr error
+		if u.PasswordHash != "" {
+			pw, pwErr = parsePasswordHash(u.PasswordHash)
 		}
 		switch {
 		case u.ID <= 0:
@@ -196,12 +206,19 @@ func build(ff fileFormat) (*Directory, []string) {
 			bad(u.line, "%s.id %d is used twice", where, u.ID)
 		case d.usersByName[strings.ToLower(u.Username)] != nil:
 			bad(u.line, "%s.username %q is used twice", where, u.Username)
+		case pwErr != nil:
+			bad(u.line, "%s.password_hash: %v", where, pwErr)
 		default:
-			nu := &user{User: identity.User{ID: u.ID, Username: u.Username}, state: state}
+			if pw != nil {
+				hashes = append(hashes, pw)
+			}
+			nu := &user{User: identity.User{ID: u.ID, Username: u.Username}, state: state, password: pw}
 			d.usersByID[u.ID] = nu
 			d.usersByName[strings.ToLower(u.Username)] = nu
 		}
 	}
+
+	d.dummy.like = mostCommon(hashes)
 
 	ids := make(map[int64]bool, len(ff.Groups))
 	for i, g := range ff.Groups {

@@ -462,8 +462,8 @@ func (f *flowFields) only(keys ...string) {
 func (ff *fileFormat) add(section string, f *flowFields, line int) bool {
 	switch section {
 	case "users":
-		f.only("id", "username", "state")
-		ff.Users = append(ff.Users, userEntry{ID: f.num("id"), Username: f.str("username"), State: f.str("state"), line: line})
+		f.only("id", "username", "state", "password_hash")
+		ff.Users = append(ff.Users, userEntry{ID: f.num("id"), Username: f.str("username"), State: f.str("state"), PasswordHash: f.str("password_hash"), line: line})
 	case "groups":
 		f.only("id", "path", "parent")
 		ff.Groups = append(ff.Groups, groupEntry{ID: f.num("id"), Path: f.str("path"), Parent: f.str("parent"), line: line})

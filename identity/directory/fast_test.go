@@ -47,6 +47,10 @@ func TestFlowLinesAgreeWithYAML(t *testing.T) {
 		{"revoked yes", "tokens", `{user: alice, name: laptop, digest: "sha256:ab", revoked: yes}`, false},
 		{"scopes not a list", "tokens", `{user: alice, name: laptop, digest: "sha256:ab", scopes: k8s_proxy}`, false},
 		{"a comment inside", "users", "{id: 2, username: bob #x}", false},
+		{"argon2id password hash", "users", `{id: 2, username: bob, password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaC+/aGFzaGhhc2g"}`, true},
+		{"bcrypt password hash", "users", `{id: 2, username: bob, password_hash: "$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"}`, true},
+		{"bcrypt password hash unquoted", "users", `{id: 2, username: bob, password_hash: $2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy}`, false},
+		{"password hash a list", "users", `{id: 2, username: bob, password_hash: [a]}`, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -111,6 +115,7 @@ func FuzzFlowLinesAgreeWithYAML(f *testing.F) {
 		`tokens:` + "\n" + `  - {user: alice, name: laptop, digest: "sha256:ab", scopes: [k8s_proxy], expires_at: 2027-12-31, revoked: true}` + "\n",
 		"users:\n  - {id: 2, username: \"b\\u006fb\"}\n",
 		"users: # c\n  - {id: 1, username: alice}   # trailing\n\n",
+		"users:\n  - {id: 1, username: alice, password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFz+/aGFzaGhhc2g\"}\n",
 	} {
 		f.Add([]byte(seed))
 	}
@@ -137,6 +142,10 @@ func TestChunkedSectionsAgreeWithYAML(t *testing.T) {
 	var b strings.Builder
 	b.WriteString("# a directory in several large sections\nusers:\n")
 	for i := range 9000 {
+		if i%3 == 0 { // a password digest, with the ',' '$' '+' '/' of PHC strings, on every third user
+			fmt.Fprintf(&b, "  - {id: %d, username: user%d, password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ%d$aGFz+/aGFzaGhhc2hoYXNo\"}\n", i+1, i, i)
+			continue
+		}
 		fmt.Fprintf(&b, "  - {id: %d, username: user%d}\n", i+1, i)
 		if i%997 == 0 {
 			b.WriteString("  # a comment among the users\n\n")
@@ -164,6 +173,9 @@ func TestChunkedSectionsAgreeWithYAML(t *testing.T) {
 	}
 	if !reflect.DeepEqual(fast, slow) {
 		t.Fatal("the chunked line reader and YAML read the file differently")
+	}
+	if fast.Users[3].PasswordHash == "" || fast.Users[4].PasswordHash != "" {
+		t.Fatal("the password digests were not read where they were written")
 	}
 	if got := fast.Memberships[len(fast.Memberships)-1].line; got != strings.Count(b.String(), "\n") {
 		t.Fatalf("the last membership is on line %d, want %d", got, strings.Count(b.String(), "\n"))

@@ -10,6 +10,9 @@
 //	  - id: 1                   # numeric user id (unique, > 0)
 //	    username: alice         # unique, case-insensitive; becomes gitlab:user:alice
 //	    state: active           # active | blocked | deactivated | banned (default active)
+//	    password_hash: "$argon2id$v=19$m=19456,t=2,p=1$…$…"  # optional: the user may log in to
+//	                            # the Dashboard with a password; an argon2id or bcrypt ($2b$…)
+//	                            # PHC string, quoted; `kubegate directory hash-password` prints one
 //	groups:
 //	  - id: 3                   # numeric group id (unique, > 0)
 //	    path: group-3           # full path (unique, case-insensitive)
@@ -52,10 +55,11 @@ type fileFormat struct {
 }
 
 type userEntry struct {
-	ID       int64  `yaml:"id"`
-	Username string `yaml:"username"`
-	State    string `yaml:"state"`
-	line     int
+	ID           int64  `yaml:"id"`
+	Username     string `yaml:"username"`
+	State        string `yaml:"state"`
+	PasswordHash string `yaml:"password_hash"`
+	line         int
 }
 
 type groupEntry struct {

@@ -21,6 +21,7 @@ package oidc
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -123,6 +124,8 @@ type Authenticator struct {
 	mu         sync.Mutex
 	lastTry    time.Time
 	lastErr    error
+	authURL    string // from discovery, for browser logins
+	tokenURL   string
 	discovered atomic.Int64 // successful discoveries, for tests
 }
 
@@ -247,6 +250,10 @@ func (a *Authenticator) discover() (*gooidc.IDTokenVerifier, error) {
 	if err := p.Claims(&meta); err != nil {
 		return nil, fmt.Errorf("reading %s's discovery document: %w", a.cfg.Issuer, err)
 	}
+	ep := p.Endpoint()
+	a.mu.Lock()
+	a.authURL, a.tokenURL = ep.AuthURL, ep.TokenURL
+	a.mu.Unlock()
 	if meta.JWKSURI == "" {
 		return nil, fmt.Errorf("%s's discovery document has no jwks_uri", a.cfg.Issuer)
 	}
@@ -284,35 +291,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, cred identity.Credenti
 	if cred.Type != identity.AccessOIDCIDToken {
 		return nil, false, nil
 	}
-	if len(cred.Secret) > maxTokenLen {
-		return nil, false, identity.Rejected(identity.ReasonInvalid, fmt.Errorf("the ID token is longer than %d bytes", maxTokenLen))
-	}
-	v, err := a.verifier(ctx)
+	tok, claims, err := a.verify(ctx, cred.Secret)
 	if err != nil {
-		return nil, false, identity.SourceUnavailable("OIDC issuer", err)
-	}
-	mark := &unavailableMark{}
-	tok, err := v.Verify(context.WithValue(ctx, unavailableKey{}, mark), cred.Secret)
-	if err != nil {
-		var expired *gooidc.TokenExpiredError
-		switch {
-		case mark.err != nil:
-			return nil, false, identity.SourceUnavailable("OIDC issuer", mark.err)
-		case errors.As(err, &expired):
-			return nil, false, identity.Rejected(identity.ReasonExpired, fmt.Errorf("the ID token expired at %s", expired.Expiry.UTC().Format(time.RFC3339)))
-		default:
-			return nil, false, identity.Rejected(identity.ReasonInvalid, fmt.Errorf("ID token refused: %w", err))
-		}
-	}
-	var claims map[string]json.RawMessage
-	if err := tok.Claims(&claims); err != nil {
-		return nil, false, identity.Rejected(identity.ReasonInvalid, fmt.Errorf("ID token claims: %w", err))
-	}
-	if err := a.checkTimes(claims); err != nil {
-		return nil, false, identity.Rejected(identity.ReasonInvalid, err)
-	}
-	if err := a.checkAuthorizedParty(tok.Audience, claims); err != nil {
-		return nil, false, identity.Rejected(identity.ReasonInvalid, err)
+		return nil, false, err
 	}
 	user, err := a.user(ctx, tok.Subject, claims)
 	if err != nil {
@@ -320,6 +301,88 @@ func (a *Authenticator) Authenticate(ctx context.Context, cred identity.Credenti
 	}
 	return &identity.Identity{User: user, AccessType: cred.Type, AgentID: cred.AgentID, Expiry: tok.Expiry}, true, nil
 }
+
+// VerifyLogin verifies an ID token a browser login obtained from the issuer's
+// token endpoint (the authorization-code flow) exactly as Authenticate verifies a
+// bearer one — signature, iss, aud (this client id), exp, nbf, iat, azp — and in
+// addition that its nonce is the one the login sent in the authorization request
+// (OpenID Connect Core 1.0 §3.1.3.7 point 11: it must be present and equal, which
+// ties the token to this browser's login and stops a replayed one), then maps it
+// to a user as Authenticate does. Errors are *identity.Error.
+func (a *Authenticator) VerifyLogin(ctx context.Context, rawIDToken, nonce string) (identity.User, time.Time, error) {
+	if nonce == "" {
+		return identity.User{}, time.Time{}, identity.Rejected(identity.ReasonInvalid, errors.New("the login sent no nonce"))
+	}
+	tok, claims, err := a.verify(ctx, rawIDToken)
+	if err != nil {
+		return identity.User{}, time.Time{}, err
+	}
+	var got string
+	if raw, ok := claims["nonce"]; !ok || json.Unmarshal(raw, &got) != nil || subtle.ConstantTimeCompare([]byte(got), []byte(nonce)) != 1 {
+		return identity.User{}, time.Time{}, identity.Rejected(identity.ReasonInvalid, errors.New("the ID token's nonce is missing or is not this login's"))
+	}
+	user, err := a.user(ctx, tok.Subject, claims)
+	if err != nil {
+		return identity.User{}, time.Time{}, err
+	}
+	return user, tok.Expiry, nil
+}
+
+// verify checks an ID token's signature and claims (not yet who it is).
+func (a *Authenticator) verify(ctx context.Context, raw string) (*gooidc.IDToken, map[string]json.RawMessage, error) {
+	if len(raw) > maxTokenLen {
+		return nil, nil, identity.Rejected(identity.ReasonInvalid, fmt.Errorf("the ID token is longer than %d bytes", maxTokenLen))
+	}
+	v, err := a.verifier(ctx)
+	if err != nil {
+		return nil, nil, identity.SourceUnavailable("OIDC issuer", err)
+	}
+	mark := &unavailableMark{}
+	tok, err := v.Verify(context.WithValue(ctx, unavailableKey{}, mark), raw)
+	if err != nil {
+		var expired *gooidc.TokenExpiredError
+		switch {
+		case mark.err != nil:
+			return nil, nil, identity.SourceUnavailable("OIDC issuer", mark.err)
+		case errors.As(err, &expired):
+			return nil, nil, identity.Rejected(identity.ReasonExpired, fmt.Errorf("the ID token expired at %s", expired.Expiry.UTC().Format(time.RFC3339)))
+		default:
+			return nil, nil, identity.Rejected(identity.ReasonInvalid, fmt.Errorf("ID token refused: %w", err))
+		}
+	}
+	var claims map[string]json.RawMessage
+	if err := tok.Claims(&claims); err != nil {
+		return nil, nil, identity.Rejected(identity.ReasonInvalid, fmt.Errorf("ID token claims: %w", err))
+	}
+	if err := a.checkTimes(claims); err != nil {
+		return nil, nil, identity.Rejected(identity.ReasonInvalid, err)
+	}
+	if err := a.checkAuthorizedParty(tok.Audience, claims); err != nil {
+		return nil, nil, identity.Rejected(identity.ReasonInvalid, err)
+	}
+	return tok, claims, nil
+}
+
+// ClientID is the audience the tokens must name.
+func (a *Authenticator) ClientID() string { return a.cfg.ClientID }
+
+// Endpoints returns the issuer's authorization and token endpoints from its
+// discovery document (read on first use, as for verification).
+func (a *Authenticator) Endpoints(ctx context.Context) (authURL, tokenURL string, err error) {
+	if _, err := a.verifier(ctx); err != nil {
+		return "", "", err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.authURL == "" || a.tokenURL == "" {
+		return "", "", fmt.Errorf("%s's discovery document has no authorization_endpoint or token_endpoint", a.cfg.Issuer)
+	}
+	return a.authURL, a.tokenURL, nil
+}
+
+// HTTPClient is the bounded client that reaches the issuer (for the token
+// endpoint too).
+func (a *Authenticator) HTTPClient() *http.Client { return a.client }
 
 // checkTimes applies the clock skew to nbf and iat (go-oidc allows a fixed five
 // minutes on nbf and does not look at iat).

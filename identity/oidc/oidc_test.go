@@ -1,9 +1,9 @@
 package oidc
 
-// These tests run against a real OIDC provider started in the test:
-// github.com/oauth2-proxy/mockoidc serves discovery, JWKS, authorization and token
+// These tests run against a real OIDC provider started in the test: oidctest (on
+// github.com/oauth2-proxy/mockoidc) serves discovery, JWKS, authorization and token
 // endpoints and signs ID tokens with RS256. Tokens for the happy path come out of the
-// authorization code flow (golang.org/x/oauth2); malicious and out-of-date tokens are
+// authorization code flow with PKCE (golang.org/x/oauth2); malicious and out-of-date tokens are
 // signed with the provider's own key (or a stranger's) to isolate one defect each.
 
 import (
@@ -32,29 +32,26 @@ import (
 	"golang.org/x/oauth2"
 
 	"kubegate.dev/kubegate/identity"
+	"kubegate.dev/kubegate/identity/oidc/oidctest"
 	"kubegate.dev/kubegate/test/testkit"
 )
 
-// provider is a running mockoidc with request counters and switchable failures.
+// provider is the in-test OIDC provider (oidctest, on mockoidc) with request
+// counters and switchable failures.
 type provider struct {
-	*mockoidc.MockOIDC
+	*oidctest.Provider
 	jwksCalls, discoveryCalls atomic.Int64
 	failJWKS, failDiscovery   atomic.Bool
 	hangJWKS                  atomic.Bool
 	stop                      chan struct{}
 }
 
+const callbackURI = "http://127.0.0.1/callback"
+
 func startProvider(t *testing.T) *provider {
 	t.Helper()
-	m, err := mockoidc.NewServer(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Keypair.KeyID(); err != nil { // computed once, before the server reads it
-		t.Fatal(err)
-	}
-	p := &provider{MockOIDC: m, stop: make(chan struct{})}
-	err = m.AddMiddleware(func(next http.Handler) http.Handler {
+	p := &provider{stop: make(chan struct{})}
+	p.Provider = oidctest.Start(t, oidctest.Options{Client: oidctest.Client{RedirectURI: callbackURI}, Middleware: func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			switch {
 			case strings.HasSuffix(r.URL.Path, mockoidc.JWKSEndpoint):
@@ -79,18 +76,8 @@ func startProvider(t *testing.T) *provider {
 			}
 			next.ServeHTTP(w, r)
 		})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ln, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { close(p.stop); _ = m.Shutdown() })
+	}})
+	t.Cleanup(func() { close(p.stop) }) // before the provider's own cleanup shuts it down
 	return p
 }
 
@@ -100,32 +87,18 @@ type gitlabUser struct {
 	sub, nickname, preferred string
 }
 
-func (u gitlabUser) ID() string { return u.sub }
-
-func (u gitlabUser) Userinfo([]string) ([]byte, error) {
-	return json.Marshal(map[string]string{"sub": u.sub, "nickname": u.nickname})
-}
-
-func (u gitlabUser) Claims(_ []string, base *mockoidc.IDTokenClaims) (jwt.Claims, error) {
-	return &struct {
-		*mockoidc.IDTokenClaims
-		Nickname  string `json:"nickname,omitempty"`
-		Preferred string `json:"preferred_username,omitempty"`
-	}{base, u.nickname, u.preferred}, nil
-}
-
-// login runs the authorization code flow for u and returns the ID token.
-func (p *provider) login(t *testing.T, u mockoidc.User) string {
+// login runs the authorization code flow with PKCE for u and returns the ID token.
+func (p *provider) login(t *testing.T, u gitlabUser) string {
 	t.Helper()
-	p.QueueUser(u)
-	cfg := p.Config()
+	p.SetUser(map[string]any{"sub": u.sub, "nickname": u.nickname, "preferred_username": u.preferred})
 	oc := oauth2.Config{
-		ClientID: cfg.ClientID, ClientSecret: cfg.ClientSecret,
+		ClientID: p.Client.ID, ClientSecret: p.Client.Secret,
 		Endpoint:    oauth2.Endpoint{AuthURL: p.AuthorizationEndpoint(), TokenURL: p.TokenEndpoint(), AuthStyle: oauth2.AuthStyleInParams},
-		RedirectURL: "http://127.0.0.1/callback", Scopes: []string{"openid", "profile"},
+		RedirectURL: callbackURI, Scopes: []string{"openid", "profile"},
 	}
+	verifier := oauth2.GenerateVerifier()
 	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := noFollow.Get(oc.AuthCodeURL("state", oauth2.SetAuthURLParam("nonce", "n")))
+	resp, err := noFollow.Get(oc.AuthCodeURL("state", oauth2.SetAuthURLParam("nonce", "n"), oauth2.S256ChallengeOption(verifier)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +107,7 @@ func (p *provider) login(t *testing.T, u mockoidc.User) string {
 	if err != nil || loc.Query().Get("code") == "" {
 		t.Fatalf("authorization did not redirect with a code: %s %v", resp.Status, loc)
 	}
-	tok, err := oc.Exchange(context.Background(), loc.Query().Get("code"))
+	tok, err := oc.Exchange(context.Background(), loc.Query().Get("code"), oauth2.VerifierOption(verifier))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -671,4 +644,50 @@ func general(t *testing.T, flattened string) string {
 		t.Fatal(err)
 	}
 	return string(out)
+}
+
+// VerifyLogin: the token from a browser login's code exchange must carry that
+// login's nonce, besides everything Authenticate checks.
+func TestVerifyLoginNonce(t *testing.T) {
+	p := startProvider(t)
+	clk := &clock{t: time.Now()}
+	a := newAuthenticator(t, p, clk)
+	tok := p.login(t, gitlabUser{sub: "42", nickname: "alice"}) // nonce "n"
+	now := time.Now()
+	withNonce := func(n any) string {
+		c := p.claims(now)
+		if n != nil {
+			c["nonce"] = n
+		}
+		return p.sign(t, c)
+	}
+	otherAud := p.claims(now)
+	otherAud["aud"], otherAud["nonce"] = "another-client", "n"
+	tests := []struct {
+		name, token, nonce string
+		wantErr            bool
+	}{
+		{name: "the login's nonce", token: tok, nonce: "n"},
+		{name: "another nonce", token: tok, nonce: "m", wantErr: true},
+		{name: "no nonce expected", token: tok, nonce: "", wantErr: true},
+		{name: "token without a nonce", token: withNonce(nil), nonce: "n", wantErr: true},
+		{name: "nonce not a string", token: withNonce(7), nonce: "7", wantErr: true},
+		{name: "another audience", token: p.sign(t, otherAud), nonce: "n", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, exp, err := a.VerifyLogin(context.Background(), tt.token, tt.nonce)
+			if tt.wantErr {
+				wantReason(t, err, identity.ReasonInvalid, tt.token)
+				return
+			}
+			if err != nil || u.ID != 42 || u.Username != "alice" || exp.IsZero() {
+				t.Fatalf("got %+v %v %v", u, exp, err)
+			}
+		})
+	}
+	authURL, tokenURL, err := a.Endpoints(context.Background())
+	if err != nil || authURL != p.AuthorizationEndpoint() || tokenURL != p.TokenEndpoint() {
+		t.Fatalf("endpoints %q %q %v", authURL, tokenURL, err)
+	}
 }
