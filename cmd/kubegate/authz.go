@@ -316,7 +316,11 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 	for i, a := range agents {
 		specs[i] = a.spec
 	}
-	srv, err := extauthz.NewGateway(specs, shared, extauthz.GatewayOptions{Log: log, Registerer: reg, EngineOptions: []policy.Option{policy.WithDecisionCache(cache)}})
+	var origins []string
+	if o.browser.publicURL != "" {
+		origins = []string{o.browser.publicURL}
+	}
+	srv, err := extauthz.NewGateway(specs, shared, extauthz.GatewayOptions{Log: log, Registerer: reg, EngineOptions: []policy.Option{policy.WithDecisionCache(cache)}, AllowedOrigins: origins})
 	if err != nil {
 		return err
 	}
