@@ -532,7 +532,7 @@ async function showLogs(path, container) {
   state.textContent = 'Connecting…';
   try {
     const resp = await app.client.request('GET', `${path}/log` + query({ follow: 'true', container, tailLines: tail }),
-      { accept: 'text/plain', signal: ctrl.signal });
+      { accept: '*/*', signal: ctrl.signal }); // the log endpoint answers text/plain but refuses (406) Accept: text/plain alone
     state.textContent = `Streaming ${container} (follow).`;
     pre.dataset.streaming = 'true';
     for await (const line of lines(resp.body)) {

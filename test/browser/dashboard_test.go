@@ -1,0 +1,443 @@
+package browser_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp/kb"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"kubegate.dev/kubegate/contract"
+	"kubegate.dev/kubegate/dashboard"
+	"kubegate.dev/kubegate/test/browser"
+	"kubegate.dev/kubegate/test/cluster"
+	"kubegate.dev/kubegate/test/stack"
+)
+
+// Who the stand-in says is logged in, and as whom it impersonates on the API server:
+// alice with the GitLab groups test/stack's demo RBAC binds (view and edit in demo).
+const (
+	testUser  = "alice"
+	testCSRF  = "csrf-token-of-this-session"
+	agentOK   = 1 // proxied to the test cluster
+	agentDeny = 2 // refused by the stand-in, as kubegate refuses
+)
+
+var testGroups = []string{"gitlab:project_role:1:developer", "gitlab:project_role:1:maintainer"}
+
+// standIn is a TEST-ONLY stand-in for the gateway, so the Dashboard can be developed
+// and tested against a real API server and real pods without the whole stack: it
+// serves dashboard.Handler, a SessionPath answering a fixed SessionInfo, a logout,
+// and /k8s-proxy/ reverse-proxied to the API server as alice (impersonated by the
+// admin), after checking the Dashboard's agent id and CSRF token as ext_authz
+// would. It is not kubegate's authorization: the whole-stack browser test goes
+// through the real authz, extproc and data plane.
+type standIn struct {
+	srv *httptest.Server
+
+	mu        sync.Mutex
+	loggedOut bool
+	logouts   []string // the X-Csrf-Token of each logout
+	calls     []string // "agent csrf method path" of each /k8s-proxy/ request
+}
+
+func newStandIn(t *testing.T, c *cluster.Cluster) *standIn {
+	s := &standIn{}
+	target, err := url.Parse(c.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(c.CAPEM)
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(target)
+			r.Out.URL.Path = "/" + strings.TrimPrefix(r.In.URL.Path, contract.PathPrefix)
+			r.Out.URL.RawPath = ""
+			for _, h := range contract.CredentialHeaders {
+				r.Out.Header.Del(h)
+			}
+			r.Out.Header.Set("Authorization", "Bearer "+c.AdminToken)
+			r.Out.Header.Set("Impersonate-User", testUser)
+			r.Out.Header.Del("Impersonate-Group")
+			for _, g := range testGroups {
+				r.Out.Header.Add("Impersonate-Group", g)
+			}
+		},
+		Transport:     &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true},
+		FlushInterval: -1, // watches and logs stream
+	}
+	refuse := func(w http.ResponseWriter, code int, reason, msg string) {
+		w.Header().Set(contract.HeaderError, reason)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		_, _ = w.Write(contract.StatusBody(code, msg))
+	}
+	mux := http.NewServeMux()
+	ui := dashboard.Handler()
+	mux.Handle(contract.DashboardPath, ui)
+	mux.HandleFunc(contract.SessionPath, func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		out := s.loggedOut
+		s.mu.Unlock()
+		w.Header().Set("Cache-Control", "no-store")
+		if out {
+			refuse(w, http.StatusUnauthorized, "no_session", "no session: log in")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(contract.SessionInfo{
+			User: testUser, CSRFToken: testCSRF,
+			ExpiresAt: time.Now().Add(8 * time.Hour), IdleExpiresAt: time.Now().Add(30 * time.Minute),
+			Agents: []contract.AgentInfo{
+				{ID: agentOK, Name: "demo", ConfigProjectID: 1, AccessAs: "user"},
+				{ID: agentDeny, Name: "production", ConfigProjectID: 2, AccessAs: "user"},
+			},
+		})
+	})
+	mux.HandleFunc(contract.LogoutPath, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.Header.Get(contract.HeaderCSRFToken) != testCSRF {
+			refuse(w, http.StatusUnauthorized, "csrf", "logout needs the session's CSRF token")
+			return
+		}
+		s.mu.Lock()
+		s.loggedOut = true
+		s.logouts = append(s.logouts, r.Header.Get(contract.HeaderCSRFToken))
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc(contract.LoginPath, func(w http.ResponseWriter, r *http.Request) {
+		dashboard.SecurityHeaders(w.Header())
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = w.Write([]byte(`<!doctype html><title>login</title><p id="login">the login page (stand-in)</p>`))
+	})
+	mux.HandleFunc(contract.PathPrefix, func(w http.ResponseWriter, r *http.Request) {
+		agent, csrf := r.Header.Get(contract.HeaderAgentID), r.Header.Get(contract.HeaderCSRFToken)
+		s.mu.Lock()
+		s.calls = append(s.calls, fmt.Sprintf("%s %s %s %s", agent, csrf, r.Method, r.URL.Path))
+		out := s.loggedOut
+		s.mu.Unlock()
+		switch {
+		case out:
+			refuse(w, http.StatusUnauthorized, "no_session", "the session ended: log in again")
+		case csrf != testCSRF:
+			refuse(w, http.StatusUnauthorized, "csrf", "the X-Csrf-Token header is missing or not this session's")
+		case agent == fmt.Sprint(agentDeny):
+			refuse(w, http.StatusForbidden, "agent_forbidden", fmt.Sprintf("user %s may not use agent %d: the agent's configuration does not grant it", testUser, agentDeny))
+		case agent != fmt.Sprint(agentOK):
+			refuse(w, http.StatusUnauthorized, "agent", "the Gitlab-Agent-Id header is missing or names no agent")
+		default:
+			proxy.ServeHTTP(w, r)
+		}
+	})
+	s.srv = httptest.NewUnstartedServer(mux)
+	s.srv.EnableHTTP2 = true // as Envoy's listener: one connection carries every watch
+	s.srv.StartTLS()
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *standIn) callsSeen() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.calls...)
+}
+
+// TestDashboard drives the Dashboard in a real chromium against a real API server
+// with KWOK pods, through the test-only stand-in for the gateway (standIn).
+func TestDashboard(t *testing.T) {
+	c := cluster.StartForTest(t, cluster.Options{ControllerManager: true, Kubelet: true})
+	ctx := t.Context()
+	cs, err := kubernetes.NewForConfig(c.AdminConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stack.SeedDemo(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	podsDir := t.TempDir()
+	demo, err := stack.StartDemoPods(ctx, c, podsDir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = demo.Close() })
+	gw := newStandIn(t, c)
+	base := gw.srv.URL
+	p := browser.Start(t, browser.Options{TrustCertificates: []*x509.Certificate{gw.srv.Certificate()}, Timeout: 5 * time.Minute})
+	ns := stack.DemoNamespace
+
+	t.Run("security headers", func(t *testing.T) {
+		resp, err := gw.srv.Client().Get(base + contract.DashboardPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("Content-Security-Policy"); got != dashboard.ContentSecurityPolicy {
+			t.Errorf("Content-Security-Policy = %q", got)
+		}
+	})
+
+	t.Run("cannot list namespaces, types one", func(t *testing.T) {
+		p := p.For(t)
+		p.OpenDashboard(base, "")
+		if got := p.Text(browser.SelUser); got != testUser {
+			t.Errorf("user shown %q, want %q", got, testUser)
+		}
+		p.WaitVisible(browser.SelAgentField) // two agents: the picker shows
+		// alice may not list namespaces (the demo RBAC is namespaced): the cluster's
+		// 403 turns the picker into a text field, without an error.
+		p.WaitVisible(browser.SelNSTextField)
+		p.OpenNamespace(ns)
+		p.WaitLive("pods")
+	})
+
+	t.Run("pods table shows the demo pods", func(t *testing.T) {
+		p := p.For(t)
+		for _, pod := range []string{"web", "worker"} {
+			row := p.WaitRowText(pod, "Running")
+			if !strings.Contains(row, "1/1") {
+				t.Errorf("row of %s = %q, want READY 1/1", pod, row)
+			}
+		}
+	})
+
+	t.Run("page loads with zero CSP violations", func(t *testing.T) {
+		p := p.For(t)
+		if v := p.CSPViolations(); len(v) != 0 {
+			t.Errorf("CSP violations: %q", v)
+		}
+	})
+
+	t.Run("a new pod appears live", func(t *testing.T) {
+		p := p.For(t)
+		createPod(t, cs, ns, "live-1")
+		p.WaitRow("live-1")
+	})
+
+	t.Run("a pod's log streams and a new line arrives", func(t *testing.T) {
+		p := p.For(t)
+		p.OpenPodLogs("web")
+		p.WaitLog("web: handled request #")
+		if got := p.Text(browser.SelLogContainer); got != "web" {
+			t.Errorf("container picker shows %q, want web", got)
+		}
+		line := fmt.Sprintf("kubegate browser test line %d", time.Now().UnixNano())
+		if err := cluster.AppendContainerLog(filepath.Join(podsDir, "web", "container.log"), line); err != nil {
+			t.Fatal(err)
+		}
+		p.WaitLog(line)
+	})
+
+	t.Run("YAML view", func(t *testing.T) {
+		p := p.For(t)
+		p.Click(browser.SelTab("yaml"))
+		yaml := p.WaitText(browser.SelYAML, "kind: Pod")
+		for _, want := range []string{"name: web", "namespace: " + ns, "nodeName: " + cluster.KubeletNode} {
+			if !strings.Contains(yaml, want) {
+				t.Errorf("YAML lacks %q:\n%s", want, yaml)
+			}
+		}
+	})
+
+	t.Run("events arrive live", func(t *testing.T) {
+		p := p.For(t)
+		p.Click(browser.SelTab("events"))
+		p.WaitFor("events live", `document.querySelector('#kg-events').dataset.live === 'true' ? 'yes' : ''`)
+		pod, err := cs.CoreV1().Pods(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := fmt.Sprintf("a test event %d", time.Now().UnixNano())
+		now := metav1.Now()
+		_, err = cs.CoreV1().Events(ns).Create(ctx, &corev1.Event{
+			ObjectMeta:     metav1.ObjectMeta{GenerateName: "web-"},
+			InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: "web", UID: pod.UID, APIVersion: "v1"},
+			Reason:         "KubegateTest", Message: msg, Type: corev1.EventTypeNormal,
+			Source: corev1.EventSource{Component: "dashboard-test"}, FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		row := p.WaitText(browser.SelEventsBody, msg)
+		if !strings.Contains(row, "KubegateTest") {
+			t.Errorf("events table %q lacks the reason", row)
+		}
+	})
+
+	t.Run("delete a pod and watch it go", func(t *testing.T) {
+		p := p.For(t)
+		p.Click(browser.SelBack)
+		p.WaitLive("pods")
+		p.Act("delete", "live-1", 0)
+		p.WaitNoRow("live-1")
+		p.WaitText(browser.SelStatus, "Deleted Pod demo/live-1")
+		waitFor(t, "pod live-1 gone from the API server", func() bool {
+			_, err := cs.CoreV1().Pods(ns).Get(ctx, "live-1", metav1.GetOptions{})
+			return apierrors.IsNotFound(err)
+		})
+	})
+
+	t.Run("restart and scale a deployment", func(t *testing.T) {
+		p := p.For(t)
+		createDeployment(t, cs, ns, "api")
+		p.ShowKind("deployments")
+		p.WaitRow("api")
+		before := time.Now().Add(-time.Second).Truncate(time.Second)
+		p.Act("restart", "api", 0)
+		p.WaitText(browser.SelStatus, "Restarted Deployment demo/api")
+		d, err := cs.AppsV1().Deployments(ns).Get(ctx, "api", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		at, err := time.Parse(time.RFC3339, d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"])
+		if err != nil || at.Before(before) || at.After(time.Now().Add(time.Second)) {
+			t.Errorf("restartedAt = %q (%v), want an RFC 3339 time of the restart", d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"], err)
+		}
+		p.Act("scale", "api", 3)
+		p.WaitText(browser.SelStatus, "Scaled Deployment demo/api to 3")
+		d, err = cs.AppsV1().Deployments(ns).Get(ctx, "api", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 3 {
+			t.Errorf("spec.replicas = %v after scaling to 3", d.Spec.Replicas)
+		}
+		p.WaitRowText("api", "/3") // the watch shows the new spec
+	})
+
+	t.Run("the cluster's refusal", func(t *testing.T) {
+		p := p.For(t)
+		p.OpenNamespace("kube-system") // alice has no rights there
+		text := p.WaitError("The cluster refused this")
+		for _, want := range []string{"forbidden", `User "alice" cannot list resource "deployments"`, "HTTP 403"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("error %q lacks %q", text, want)
+			}
+		}
+		if strings.Contains(text, "kubegate") {
+			t.Errorf("the cluster's refusal is shown as the gateway's: %q", text)
+		}
+		p.DismissError()
+	})
+
+	t.Run("the gateway's refusal", func(t *testing.T) {
+		p := p.For(t)
+		p.Select(browser.SelAgent, fmt.Sprint(agentDeny))
+		p.OpenNamespace(ns)
+		text := p.WaitError("kubegate (the gateway) refused this")
+		for _, want := range []string{"may not use agent 2", "agent_forbidden", "HTTP 403"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("error %q lacks %q", text, want)
+			}
+		}
+		p.DismissError()
+	})
+
+	t.Run("keyboard only to a pod's logs", func(t *testing.T) {
+		p := p.For(t)
+		p.OpenDashboard(base, fmt.Sprintf("#agent=%d&ns=%s&kind=pods", agentOK, ns))
+		p.WaitLive("pods")
+		p.WaitRow("worker")
+		target := browser.SelLogsLink("worker")
+		found := false
+		for i := 0; i < 60 && !found; i++ {
+			p.Press(kb.Tab)
+			found = browser.Eval[bool](p, "focus on worker's logs link", fmt.Sprintf(`document.activeElement === document.querySelector(%q)`, target))
+		}
+		if !found {
+			t.Fatalf("60 Tabs never reached %s", target)
+		}
+		p.Press(kb.Enter)
+		p.WaitLogStreaming()
+		p.WaitLog("worker: handled request #")
+	})
+
+	t.Run("every API call carried the agent and the CSRF token", func(t *testing.T) {
+		calls := gw.callsSeen()
+		if len(calls) == 0 {
+			t.Fatal("no API call reached the stand-in")
+		}
+		for _, call := range calls {
+			agent, rest, _ := strings.Cut(call, " ")
+			csrf, _, _ := strings.Cut(rest, " ")
+			if (agent != fmt.Sprint(agentOK) && agent != fmt.Sprint(agentDeny)) || csrf != testCSRF {
+				t.Errorf("call %q: agent or CSRF token missing", call)
+			}
+		}
+	})
+
+	t.Run("logout", func(t *testing.T) {
+		p := p.For(t)
+		p.Click(browser.SelLogout)
+		p.WaitVisible("#login")
+		gw.mu.Lock()
+		logouts := append([]string(nil), gw.logouts...)
+		gw.mu.Unlock()
+		if len(logouts) != 1 || logouts[0] != testCSRF {
+			t.Errorf("logouts seen %q, want one with the session's CSRF token", logouts)
+		}
+		// Without a session the Dashboard goes to the login page, saying where to
+		// come back to.
+		p.OpenDashboardNoSession(base, "#ns=demo")
+	})
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func createPod(t *testing.T, cs kubernetes.Interface, ns, name string) {
+	t.Helper()
+	_, err := cs.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
+		Spec: corev1.PodSpec{NodeName: cluster.KubeletNode, Containers: []corev1.Container{{
+			Name: name, Image: "busybox:1.37",
+		}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func createDeployment(t *testing.T, cs kubernetes.Interface, ns, name string) {
+	t.Helper()
+	one := int32(1)
+	labels := map[string]string{"app": name}
+	_, err := cs.AppsV1().Deployments(ns).Create(context.Background(), &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &one,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: name, Image: "busybox:1.37"}}},
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
