@@ -114,7 +114,7 @@ func FindChromium() (string, error) {
 	}
 	p, err := exec.LookPath("chromium")
 	if err != nil {
-		return "", fmt.Errorf("Debian's chromium is not installed (no `chromium` on PATH); %s", InstallHint)
+		return "", fmt.Errorf("no `chromium` on PATH (Debian's chromium package is not installed); %s", InstallHint)
 	}
 	return p, nil
 }

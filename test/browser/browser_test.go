@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -187,6 +188,37 @@ func TestFailureArtifacts(t *testing.T) {
 		b, err := os.ReadFile(filepath.Join(got, file))
 		if err != nil || !strings.Contains(string(b), want) {
 			t.Errorf("%s: %v; want it to contain %q, got:\n%s", file, err, want, b)
+		}
+	}
+}
+
+// fatalRecorder is a test whose Fatalf is recorded (and ends its goroutine, as the
+// real one does).
+type fatalRecorder struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalRecorder) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+// TestNoChromiumFails: a browser test on a machine without chromium fails, naming
+// the install command; it does not skip.
+func TestNoChromiumFails(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	t.Setenv(EnvChromium, "")
+	rec := &fatalRecorder{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Start(rec, Options{})
+	}()
+	<-done
+	for _, want := range []string{"no `chromium` on PATH", "apt-get install -y chromium", "test/tools/build.sh"} {
+		if !strings.Contains(rec.msg, want) {
+			t.Errorf("failure %q lacks %q", rec.msg, want)
 		}
 	}
 }
