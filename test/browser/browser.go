@@ -298,7 +298,9 @@ func (p *Page) try(name string, actions ...chromedp.Action[chromedp.Void]) error
 // record takes the screenshot of a step (with its own short deadline: the step's
 // may be spent).
 func (p *Page) record(name string, stepErr error) {
-	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+	// Short: a page in the middle of a navigation answers no screenshot, and the
+	// step is not worth waiting long for.
+	ctx, cancel := context.WithTimeout(p.ctx, 3*time.Second)
 	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 	if err != nil {

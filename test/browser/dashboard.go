@@ -67,10 +67,13 @@ func (p *Page) LoginAs(baseURL, user, password string) {
 	p.WaitText(SelUser, user)
 }
 
-// OpenDashboard loads the Dashboard at baseURL (with an optional hash such as
-// "#ns=demo") and waits until it shows who is logged in.
+// OpenDashboard loads the Dashboard at baseURL afresh (with an optional hash such
+// as "#ns=demo") and waits until it shows who is logged in.
 func (p *Page) OpenDashboard(baseURL, hash string) {
 	p.t.Helper()
+	// A new document every time: from the Dashboard itself, a URL that differs only
+	// in its hash would not reload the page.
+	p.Navigate("about:blank")
 	p.Navigate(baseURL + contract.DashboardPath + hash)
 	p.WaitVisible(SelUser)
 }

@@ -424,6 +424,38 @@ func TestDashboard(t *testing.T) {
 		}
 	})
 
+	t.Run("Flux HelmReleases: status and suspend", func(t *testing.T) {
+		p := p.For(t)
+		dyn := installHelmReleaseStandIn(t, c)
+		hr := dyn.Resource(helmReleaseGVR).Namespace(ns)
+		obj := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+			"metadata": map[string]any{"name": "podinfo"},
+			"spec":     map[string]any{"interval": "5m", "chart": map[string]any{"spec": map[string]any{"chart": "podinfo"}}},
+			"status": map[string]any{"conditions": []any{map[string]any{
+				"type": "Ready", "status": "False", "reason": "InstallFailed", "message": "install retries exhausted",
+			}}},
+		}}
+		if _, err := hr.Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		p.OpenDashboard(base, fmt.Sprintf("#agent=%d&ns=%s&kind=helmreleases", agentOK, ns))
+		p.WaitLive("helmreleases")
+		row := p.WaitRowText("podinfo", "install retries exhausted")
+		if !strings.Contains(row, "False") {
+			t.Errorf("row %q lacks Ready False", row)
+		}
+		p.Act("suspend", "podinfo", 0)
+		p.WaitRowText("podinfo", "Suspended")
+		o, err := hr.Get(ctx, "podinfo", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, _, _ := unstructured.NestedBool(o.Object, "spec", "suspend"); !s {
+			t.Errorf("spec.suspend is not true after suspend")
+		}
+	})
+
 	t.Run("keyboard only to a pod's logs", func(t *testing.T) {
 		p := p.For(t)
 		p.OpenDashboard(base, fmt.Sprintf("#agent=%d&ns=%s&kind=pods", agentOK, ns))
@@ -517,12 +549,49 @@ func installFluxKustomization(t *testing.T, c *cluster.Cluster) dynamic.Interfac
 	return dyn
 }
 
+var helmReleaseGVR = schema.GroupVersionResource{Group: "helm.toolkit.fluxcd.io", Version: "v2", Resource: "helmreleases"}
+
+// installHelmReleaseStandIn installs a schema-less CRD with HelmRelease's group,
+// version and names. It is a stand-in: helm-controller's own CRD is not in any
+// module the Go module proxy serves (github.com/fluxcd/helm-controller is refused;
+// its api module has no CRDs), so the Dashboard's HelmRelease path is tested
+// against the API shape (helm.toolkit.fluxcd.io/v2, status.conditions, spec.suspend),
+// not against the real schema.
+func installHelmReleaseStandIn(t *testing.T, c *cluster.Cluster) dynamic.Interface {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(c.AdminConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	crd := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+		"metadata": map[string]any{"name": "helmreleases.helm.toolkit.fluxcd.io"},
+		"spec": map[string]any{
+			"group": "helm.toolkit.fluxcd.io", "scope": "Namespaced",
+			"names": map[string]any{"kind": "HelmRelease", "listKind": "HelmReleaseList", "plural": "helmreleases", "singular": "helmrelease"},
+			"versions": []any{map[string]any{
+				"name": "v2", "served": true, "storage": true,
+				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+			}},
+		},
+	}}
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	if _, err := dyn.Resource(crdGVR).Create(t.Context(), crd, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the HelmRelease stand-in CRD served", func() bool {
+		_, err := dyn.Resource(helmReleaseGVR).Namespace("default").List(t.Context(), metav1.ListOptions{})
+		return err == nil
+	})
+	return dyn
+}
+
 func grantFlux(t *testing.T, cs kubernetes.Interface, ns string) {
 	t.Helper()
 	_, err := cs.RbacV1().Roles(ns).Create(t.Context(), &rbacv1.Role{
 		ObjectMeta: metav1.ObjectMeta{Name: "flux-operator"},
 		Rules: []rbacv1.PolicyRule{{
-			APIGroups: []string{"kustomize.toolkit.fluxcd.io"}, Resources: []string{"kustomizations"},
+			APIGroups: []string{"kustomize.toolkit.fluxcd.io", "helm.toolkit.fluxcd.io"}, Resources: []string{"kustomizations", "helmreleases"},
 			Verbs: []string{"get", "list", "watch", "patch"},
 		}},
 	}, metav1.CreateOptions{})
