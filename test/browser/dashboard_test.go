@@ -489,8 +489,29 @@ func TestDashboard(t *testing.T) {
 		}
 	})
 
+	t.Run("a session ended elsewhere sends the page to the login", func(t *testing.T) {
+		p := p.For(t)
+		p.OpenDashboard(base, fmt.Sprintf("#agent=%d&ns=%s&kind=pods", agentOK, ns))
+		p.WaitLive("pods")
+		gw.mu.Lock()
+		gw.loggedOut = true // as after a logout in another tab, or the session's expiry
+		gw.mu.Unlock()
+		defer func() {
+			gw.mu.Lock()
+			gw.loggedOut = false
+			gw.mu.Unlock()
+		}()
+		p.Click(browser.SelKind("services"))
+		// kubegate's 401 (x-kubegate-error) on the API call: back to the login page,
+		// to come back to the services table afterwards.
+		want := fmt.Sprintf("%s#agent=%d&ns=%s&kind=services", contract.DashboardPath, agentOK, ns)
+		p.WaitFor("the login page with next="+want, fmt.Sprintf(
+			`location.pathname === %q && new URLSearchParams(location.search).get('next') === %q ? 'yes' : ''`, contract.LoginPath, want))
+	})
+
 	t.Run("logout", func(t *testing.T) {
 		p := p.For(t)
+		p.OpenDashboard(base, "")
 		p.Click(browser.SelLogout)
 		p.WaitVisible("#login")
 		gw.mu.Lock()
