@@ -28,6 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"kubegate.dev/kubegate/contract"
@@ -356,6 +357,40 @@ func TestDashboard(t *testing.T) {
 		p.DismissError()
 	})
 
+	t.Run("may list namespaces, picks one", func(t *testing.T) {
+		p := p.For(t)
+		_, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
+			ObjectMeta: metav1.ObjectMeta{Name: "namespace-lister"},
+			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"list"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "namespace-lister"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "namespace-lister"},
+			Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: testGroups[0]}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "alice may list namespaces", func() bool {
+			_, err := kubernetes.NewForConfigOrDie(impersonating(c)).CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+			return err == nil
+		})
+		p.OpenDashboard(base, fmt.Sprintf("#agent=%d", agentOK))
+		p.WaitVisible(browser.SelNSListField)
+		options := p.Text(browser.SelNSList)
+		for _, want := range []string{ns, "default", "kube-system"} {
+			if !strings.Contains(options, want) {
+				t.Errorf("namespace list %q lacks %s", options, want)
+			}
+		}
+		p.OpenNamespace(ns)
+		p.WaitLive("pods")
+		p.WaitRow("web")
+	})
+
 	t.Run("Flux Kustomizations: status, reconcile, suspend, resume", func(t *testing.T) {
 		p := p.For(t)
 		dyn := installFluxKustomization(t, c)
@@ -627,6 +662,13 @@ func grantFlux(t *testing.T, cs kubernetes.Interface, ns string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// impersonating is the admin's config acting as the stand-in's user.
+func impersonating(c *cluster.Cluster) *rest.Config {
+	cfg := c.AdminConfig()
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: testUser, Groups: testGroups}
+	return cfg
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
