@@ -403,6 +403,17 @@ func (p *Page) CSPViolations() []string {
 	return out
 }
 
+// AddInitScript runs js before the scripts of every document the page loads from
+// now on (Page.addScriptToEvaluateOnNewDocument; like the CSP probe it is the
+// test's, not the page's, so the page's CSP does not apply to it).
+func (p *Page) AddInitScript(js string) {
+	p.t.Helper()
+	p.Step("add an init script", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: js})
+		return err
+	}))
+}
+
 // Navigate loads url and waits for its load event.
 func (p *Page) Navigate(url string) {
 	p.t.Helper()
@@ -488,14 +499,14 @@ func (p *Page) WaitText(sel, want string) string {
 		jsString(sel), jsString(want)))
 }
 
-// WaitFor polls a JavaScript expression until it is a non-empty string (a
-// condition that also says what it saw) and returns it.
+// WaitFor polls a JavaScript expression (a promise is awaited) until it is a
+// non-empty string (a condition that also says what it saw) and returns it.
 func (p *Page) WaitFor(what, expr string) string {
 	p.t.Helper()
 	var got string
 	err := p.try("wait for "+what, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
 		for {
-			v, err := chromedp.Evaluate[string](expr)(ctx, t)
+			v, err := chromedp.Evaluate[string](expr, chromedp.EvalAwaitPromise)(ctx, t)
 			if err != nil {
 				return err
 			}

@@ -62,6 +62,7 @@ type standIn struct {
 	mu        sync.Mutex
 	loggedOut bool
 	logouts   []string // the X-Csrf-Token of each logout
+	sessions  int      // SessionPath calls
 	calls     []string // "agent csrf method path" of each /k8s-proxy/ request
 }
 
@@ -103,6 +104,7 @@ func newStandIn(t *testing.T, c *cluster.Cluster) *standIn {
 	mux.HandleFunc(contract.SessionPath, func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		out := s.loggedOut
+		s.sessions++
 		s.mu.Unlock()
 		w.Header().Set("Cache-Control", "no-store")
 		if out {
@@ -521,6 +523,45 @@ func TestDashboard(t *testing.T) {
 			if (agent != fmt.Sprint(agentOK) && agent != fmt.Sprint(agentDeny)) || csrf != testCSRF {
 				t.Errorf("call %q: agent or CSRF token missing", call)
 			}
+		}
+	})
+
+	t.Run("the idle timer is refreshed at most once a minute, on activity only", func(t *testing.T) {
+		p := p.For(t)
+		// The test moves the page's clock (Date.now) forward instead of waiting.
+		p.AddInitScript(`(() => { const real = Date.now; window.__kgSkew = 0; Date.now = () => real() + window.__kgSkew; })()`)
+		p.OpenDashboard(base, fmt.Sprintf("#agent=%d&ns=%s&kind=pods", agentOK, ns))
+		p.WaitLive("pods")
+		count := func() int {
+			gw.mu.Lock()
+			defer gw.mu.Unlock()
+			return gw.sessions
+		}
+		skew := func(d time.Duration) {
+			browser.Eval[bool](p, "move the clock", fmt.Sprintf(`(window.__kgSkew += %d, true)`, d.Milliseconds()))
+		}
+		settle := func() { // one round trip: a refresh the key caused has been sent
+			browser.Eval[bool](p, "a round trip", `fetch('/ui/assets/app.css', {cache: 'no-store'}).then(() => true)`)
+		}
+		start := count()
+		p.Press("x")
+		settle()
+		if n := count() - start; n != 0 {
+			t.Errorf("a key within the first minute called the session endpoint %d times, want 0", n)
+		}
+		skew(61 * time.Second) // a minute passes, idle
+		settle()
+		if n := count() - start; n != 0 {
+			t.Errorf("an idle minute called the session endpoint %d times, want 0", n)
+		}
+		p.Press("x") // then the person acts
+		settle()
+		waitFor(t, "the refresh to reach the stand-in", func() bool { return count()-start == 1 })
+		p.Press("x")
+		p.Click(browser.SelKind("pods"))
+		settle()
+		if n := count() - start; n != 1 {
+			t.Errorf("%d session calls after a key, a minute, a key and a click; want 1", n)
 		}
 	})
 
