@@ -63,6 +63,7 @@ type standIn struct {
 	loggedOut bool
 	logouts   []string // the X-Csrf-Token of each logout
 	sessions  int      // SessionPath calls
+	logsOpen  int      // log streams being proxied now
 	calls     []string // "agent csrf method path" of each /k8s-proxy/ request
 }
 
@@ -140,7 +141,7 @@ func newStandIn(t *testing.T, c *cluster.Cluster) *standIn {
 	mux.HandleFunc(contract.PathPrefix, func(w http.ResponseWriter, r *http.Request) {
 		agent, csrf := r.Header.Get(contract.HeaderAgentID), r.Header.Get(contract.HeaderCSRFToken)
 		s.mu.Lock()
-		s.calls = append(s.calls, fmt.Sprintf("%s %s %s %s", agent, csrf, r.Method, r.URL.Path))
+		s.calls = append(s.calls, fmt.Sprintf("%s %s %s %s", agent, csrf, r.Method, r.URL.RequestURI()))
 		out := s.loggedOut
 		s.mu.Unlock()
 		switch {
@@ -152,6 +153,16 @@ func newStandIn(t *testing.T, c *cluster.Cluster) *standIn {
 			refuse(w, http.StatusForbidden, "agent_forbidden", fmt.Sprintf("user %s may not use agent %d: the agent's configuration does not grant it", testUser, agentDeny))
 		case agent != fmt.Sprint(agentOK):
 			refuse(w, http.StatusUnauthorized, "agent", "the Gitlab-Agent-Id header is missing or names no agent")
+		case strings.HasSuffix(r.URL.Path, "/log"):
+			s.mu.Lock()
+			s.logsOpen++
+			s.mu.Unlock()
+			defer func() {
+				s.mu.Lock()
+				s.logsOpen--
+				s.mu.Unlock()
+			}()
+			proxy.ServeHTTP(w, r)
 		default:
 			proxy.ServeHTTP(w, r)
 		}
@@ -252,6 +263,61 @@ func TestDashboard(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.WaitLog(line)
+	})
+
+	t.Run("the container picker switches the stream, leaving stops it", func(t *testing.T) {
+		p := p.For(t)
+		logFile := filepath.Join(podsDir, "multi.log")
+		if err := cluster.AppendContainerLog(logFile, "multi: started"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SimulatePod(ctx, ns, "multi", cluster.PodSimulation{LogsFile: logFile}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "multi"},
+			Spec: corev1.PodSpec{NodeName: cluster.KubeletNode, Containers: []corev1.Container{
+				{Name: "app", Image: "busybox:1.37"}, {Name: "sidecar", Image: "busybox:1.37"},
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitPodRunning(ctx, ns, "multi"); err != nil {
+			t.Fatal(err)
+		}
+		p.Click(browser.SelBack)
+		p.WaitRowText("multi", "2/2")
+		p.OpenPodLogs("multi")
+		p.WaitLog("multi: started")
+		if got := browser.Eval[[]string](p, "the containers offered", `[...document.querySelectorAll('#kg-log-container option')].map(o => o.value)`); strings.Join(got, ",") != "app,sidecar" {
+			t.Errorf("container picker offers %q, want app and sidecar", got)
+		}
+		p.Select(browser.SelLogContainer, "sidecar")
+		p.WaitText(browser.SelLogState, "Streaming sidecar")
+		p.WaitLog("multi: started")
+		var sawSidecar bool
+		for _, call := range gw.callsSeen() {
+			sawSidecar = sawSidecar || strings.Contains(call, "/pods/multi/log?") && strings.Contains(call, "container=sidecar") && strings.Contains(call, "follow=true")
+		}
+		if !sawSidecar {
+			t.Errorf("no log request for container sidecar with follow=true among %q", gw.callsSeen())
+		}
+		gw.mu.Lock()
+		open := gw.logsOpen
+		gw.mu.Unlock()
+		if open < 1 {
+			t.Fatalf("%d log streams open while the logs stream", open)
+		}
+		p.Click(browser.SelBack)
+		p.WaitLive("pods")
+		waitFor(t, "no log stream open after leaving the logs", func() bool {
+			gw.mu.Lock()
+			defer gw.mu.Unlock()
+			return gw.logsOpen == 0
+		})
+		p.Click(browser.SelLogsLink("web")) // back to web's logs for the next steps
+		p.WaitLogStreaming()
 	})
 
 	t.Run("YAML view", func(t *testing.T) {
