@@ -64,6 +64,7 @@ type standIn struct {
 	logouts   []string // the X-Csrf-Token of each logout
 	sessions  int      // SessionPath calls
 	logsOpen  int      // log streams being proxied now
+	expire    string   // a collection path whose next watch is answered 410 Gone
 	calls     []string // "agent csrf method path" of each /k8s-proxy/ request
 }
 
@@ -153,6 +154,15 @@ func newStandIn(t *testing.T, c *cluster.Cluster) *standIn {
 			refuse(w, http.StatusForbidden, "agent_forbidden", fmt.Sprintf("user %s may not use agent %d: the agent's configuration does not grant it", testUser, agentDeny))
 		case agent != fmt.Sprint(agentOK):
 			refuse(w, http.StatusUnauthorized, "agent", "the Gitlab-Agent-Id header is missing or names no agent")
+		case r.URL.Query().Get("watch") == "1" && s.takeExpire(r.URL.Path):
+			// What the API server sends when the resourceVersion is too old for its
+			// watch cache: a 200 whose one event is an ERROR Status with code 410
+			// (api-concepts "410 Gone responses").
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{"type": "ERROR", "object": metav1.Status{
+				TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}, Status: metav1.StatusFailure,
+				Message: "too old resource version", Reason: metav1.StatusReasonExpired, Code: http.StatusGone,
+			}})
 		case strings.HasSuffix(r.URL.Path, "/log"):
 			s.mu.Lock()
 			s.logsOpen++
@@ -172,6 +182,16 @@ func newStandIn(t *testing.T, c *cluster.Cluster) *standIn {
 	s.srv.StartTLS()
 	t.Cleanup(s.srv.Close)
 	return s
+}
+
+func (s *standIn) takeExpire(path string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.expire == "" || s.expire != path {
+		return false
+	}
+	s.expire = ""
+	return true
 }
 
 func (s *standIn) callsSeen() []string {
@@ -395,6 +415,39 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("spec.replicas = %v after scaling to 3", d.Spec.Replicas)
 		}
 		p.WaitRowText("api", "/3") // the watch shows the new spec
+	})
+
+	t.Run("a watch that is 410 Gone is re-listed", func(t *testing.T) {
+		p := p.For(t)
+		path := contract.PathPrefix + "api/v1/namespaces/" + ns + "/services"
+		gw.mu.Lock()
+		gw.expire = path
+		gw.mu.Unlock()
+		lists := func() int {
+			n := 0
+			for _, call := range gw.callsSeen() {
+				if strings.HasSuffix(call, " GET "+path) {
+					n++
+				}
+			}
+			return n
+		}
+		before := lists()
+		p.ShowKind("services")
+		waitFor(t, "a second list after the 410", func() bool { return lists()-before >= 2 })
+		p.WaitLive("services")
+		_, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "api"},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		row := p.WaitRowText("api", "80/TCP") // the watch after the re-list works
+		if !strings.Contains(row, "ClusterIP") {
+			t.Errorf("service row %q", row)
+		}
+		p.ShowKind("deployments")
 	})
 
 	t.Run("the cluster's refusal", func(t *testing.T) {
