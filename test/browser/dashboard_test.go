@@ -47,6 +47,11 @@ const (
 	agentDeny = 2 // refused by the stand-in, as kubegate refuses
 )
 
+var twoAgents = []contract.AgentInfo{
+	{ID: agentOK, Name: "demo", ConfigProjectID: 1, AccessAs: "user"},
+	{ID: agentDeny, Name: "production", ConfigProjectID: 2, AccessAs: "user"},
+}
+
 var testGroups = []string{"gitlab:project_role:1:developer", "gitlab:project_role:1:maintainer"}
 
 // standIn is a TEST-ONLY stand-in for the gateway, so the Dashboard can be developed
@@ -65,11 +70,12 @@ type standIn struct {
 	sessions  int      // SessionPath calls
 	logsOpen  int      // log streams being proxied now
 	expire    string   // a collection path whose next watch is answered 410 Gone
+	agents    []contract.AgentInfo
 	calls     []string // "agent csrf method path" of each /k8s-proxy/ request
 }
 
 func newStandIn(t *testing.T, c *cluster.Cluster) *standIn {
-	s := &standIn{}
+	s := &standIn{agents: twoAgents}
 	target, err := url.Parse(c.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -107,6 +113,7 @@ func newStandIn(t *testing.T, c *cluster.Cluster) *standIn {
 		s.mu.Lock()
 		out := s.loggedOut
 		s.sessions++
+		agents := s.agents
 		s.mu.Unlock()
 		w.Header().Set("Cache-Control", "no-store")
 		if out {
@@ -117,10 +124,7 @@ func newStandIn(t *testing.T, c *cluster.Cluster) *standIn {
 		_ = json.NewEncoder(w).Encode(contract.SessionInfo{
 			User: testUser, CSRFToken: testCSRF,
 			ExpiresAt: time.Now().Add(8 * time.Hour), IdleExpiresAt: time.Now().Add(30 * time.Minute),
-			Agents: []contract.AgentInfo{
-				{ID: agentOK, Name: "demo", ConfigProjectID: 1, AccessAs: "user"},
-				{ID: agentDeny, Name: "production", ConfigProjectID: 2, AccessAs: "user"},
-			},
+			Agents: agents,
 		})
 	})
 	mux.HandleFunc(contract.LogoutPath, func(w http.ResponseWriter, r *http.Request) {
@@ -681,6 +685,28 @@ func TestDashboard(t *testing.T) {
 		settle()
 		if n := count() - start; n != 1 {
 			t.Errorf("%d session calls after a key, a minute, a key and a click; want 1", n)
+		}
+	})
+
+	t.Run("agents: none, one", func(t *testing.T) {
+		p := p.For(t)
+		setAgents := func(a []contract.AgentInfo) {
+			gw.mu.Lock()
+			gw.agents = a
+			gw.mu.Unlock()
+		}
+		defer setAgents(twoAgents)
+		setAgents([]contract.AgentInfo{})
+		p.OpenDashboard(base, "")
+		p.WaitText(browser.SelMessage, "cannot reach any agent")
+		if shown := browser.Eval[bool](p, "pickers hidden", `!document.querySelector('#kg-pickers').hidden`); shown {
+			t.Errorf("the pickers show without an agent")
+		}
+		setAgents(twoAgents[:1])
+		p.OpenDashboard(base, "#ns="+ns)
+		p.WaitLive("pods")
+		if shown := browser.Eval[bool](p, "agent picker hidden", `!document.querySelector('#kg-agent-field').hidden`); shown {
+			t.Errorf("the agent picker shows with one agent")
 		}
 	})
 
