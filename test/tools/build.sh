@@ -7,6 +7,10 @@
 # hang. Prints nothing else on stdout except a cache directory when called with
 # --print-dir (kube-apiserver, kube-controller-manager, etcd), --print-kwok-dir or
 # --print-helm-dir.
+# It also makes sure Debian's `chromium` is installed (the Dashboard's browser tests,
+# test/browser, drive it headless): it is a system package, not a cached build, so it
+# is installed with apt-get when this runs as root and is otherwise a failure naming
+# the command to run.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -64,6 +68,20 @@ build kwok "$here/kwok" sigs.k8s.io/kwok/cmd/kwok "-s -w" "$kwokdir"
 # Without the version, `helm version` says v3.22 and charts' kubeVersion checks see a
 # development build.
 build helm "$here/helm" helm.sh/helm/v3/cmd/helm "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" "$helmdir"
+# Debian's chromium for test/browser (chromedp drives it headless). Not cached
+# under $dir: it is a system package with its own shared libraries.
+if command -v chromium >/dev/null 2>&1; then
+  log "chromium: $(chromium --version 2>/dev/null | head -n 1) at $(command -v chromium)"
+elif [ "$(id -u)" = 0 ]; then
+  log "chromium: not installed; installing Debian's package (apt-get update, then apt-get install -y chromium: a minute or two)"
+  start=$SECONDS
+  apt-get update >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >&2
+  log "chromium: installed in $((SECONDS - start)) s: $(chromium --version 2>/dev/null | head -n 1)"
+else
+  log "chromium: not installed, and installing it needs root; run: sudo apt-get update && sudo apt-get install -y chromium"
+  exit 1
+fi
 log "kwok ready: $kwokdir"
 log "helm ready: $helmdir"
 log "ready: $bindir"
