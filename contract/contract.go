@@ -90,7 +90,7 @@ const (
 	BrowserPrefix  = "/ui/"
 	BrowserCluster = "kubegate_browser"
 
-	DashboardPath    = BrowserPrefix                // GET: the Dashboard (redirects to LoginPath without a session)
+	DashboardPath    = BrowserPrefix                // GET: the Dashboard (its script sends the browser to LoginPath?next=… without a session)
 	LoginPath        = BrowserPrefix + "login"      // GET: the login page; POST: password login (form fields username, password)
 	OIDCLoginPath    = BrowserPrefix + "login/oidc" // GET: starts the OIDC authorization-code flow with PKCE
 	OIDCCallbackPath = BrowserPrefix + "oidc/callback"

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"kubegate.dev/kubegate/internal/webheaders"
+
 	"kubegate.dev/kubegate/contract"
 )
 
@@ -22,20 +24,14 @@ var embedded embed.FS
 // contract.AssetsPrefix: it is the one response that must never be cached).
 const indexFile = "index.html"
 
+// SecurityHeaders sets the headers every browser-listener answer carries: the
+// login pages' set (internal/webheaders), one definition for the whole listener.
+func SecurityHeaders(h http.Header) { webheaders.Set(h) }
+
 // ContentSecurityPolicy is the policy of every answer: only this origin's own
 // scripts, styles and connections; no inline script or style, no frames, no form
-// posts elsewhere, no <base>. It is the same policy as the login pages'.
-const ContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-	"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-
-// SecurityHeaders sets the headers every browser-listener answer carries. (The
-// login package may grow the same set; the two should become one function.)
-func SecurityHeaders(h http.Header) {
-	h.Set("Content-Security-Policy", ContentSecurityPolicy)
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
-	h.Set("X-Frame-Options", "DENY")
-}
+// posts elsewhere, no <base>.
+const ContentSecurityPolicy = webheaders.ContentSecurityPolicy
 
 type asset struct {
 	body        []byte

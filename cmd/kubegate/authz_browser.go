@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 
+	"kubegate.dev/kubegate/dashboard"
+
 	"github.com/spf13/pflag"
 
 	"kubegate.dev/kubegate/contract"
@@ -102,10 +104,5 @@ func (b *browserFlags) handler(bk *backends.Backends, id *backends.Options, srv 
 	return login.New(cfg)
 }
 
-// dashboardHandler serves DashboardPath and AssetsPrefix. Until the Dashboard
-// is built in, it answers 404 saying so (the login and session endpoints work).
-func dashboardHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "kubegate: the Dashboard is not part of this build; you can log in ("+contract.LoginPath+") and read your session ("+contract.SessionPath+")", http.StatusNotFound)
-	})
-}
+// dashboardHandler serves DashboardPath and AssetsPrefix: the embedded Dashboard.
+func dashboardHandler() http.Handler { return dashboard.Handler() }
