@@ -12,9 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"kubegate.dev/kubegate/internal/webheaders"
-
 	"kubegate.dev/kubegate/contract"
+	"kubegate.dev/kubegate/internal/webheaders"
 )
 
 //go:embed assets
