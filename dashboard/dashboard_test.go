@@ -44,7 +44,7 @@ func TestHandlerAnswers(t *testing.T) {
 			for k, v := range map[string]string{
 				"Content-Security-Policy": ContentSecurityPolicy,
 				"X-Content-Type-Options":  "nosniff",
-				"Referrer-Policy":         "no-referrer",
+				"Referrer-Policy":         "same-origin",
 				"X-Frame-Options":         "DENY",
 			} {
 				if got := rec.Header().Get(k); got != v {

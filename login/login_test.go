@@ -281,7 +281,7 @@ func TestRoutesAndHeaders(t *testing.T) {
 			}
 			for k, v := range map[string]string{
 				"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-				"X-Content-Type-Options":  "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+				"X-Content-Type-Options":  "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY",
 			} {
 				if got := resp.Header.Get(k); got != v {
 					t.Errorf("%s = %q, want %q", k, got, v)

@@ -11,14 +11,23 @@ import "net/http"
 // markup cannot run script or send a form elsewhere.
 const ContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
+// ReferrerPolicy is the Referrer-Policy of every answer (Set says why).
+const ReferrerPolicy = "same-origin"
+
 // Set puts the security headers on h, replacing any already there:
 // Content-Security-Policy, X-Content-Type-Options nosniff (no guessing a
-// script out of another type), Referrer-Policy no-referrer (URLs, which may
-// carry an OIDC code or state, never leave in a Referer) and X-Frame-Options
-// DENY (frame-ancestors for older browsers).
+// script out of another type), Referrer-Policy same-origin (URLs, which may
+// carry an OIDC code or state, never leave this origin in a Referer) and
+// X-Frame-Options DENY (frame-ancestors for older browsers).
+//
+// Not no-referrer: under it a browser sends `Origin: null` with a form POST
+// (Fetch standard, "append a request Origin header": a non-CORS request that is
+// not GET or HEAD gets a null origin when the policy is no-referrer), so the
+// login form's own same-origin check could never pass. same-origin keeps the
+// real Origin on same-origin requests and sends nothing to other origins.
 func Set(h http.Header) {
 	h.Set("Content-Security-Policy", ContentSecurityPolicy)
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Referrer-Policy", ReferrerPolicy)
 	h.Set("X-Frame-Options", "DENY")
 }
