@@ -67,6 +67,9 @@ func TestThroughTheGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = pods.Close() })
+	if err := stack.SeedDemoDeployment(ctx, cs, 1); err != nil {
+		t.Fatal(err)
+	}
 	logins := demoLogins(t)
 	base := s.PublicURL
 	ns := stack.DemoNamespace
@@ -186,6 +189,43 @@ func TestThroughTheGateway(t *testing.T) {
 			return e.Verb == "delete" && e.ObjectRef != nil && e.ObjectRef.Name == "worker" &&
 				e.ImpersonatedUser != nil && e.ImpersonatedUser.Username == "gitlab:user:alice"
 		})
+	})
+
+	t.Run("alice scales and restarts a deployment, which rolls", func(t *testing.T) {
+		p := p.For(t)
+		p.ShowKind("deployments")
+		p.WaitRowText(stack.DemoDeployment, "1/1") // the controllers made its pod; KWOK runs it
+		p.Act("scale", stack.DemoDeployment, 2)
+		p.WaitText(browser.SelStatus, "Scaled Deployment "+ns+"/"+stack.DemoDeployment+" to 2")
+		p.WaitRowText(stack.DemoDeployment, "2/2") // the new pod Running, seen live by the watch
+		before := time.Now().Add(-time.Second).Truncate(time.Second)
+		p.Act("restart", stack.DemoDeployment, 0)
+		p.WaitText(browser.SelStatus, "Restarted Deployment "+ns+"/"+stack.DemoDeployment)
+		d, err := cs.AppsV1().Deployments(ns).Get(ctx, stack.DemoDeployment, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		at, err := time.Parse(time.RFC3339, d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"])
+		if err != nil || at.Before(before) {
+			t.Errorf("restartedAt = %q (%v), want the time of the restart", d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"], err)
+		}
+		// The rollout: a second ReplicaSet, made by the deployment controller.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			rs, err := cs.AppsV1().ReplicaSets(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + stack.DemoDeployment})
+			if err == nil && len(rs.Items) >= 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no new ReplicaSet a minute after the restart: %v", err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		waitAudit(t, s.Cluster, func(e *auditv1.Event) bool {
+			return e.Verb == "patch" && e.ObjectRef != nil && e.ObjectRef.Name == stack.DemoDeployment && e.ObjectRef.Subresource == "scale" &&
+				e.ImpersonatedUser != nil && e.ImpersonatedUser.Username == "gitlab:user:alice"
+		})
+		p.ShowKind("pods")
 	})
 
 	t.Run("the cluster's refusal is shown as the cluster's", func(t *testing.T) {

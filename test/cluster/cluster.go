@@ -44,6 +44,12 @@ type Options struct {
 	// view, edit and admin ClusterRoles stay empty (they are aggregated) and deleted
 	// namespaces stay Terminating.
 	ControllerManager bool
+	// WorkloadControllers adds the deployment and replicaset controllers to
+	// kube-controller-manager (with ControllerManager): a Deployment gets its
+	// ReplicaSet and pods, and a restart or a scale rolls them as in a real
+	// cluster. There is no scheduler: a pod runs only when its template names
+	// KubeletNode.
+	WorkloadControllers bool
 	// Kubelet runs KWOK's kwok controller (test/tools/build.sh builds it) as the
 	// kubelet of one simulated node, KubeletNode, which is Ready. A pod whose
 	// spec.nodeName is KubeletNode becomes Running, and exec, logs, attach and
@@ -306,9 +312,13 @@ func (c *Cluster) startAPIServer(ctx context.Context, opts Options, bin string, 
 }
 
 func (c *Cluster) startControllerManager(ctx context.Context, opts Options, bin string) error {
+	controllers := "clusterrole-aggregation-controller,namespace-controller"
+	if opts.WorkloadControllers {
+		controllers += ",deployment-controller,replicaset-controller"
+	}
 	args := []string{
 		"--kubeconfig=" + c.AdminKubeconfig,
-		"--controllers=clusterrole-aggregation-controller,namespace-controller",
+		"--controllers=" + controllers,
 		"--leader-elect=false",
 		// No serving endpoint: readiness is the aggregated roles being filled, which
 		// is what the tests need, so no port or certificate is needed either.

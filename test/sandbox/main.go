@@ -57,7 +57,7 @@ func run(addr, workDir, binary, kubeconfig, policy string) error {
 	started := time.Now()
 	logf := func(format string, args ...any) { fmt.Printf("[sandbox] "+format+"\n", args...) }
 	s, err := stack.Start(ctx, stack.Options{
-		WorkDir: workDir, Binary: binary, GatewayAddr: addr, PolicyDir: policy, UseEnvoy: true, Kubelet: true, Logf: logf,
+		WorkDir: workDir, Binary: binary, GatewayAddr: addr, PolicyDir: policy, UseEnvoy: true, Kubelet: true, Browser: true, Logf: logf,
 	})
 	if err != nil {
 		return err
@@ -86,6 +86,9 @@ func run(addr, workDir, binary, kubeconfig, policy string) error {
 		return err
 	}
 	defer pods.Close()
+	if err := stack.SeedDemoDeployment(ctx, cs, 2); err != nil {
+		return err
+	}
 	users := []stack.KubeconfigUser{}
 	for _, u := range []string{"alice", "bob", "carol", "dave", "grace", "heidi", "erin"} {
 		users = append(users, stack.KubeconfigUser{Name: u, Token: "kg-sandbox-" + u + "-token"})
@@ -123,6 +126,9 @@ func banner(s *stack.Stack, kubeconfig, workDir string, took time.Duration) {
 	fmt.Printf(`  kubegate sandbox is up (%s, data plane: %s)
 
   gateway     %s
+  Dashboard   %s
+              log in as alice / alice-sandbox-password (allowed) or bob / bob-sandbox-password
+              (refused: a reporter); the browser must trust %s
   API server  %s (kubegate authz/extproc/xds in front of it)
   bootstrap   %s
   logs        %s
@@ -149,5 +155,5 @@ func banner(s *stack.Stack, kubeconfig, workDir string, took time.Duration) {
 
   Press Ctrl-C to stop everything.
 %s
-`, took.Round(100*time.Millisecond), s.DataPlane, s.GatewayURL, s.Cluster.URL, s.Bootstrap, filepath.Join(workDir, "logs"), kubeconfig, line)
+`, took.Round(100*time.Millisecond), s.DataPlane, s.GatewayURL, s.DashboardURL, s.GatewayCA, s.Cluster.URL, s.Bootstrap, filepath.Join(workDir, "logs"), kubeconfig, line)
 }

@@ -176,7 +176,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	s.Cluster, err = cluster.Start(ctx, cluster.Options{
 		WorkDir: filepath.Join(s.WorkDir, "cluster"), ControllerManager: true, AuditLog: true, Kubelet: opts.Kubelet, Logf: opts.Logf,
-		ModuleRoot: ModuleRoot(),
+		// The Dashboard restarts and scales Deployments: let them roll.
+		WorkloadControllers: opts.Browser,
+		ModuleRoot:          ModuleRoot(),
 	})
 	if err != nil {
 		return nil, err
