@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"kubegate.dev/kubegate/identity"
+	"kubegate.dev/kubegate/internal/weborigin"
 )
 
 // Cross-origin requests with a session cookie (issue 13, access.md §2.3). A
@@ -45,14 +46,7 @@ func NormalizeOrigin(raw string) (string, error) {
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil || u.Opaque != "" {
 		return "", fmt.Errorf("public URL %q: give only scheme, host and port (the gateway serves the Dashboard at %s of its own origin)", raw, "/ui/")
 	}
-	host, port := strings.ToLower(u.Hostname()), u.Port()
-	if strings.Contains(host, ":") {
-		host = "[" + host + "]"
-	}
-	if port == "" || (scheme == "https" && port == "443") || (scheme == "http" && port == "80") {
-		return scheme + "://" + host, nil
-	}
-	return scheme + "://" + host + ":" + port, nil
+	return weborigin.Of(u), nil
 }
 
 // NormalizeOrigins normalizes each public URL (NormalizeOrigin).

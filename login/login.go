@@ -31,6 +31,7 @@ import (
 	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/session"
 	"kubegate.dev/kubegate/internal/webheaders"
+	"kubegate.dev/kubegate/internal/weborigin"
 )
 
 // Passwords checks a username and password (the directory implements it). Every
@@ -167,7 +168,7 @@ func checkPublicURL(u *url.URL) (string, error) {
 	default:
 		return "", fmt.Errorf("%s: scheme %q", form, u.Scheme)
 	}
-	return originOf(u), nil
+	return weborigin.Of(u), nil
 }
 
 func isLoopback(host string) bool {
@@ -176,22 +177,6 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-// originOf serializes u's origin as browsers do (RFC 6454 §6.1): lower-case
-// scheme and host, the port only when it is not the scheme's default.
-func originOf(u *url.URL) string {
-	scheme, host, port := strings.ToLower(u.Scheme), strings.ToLower(u.Hostname()), u.Port()
-	if (scheme == "https" && port == "443") || (scheme == "http" && port == "80") {
-		port = ""
-	}
-	if strings.Contains(host, ":") {
-		host = "[" + host + "]"
-	}
-	if port != "" {
-		return scheme + "://" + host + ":" + port
-	}
-	return scheme + "://" + host
 }
 
 // ServeHTTP dispatches on the exact path; anything else under the prefix is 404.
@@ -274,14 +259,14 @@ func (h *Handler) sameOrigin(r *http.Request) bool {
 	}
 	if len(origins) == 1 {
 		u, err := url.Parse(origins[0])
-		return err == nil && u.Scheme != "" && u.Host != "" && u.Path == "" && u.RawQuery == "" && originOf(u) == h.origin && origins[0] == originOf(u)
+		return err == nil && u.Scheme != "" && u.Host != "" && u.Path == "" && u.RawQuery == "" && weborigin.Of(u) == h.origin && origins[0] == weborigin.Of(u)
 	}
 	refs := r.Header.Values("Referer")
 	if len(refs) != 1 {
 		return false
 	}
 	u, err := url.Parse(refs[0])
-	return err == nil && u.Scheme != "" && u.Host != "" && u.User == nil && originOf(u) == h.origin
+	return err == nil && u.Scheme != "" && u.Host != "" && u.User == nil && weborigin.Of(u) == h.origin
 }
 
 // safeNext returns next when it is a path under BrowserPrefix that a browser
