@@ -84,8 +84,15 @@ func TestReloadOnFileChange(t *testing.T) {
 	writeFile(t, cfg, agentModeConfig)
 	eventually(t, "agent mode after the edit", func() bool { return f.accessAs(t) == "agent" })
 
-	// A broken edit keeps the last good configuration and counts a failure.
-	writeFile(t, cfg, "user_access:\n  access_as: {agent: {}, user: {}}\n")
+	// A broken edit keeps the last good configuration and counts a failure. It is
+	// written whole (a rename): written in place, the watcher may read the file
+	// truncated, and an empty agent configuration is a valid one that grants
+	// nobody anything, which would be served until the bad content arrives.
+	broken := filepath.Join(dir, ".broken.tmp")
+	writeFile(t, broken, "user_access:\n  access_as: {agent: {}, user: {}}\n")
+	if err := os.Rename(broken, cfg); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, "the failed reload to be counted", func() bool { return testutil.ToFloat64(r.Metrics.reloads.WithLabelValues(SharedLabel, "failure")) >= 1 })
 	if got := f.accessAs(t); got != "agent" {
 		t.Fatalf("after a bad edit the mode is %s; the last good config must stay", got)
