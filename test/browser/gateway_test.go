@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -39,9 +38,9 @@ import (
 // checked from the attacker's side: nothing of it reached the API server (the data
 // plane's upstream recorder and the API server's audit log).
 func TestThroughTheGateway(t *testing.T) {
-	var seen upstreamLog
+	var seen stack.Recorder
 	s, err := stack.Start(t.Context(), stack.Options{
-		WorkDir: t.TempDir(), Browser: true, Kubelet: true, Observe: seen.add,
+		WorkDir: t.TempDir(), Browser: true, Kubelet: true, Observe: seen.Add,
 		Logf: func(f string, a ...any) { t.Logf("[stack] "+f, a...) },
 	})
 	if err != nil {
@@ -416,30 +415,6 @@ func do(t *testing.T, c *http.Client, method, url string, headers map[string]str
 
 func newMark() string { return "browser-" + strings.ToLower(rand.Text()[:12]) }
 
-// upstreamLog keeps every request the data plane sent upstream (any cluster).
-type upstreamLog struct {
-	mu   sync.Mutex
-	reqs []stack.UpstreamRequest
-}
-
-func (u *upstreamLog) add(r stack.UpstreamRequest) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.reqs = append(u.reqs, r)
-}
-
-func (u *upstreamLog) matching(s string) []stack.UpstreamRequest {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	var out []stack.UpstreamRequest
-	for _, r := range u.reqs {
-		if strings.Contains(r.Target, s) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
 // waitDecision waits until authz has logged its decision on the request for the
 // object named mark, with reason, so a refusal is known to have been made (and
 // not, say, the request never sent).
@@ -470,9 +445,9 @@ func waitDecision(t *testing.T, s *stack.Stack, mark, reason string) {
 // neverReached asserts that no request carrying mark went to the API server: the
 // data plane never sent one upstream, and the API server's audit log, caught up
 // with a sentinel request sent afterwards, has none.
-func neverReached(t *testing.T, c *cluster.Cluster, seen *upstreamLog, mark string) {
+func neverReached(t *testing.T, c *cluster.Cluster, seen *stack.Recorder, mark string) {
 	t.Helper()
-	if got := seen.matching(mark); len(got) > 0 {
+	if got := seen.Matching(mark); len(got) > 0 {
 		t.Fatalf("a refused request went upstream: %+v", got)
 	}
 	cs, err := kubernetes.NewForConfig(c.AdminConfig())

@@ -212,7 +212,7 @@ func TestUserTokenNeverReachesTheAPIServer(t *testing.T) {
 	if resp.code != 200 {
 		t.Fatalf("status %d: %s", resp.code, resp.body)
 	}
-	sent := upstream.matching(mark)
+	sent := upstream.Matching(mark)
 	if len(sent) != 1 {
 		t.Fatalf("want one upstream request, got %d", len(sent))
 	}
@@ -402,7 +402,7 @@ func TestTokenRotation(t *testing.T) {
 		if resp := through(t, "GET", "/api/v1/namespaces/demo/pods?labelSelector=mark%3D"+mark, "Authorization", pat("alice")); resp.code != 200 {
 			t.Fatalf("status %d during rotation", resp.code)
 		}
-		if sent := upstream.matching(mark); len(sent) == 1 && sent[0].Values("authorization")[0] == "Bearer "+next {
+		if sent := upstream.Matching(mark); len(sent) == 1 && sent[0].Values("authorization")[0] == "Bearer "+next {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -437,7 +437,7 @@ func TestAgentMode(t *testing.T) {
 	waitSelf(t, "alice", gw.Cluster.AgentUser)
 	mark := marker(t)
 	resp := through(t, "GET", "/api/v1/namespaces/demo/pods?labelSelector=mark%3D"+mark, "Authorization", pat("alice"))
-	sent := upstream.matching(mark)
+	sent := upstream.Matching(mark)
 	if len(sent) != 1 {
 		t.Fatalf("want one upstream request, got %d (status %d %s)", len(sent), resp.code, resp.body)
 	}

@@ -3,7 +3,7 @@
 // → kubegate authz, extproc and xds (the real binary, as processes) → the API
 // server's impersonation and RBAC. Every denial is checked from the attacker's side:
 // the request is refused AND nothing of it reached the API server (neither the
-// upstream recorder nor the API server's audit log saw it).
+// upstream stack.Recorder nor the API server's audit log saw it).
 package e2e
 
 import (
@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,33 +26,8 @@ var (
 	gw       *stack.Stack
 	cfgFile  string // the agent config authz serves; tests may rewrite it
 	kubecfg  string // kubeconfig with one context per sandbox user
-	upstream recorder
+	upstream stack.Recorder
 )
-
-// recorder keeps every request the data plane sent to the API server.
-type recorder struct {
-	mu   sync.Mutex
-	reqs []stack.UpstreamRequest
-}
-
-func (r *recorder) add(u stack.UpstreamRequest) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.reqs = append(r.reqs, u)
-}
-
-// matching returns the recorded requests whose target contains s.
-func (r *recorder) matching(s string) []stack.UpstreamRequest {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []stack.UpstreamRequest
-	for _, u := range r.reqs {
-		if strings.Contains(u.Target, s) {
-			out = append(out, u)
-		}
-	}
-	return out
-}
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -86,7 +60,7 @@ func run(m *testing.M) int {
 		WorkDir:     filepath.Join(work, "stack"),
 		AgentConfig: cfgFile,
 		PolicyDir:   filepath.Join(stack.ModuleRoot(), "policy", "testdata", "operator"),
-		Observe:     upstream.add,
+		Observe:     upstream.Add,
 		Kubelet:     true, // pods_test.go: exec, logs, attach, cp, port-forward
 		Logf:        func(f string, a ...any) { fmt.Fprintf(os.Stderr, "[e2e] "+f+"\n", a...) },
 		// Every test and the benchmarks call from 127.0.0.1: one client address to
@@ -140,7 +114,7 @@ func marker(t *testing.T) string {
 // gateway, and found in the audit log, shows the log had caught up.
 func neverReachedAPIServer(t *testing.T, mark string) {
 	t.Helper()
-	if got := upstream.matching(mark); len(got) > 0 {
+	if got := upstream.Matching(mark); len(got) > 0 {
 		t.Fatalf("a refused request reached the API server: %+v", got)
 	}
 	sentinel := marker(t)

@@ -189,7 +189,7 @@ func runCmd(cmd *exec.Cmd, stdin string) (stdout, stderr string, err error) {
 // contains mark ("" if there was none).
 func upgradeSent(t *testing.T, mark string) string {
 	t.Helper()
-	reqs := upstream.matching(mark)
+	reqs := upstream.Matching(mark)
 	if len(reqs) == 0 {
 		t.Fatalf("no upstream request contains %q", mark)
 	}

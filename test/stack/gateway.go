@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"kubegate.dev/kubegate/contract"
@@ -107,4 +108,32 @@ func startEnvoy(ctx context.Context, bin string, s *Stack) (gateway, error) {
 			return nil, fmt.Errorf("envoy is not listening on %s after a minute\n%s", addr, child.LogTail(30))
 		}
 	}
+}
+
+// Recorder keeps every request the data plane sends upstream: give its Add as
+// Options.Observe, then search with Matching (a test's "nothing reached the API
+// server" half).
+type Recorder struct {
+	mu   sync.Mutex
+	reqs []UpstreamRequest
+}
+
+// Add records one request.
+func (r *Recorder) Add(u UpstreamRequest) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reqs = append(r.reqs, u)
+}
+
+// Matching returns the recorded requests whose target contains s.
+func (r *Recorder) Matching(s string) []UpstreamRequest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []UpstreamRequest
+	for _, u := range r.reqs {
+		if strings.Contains(u.Target, s) {
+			out = append(out, u)
+		}
+	}
+	return out
 }
