@@ -47,7 +47,8 @@ func TestComposeAndChartAgree(t *testing.T) {
 	if err := yaml.Unmarshal([]byte(readFile(t, filepath.Join(root, "docker-compose.yaml"))), &compose); err != nil {
 		t.Fatal(err)
 	}
-	pod := deployment(t, render(t, "kg", "kubegate", minimal(t))).Spec.Template.Spec
+	// The chart with the browser half on, as compose runs it.
+	pod := deployment(t, render(t, "kg", "kubegate", withBrowser(t))).Spec.Template.Spec
 	containers := map[string]corev1.Container{}
 	for _, c := range slices.Concat(pod.InitContainers, pod.Containers) {
 		containers[c.Name] = c
