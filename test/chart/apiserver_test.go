@@ -171,6 +171,7 @@ func TestChartOnAPIServer(t *testing.T) {
 		v    values
 	}{
 		{"minimal", minimal(t)},
+		{"browser", withBrowser(t)},
 		{"production", production(t)},
 	} {
 		t.Run("apply "+tc.name, func(t *testing.T) {

@@ -81,6 +81,7 @@ func TestLint(t *testing.T) {
 		v    values
 	}{
 		{"minimal", minimal(t)},
+		{"browser", withBrowser(t)},
 		{"production", production(t)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -110,6 +111,7 @@ func TestLint(t *testing.T) {
 // renders nothing.
 func TestTemplateRefusesBadValues(t *testing.T) {
 	base := minimal(t)
+	br := withBrowser(t)
 	tests := []struct {
 		name string
 		v    values
@@ -143,6 +145,23 @@ func TestTemplateRefusesBadValues(t *testing.T) {
 		{"GitLab unreachable under the NetworkPolicy", base.merge(values{"identity": values{"source": "gitlab", "directory": values{"existingSecret": ""}, "gitlab": values{"url": "https://gitlab.example.com", "tokenSecret": values{"name": "t"}}}}), "networkPolicy.identityEndpoints is empty"},
 		{"policy module name", base.merge(values{"policy": values{"modules": values{"x.txt": "package kubegate.operator.x"}}}), "not a file name ending in .rego"},
 		{"autoscaling bounds", base.merge(values{"autoscaling": values{"enabled": true, "minReplicas": 5, "maxReplicas": 2}}), "autoscaling.minReplicas"},
+		{"render flag the chart owns: --browser", base.merge(values{"envoy": values{"renderArgs": []any{"--browser=10.0.0.1:8081"}}}), "envoy.renderArgs: --browser is set by the chart"},
+		{"browser without a public URL", br.merge(values{"browser": values{"publicURL": ""}}), "browser.publicURL is required"},
+		{"browser public URL with a path", br.merge(values{"browser": values{"publicURL": "https://kubegate.example.com/ui"}}), "must be an origin"},
+		{"browser public URL over http", br.merge(values{"browser": values{"publicURL": "http://kubegate.example.com"}}), "must be an origin"},
+		{"browser without a session key", br.merge(values{"browser": values{"sessionKey": values{"existingSecret": ""}}}), "browser.sessionKey.existingSecret is required"},
+		{"browser session key: the command to create it", br.merge(values{"browser": values{"sessionKey": values{"existingSecret": ""}}}), "kubectl -n <namespace> create secret generic kubegate-session-key"},
+		{"memory sessions with two replicas", br.merge(values{"replicas": 2}), "logouts are kept in the memory of the replica that served them, so a logout would not reach the other replicas"},
+		{"memory sessions with two replicas: etcd is the way", br.merge(values{"replicas": 2}), "Use browser.sessionStore=etcd"},
+		{"memory sessions with autoscaling", br.merge(values{"autoscaling": values{"enabled": true}}), "browser.sessionStore=memory with autoscaling.enabled=true"},
+		{"etcd sessions without endpoints", br.merge(values{"replicas": 2, "browser": values{"sessionStore": "etcd"}}), "browser.etcd.endpoints is required"},
+		{"etcd sessions unreachable under the NetworkPolicy", br.merge(values{"replicas": 2, "browser": values{"sessionStore": "etcd", "etcd": values{"endpoints": []any{"https://etcd:2379"}}}}), "browser.etcd.networkPolicyTo is empty"},
+		{"unknown session store", br.merge(values{"browser": values{"sessionStore": "redis"}}), "at '/browser/sessionStore'"},
+		{"etcd endpoint not a URL", br.merge(values{"browser": values{"sessionStore": "etcd", "etcd": values{"endpoints": []any{"etcd:2379"}}}}), "at '/browser/etcd/endpoints/0'"},
+		{"browser OIDC client without an issuer", br.merge(values{"browser": values{"oidc": values{"clientId": "kg"}}}), "browser.oidc.clientId is set but identity.oidc.issuer is empty"},
+		{"browser with a mesh", br.merge(values{"mesh": values{"mode": "istio"}}), "browser.enabled is not available with mesh.mode=istio"},
+		{"browser with GitLab and no OIDC", br.merge(values{"identity": values{"source": "gitlab", "directory": values{"existingSecret": ""}, "gitlab": values{"url": "https://gitlab.example.com", "tokenSecret": values{"name": "t"}}}, "networkPolicy": values{"enabled": false}}), "there is no way to log in"},
+		{"unknown browser key", br.merge(values{"browser": values{"sessionKeySecret": "x"}}), "sessionKeySecret"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -169,6 +188,7 @@ func TestValueSets(t *testing.T) {
 		kinds []string // besides the ones every set has
 	}{
 		{"minimal", minimal(t), []string{"Secret", "ConfigMap", "PodDisruptionBudget"}},
+		{"browser", withBrowser(t), []string{"Secret", "ConfigMap", "PodDisruptionBudget"}},
 		{"production", production(t), []string{"Certificate", "HorizontalPodAutoscaler", "ServiceMonitor", "ConfigMap"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -216,6 +236,9 @@ func checkPodSpec(t *testing.T, spec corev1.PodSpec) {
 		for _, m := range c.VolumeMounts {
 			if tokenVolumes[m.Name] && c.Name != "xds" {
 				t.Errorf("container %s mounts the agent token volume %s; only xds may", c.Name, m.Name)
+			}
+			if m.Name == "session-key" && c.Name != "authz" {
+				t.Errorf("container %s mounts the session key; only authz may", c.Name)
 			}
 		}
 		sc := c.SecurityContext

@@ -3,14 +3,20 @@ package chart
 import (
 	"flag"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"kubegate.dev/kubegate/contract"
+	"kubegate.dev/kubegate/test/stack"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/compose-flags.golden")
@@ -47,7 +53,8 @@ func TestComposeAndChartAgree(t *testing.T) {
 	if err := yaml.Unmarshal([]byte(readFile(t, filepath.Join(root, "docker-compose.yaml"))), &compose); err != nil {
 		t.Fatal(err)
 	}
-	pod := deployment(t, render(t, "kg", "kubegate", minimal(t))).Spec.Template.Spec
+	// The chart with the browser half on, as compose runs it.
+	pod := deployment(t, render(t, "kg", "kubegate", withBrowser(t))).Spec.Template.Spec
 	containers := map[string]corev1.Container{}
 	for _, c := range slices.Concat(pod.InitContainers, pod.Containers) {
 		containers[c.Name] = c
@@ -110,5 +117,149 @@ func TestComposeAndChartAgree(t *testing.T) {
 	}
 	if want := readFile(t, path); want != golden.String() {
 		t.Errorf("compose and chart flags changed; if deliberate, run go test ./test/chart -run TestComposeAndChartAgree -update and review.\ngot:\n%s\nwant:\n%s", golden.String(), want)
+	}
+}
+
+// composeInterpolate resolves compose's ${NAME:-default} in s with NAME unset, as
+// `docker compose up` does without that variable (compose-spec, interpolation).
+func composeInterpolate(t *testing.T, s string) string {
+	t.Helper()
+	for {
+		i := strings.Index(s, "${")
+		if i < 0 {
+			return s
+		}
+		j := strings.IndexByte(s[i:], '}')
+		if j < 0 {
+			t.Fatalf("unterminated ${ in %q", s)
+		}
+		expr := s[i+2 : i+j]
+		_, def, ok := strings.Cut(expr, ":-")
+		if !ok {
+			t.Fatalf("%q: the test resolves only ${NAME:-default}", s)
+		}
+		s = s[:i] + def + s[i+j+1:]
+	}
+}
+
+// TestComposeAuthzServesDemoLogins runs docker-compose.yaml's authz command line
+// as a process (the volumes' mount paths rewritten to directories here, the TCP
+// ports to free loopback ones, ${KUBEGATE_PUBLIC_URL} at its default) and logs in
+// on its browser listener as a browser behind Envoy would: alice and bob get a
+// session with the passwords of deploy/sandbox/demo-logins.env, a wrong password
+// and a form from another origin get none.
+func TestComposeAuthzServesDemoLogins(t *testing.T) {
+	var compose struct {
+		Services map[string]struct {
+			Command []string `json:"command"`
+			Volumes []string `json:"volumes"`
+		} `json:"services"`
+	}
+	if err := yaml.Unmarshal([]byte(readFile(t, filepath.Join(root, "docker-compose.yaml"))), &compose); err != nil {
+		t.Fatal(err)
+	}
+	svc := compose.Services["authz"]
+	dir := tempDir(t)
+	// Each mount: its target → a directory here with what compose mounts there.
+	mounts := map[string]string{}
+	for _, v := range svc.Volumes {
+		parts := strings.Split(v, ":")
+		src, target := parts[0], parts[1]
+		switch {
+		case strings.HasPrefix(src, "./"):
+			mounts[target] = filepath.Join(root, src)
+		case src == "session-key":
+			// What init's session-key.sh writes (TestSessionKeyScript runs it).
+			d := filepath.Join(dir, "session")
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := stack.WriteSessionKey(filepath.Join(d, "key")); err != nil {
+				t.Fatal(err)
+			}
+			mounts[target] = d
+		case src == "sockets":
+			mounts[target] = filepath.Join(dir, "sockets")
+			if err := os.MkdirAll(mounts[target], 0o700); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			t.Fatalf("authz mounts %s: the test does not know what is in it", src)
+		}
+	}
+	ports := freePorts(t, 2)
+	var args []string
+	var listen, browser, public string
+	for _, a := range svc.Command {
+		a = composeInterpolate(t, a)
+		name, value, _ := strings.Cut(a, "=")
+		for target, d := range mounts {
+			if strings.HasPrefix(value, target+"/") || strings.HasPrefix(value, "unix://"+target+"/") {
+				value = strings.Replace(value, target, d, 1)
+			}
+		}
+		switch name {
+		case "--metrics-listen":
+			value = fmt.Sprintf("127.0.0.1:%d", ports[0])
+		case "--browser-listen":
+			value = fmt.Sprintf("127.0.0.1:%d", ports[1])
+			browser = value
+		case "--listen":
+			listen = value
+		case "--public-url":
+			public = value
+		}
+		if value != "" {
+			a = name + "=" + value
+		}
+		args = append(args, a)
+	}
+	if browser == "" || public != "https://localhost:8443" {
+		t.Fatalf("compose's authz: --browser-listen %q, --public-url %q (want the default https://localhost:8443)", browser, public)
+	}
+	s := &stack.Service{Name: "authz", Bin: kubegateBinary(t), Addr: listen, Health: "envoy.service.auth.v3.Authorization", LogDir: dir, Args: args}
+	if err := s.Start(t.Context()); err != nil {
+		t.Fatalf("compose's authz command line: %v", err)
+	}
+	t.Cleanup(s.Stop)
+
+	client := &http.Client{Timeout: 10 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	login := func(origin, user, password string) (int, bool) {
+		t.Helper()
+		req, err := http.NewRequest("POST", "http://"+browser+contract.LoginPath,
+			strings.NewReader(url.Values{"username": {user}, "password": {password}}.Encode()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", origin)
+		// What Envoy appends (use_remote_address): the browser's address.
+		req.Header.Set("X-Forwarded-For", "192.0.2.10")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, slices.ContainsFunc(resp.Cookies(), func(c *http.Cookie) bool { return c.Name == contract.SessionCookie && c.Value != "" })
+	}
+	pw := demoPasswords(t)
+	tests := []struct {
+		name, origin, user, password string
+		wantStatus                   int
+		wantSession                  bool
+	}{
+		{"alice logs in", public, "alice", pw["alice"], http.StatusSeeOther, true},
+		{"bob logs in", public, "bob", pw["bob"], http.StatusSeeOther, true},
+		{"a wrong password", public, "alice", pw["bob"], http.StatusUnauthorized, false},
+		{"a form from another origin", "https://evil.example", "alice", pw["alice"], http.StatusForbidden, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, session := login(tt.origin, tt.user, tt.password)
+			if status != tt.wantStatus || session != tt.wantSession {
+				t.Fatalf("login: %d, session %v; want %d, %v", status, session, tt.wantStatus, tt.wantSession)
+			}
+		})
 	}
 }

@@ -101,6 +101,16 @@ func minimal(t testing.TB) values {
 	}
 }
 
+// withBrowser is minimal with the browser half: what README's chart section sets
+// (one replica: the default memory session store refuses more).
+func withBrowser(t testing.TB) values {
+	return minimal(t).merge(values{
+		"replicas": 1,
+		"browser": values{"enabled": true, "publicURL": "https://kubegate.example.com",
+			"sessionKey": values{"existingSecret": "kubegate-session-key"}},
+	})
+}
+
 // production is testdata/production.yaml: GitLab, OIDC, cert-manager, a
 // LoadBalancer, HPA, ServiceMonitor, operator policy.
 func production(t testing.TB) values {

@@ -3,6 +3,8 @@ package chart
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"os"
@@ -42,15 +44,19 @@ const (
 // volumes' directories; the init container to completion; authz, extproc and xds as
 // processes; and the test data plane (test/dataplane) in place of the Envoy
 // container, fed the bootstrap the init container wrote. Then kubectl goes through
-// it as alice. A wrong flag, path, mount or socket in the chart fails here.
+// it as alice, and alice and bob log in to the browser half (browser.enabled) with
+// the sandbox's demo passwords. A wrong flag, path, mount or socket in the chart
+// fails here.
 func podAsProcesses(ctx context.Context, t *testing.T, tb *testbed) {
 	const ns, release = "kg-proc", "kg"
-	ports := freePorts(t, 3)
-	v := minimal(t).merge(values{
+	ports := freePorts(t, 4)
+	publicURL := fmt.Sprintf("https://127.0.0.1:%d", ports[0])
+	v := withBrowser(t).merge(values{
 		"apiServer": values{"url": tb.c.URL},
 		"listener":  values{"port": ports[0], "tls": values{"generated": values{"hosts": []any{"127.0.0.1"}}}},
 		"authz":     values{"metricsPort": ports[1]},
 		"extproc":   values{"metricsPort": ports[2]},
+		"browser":   values{"port": ports[3], "publicURL": publicURL},
 		"replicas":  1,
 		// An operator module, mounted from the chart's ConfigMap.
 		"policy": values{"modules": values{"no-configmaps.rego": "package kubegate.operator.noconfigmaps\n\n" +
@@ -63,6 +69,17 @@ func podAsProcesses(ctx context.Context, t *testing.T, tb *testbed) {
 	if _, err := tb.cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "kubegate-directory"},
 		Data:       map[string][]byte{"directory.yaml": []byte(readFile(t, filepath.Join(root, "deploy", "sandbox", "directory.yaml")))},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The session key Secret, as values.yaml's browser.sessionKey says to create it.
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "kubegate-session-key"},
+		Data:       map[string][]byte{"session.key": []byte(base64.StdEncoding.EncodeToString(key) + "\n")},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -213,6 +230,9 @@ func podAsProcesses(ctx context.Context, t *testing.T, tb *testbed) {
 		if err == nil || !strings.Contains(out, "Forbidden") {
 			t.Fatalf("kubectl get pods as bob (a reporter): %v\n%s", err, out)
 		}
+	})
+	t.Run("browser", func(t *testing.T) {
+		browserThroughPod(ctx, t, tb, publicURL, tlsSecret.Data["ca.crt"])
 	})
 	// The API server saw the chart's ServiceAccount, through the projected token
 	// bound to this pod, impersonating alice.

@@ -83,6 +83,18 @@ containers use under one of them.
 {{- define "kubegate.directoryDir" -}}/etc/kubegate/directory{{- end }}
 {{- define "kubegate.gitlabDir" -}}/etc/kubegate/gitlab{{- end }}
 {{- define "kubegate.policyDir" -}}/etc/kubegate/policy{{- end }}
+{{- define "kubegate.sessionKeyDir" -}}/etc/kubegate/session{{- end }}
+{{- define "kubegate.sessionEtcdDir" -}}/etc/kubegate/session-etcd{{- end }}
+{{- define "kubegate.oidcClientDir" -}}/etc/kubegate/oidc-client{{- end }}
+
+{{/*
+kubegate.browserAddress: authz's browser listener. Loopback in the pod: the pod's
+own Envoy is its one client (kubegate envoy render refuses a --browser that is not
+loopback without --allow-non-loopback), and nothing outside the pod can reach it.
+*/}}
+{{- define "kubegate.browserAddress" -}}
+127.0.0.1:{{ .Values.browser.port }}
+{{- end }}
 
 {{- define "kubegate.tlsSecretName" -}}
 {{- if eq .Values.listener.tls.source "secret" }}
@@ -154,6 +166,9 @@ or an unreadable CA stops the pod in its init container, with kubegate's message
 - --xds={{ include "kubegate.xdsAddress" . }}
 - --node-id={{ include "kubegate.fullname" . }}
 - --node-cluster={{ include "kubegate.fullname" . }}
+{{- if .Values.browser.enabled }}
+- --browser={{ include "kubegate.browserAddress" . }}
+{{- end }}
 {{- range .Values.envoy.renderArgs }}
 - {{ . | quote }}
 {{- end }}

@@ -17,6 +17,7 @@ validate.yaml.
 {{- if not (or $v.agent.config.inline $v.agent.config.existingConfigMap) }}
 {{- fail "agent.config is empty: give the agent configuration file with --set-file agent.config.inline=config.yaml, or name your ConfigMap in agent.config.existingConfigMap" }}
 {{- end }}
+{{- include "kubegate.validateBrowser" . }}
 {{- $gitlabSet := or $v.identity.gitlab.url $v.identity.gitlab.tokenSecret.name }}
 {{- if eq $v.identity.source "directory" }}
 {{- if $gitlabSet }}
@@ -65,7 +66,7 @@ validate.yaml.
 {{- fail (printf "sockets.%s %q is not a unix socket in /run/kubegate: with kubegate's own Envoy nothing else may reach %s; use unix:///run/kubegate/%s.sock" $name $addr $name $name) }}
 {{- end }}
 {{- end }}
-{{- $owned := list "--listen" "--admin" "--tls-cert" "--tls-key" "--apiserver" "--apiserver-ca" "--authz" "--extproc" "--xds" "--allow-non-loopback" "--check-files" "--node-id" "--node-cluster" "-o" "--output" }}
+{{- $owned := list "--listen" "--admin" "--tls-cert" "--tls-key" "--apiserver" "--apiserver-ca" "--authz" "--extproc" "--xds" "--browser" "--allow-non-loopback" "--check-files" "--node-id" "--node-cluster" "-o" "--output" }}
 {{- range $v.envoy.renderArgs }}
 {{- $flag := regexReplaceAll "=.*$" (toString .) "" }}
 {{- if has $flag $owned }}
@@ -93,5 +94,47 @@ validate.yaml.
 {{- end }}
 {{- if and $v.networkPolicy.enabled (or $v.identity.gitlab.url $v.identity.oidc.issuer) (not $v.networkPolicy.identityEndpoints) }}
 {{- fail "networkPolicy.identityEndpoints is empty, but authz must reach GitLab (identity.gitlab.url) or the OIDC issuer (identity.oidc.issuer): list their addresses as {cidr, ports}, or set networkPolicy.enabled=false" }}
+{{- end }}
+{{- end }}
+
+{{/*
+kubegate.validateBrowser: the browser.* rules.
+*/}}
+{{- define "kubegate.validateBrowser" -}}
+{{- $v := .Values }}
+{{- $b := $v.browser }}
+{{- if $b.enabled }}
+{{- if not (include "kubegate.ownEnvoy" .) }}
+{{- fail (printf "browser.enabled is not available with mesh.mode=%s: kubegate renders the browser routes (/ui/ to authz, ext_authz and ext_proc off for that route only) for its own Envoy only, and the mesh's listener has none; use mesh.mode=none, or set browser.enabled=false" $v.mesh.mode) }}
+{{- end }}
+{{- if not $b.publicURL }}
+{{- fail "browser.publicURL is required with browser.enabled: the origin browsers open, e.g. --set browser.publicURL=https://kubegate.example.com (login forms must come from it; the OIDC redirect URI is <publicURL>/ui/oidc/callback)" }}
+{{- end }}
+{{- if not (regexMatch "^(https://[^/?#@]+|http://(localhost|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]+)?)$" $b.publicURL) }}
+{{- fail (printf "browser.publicURL %q must be an origin, scheme://host[:port] with no path: https://, or http:// for localhost only (the session cookie is Secure)" $b.publicURL) }}
+{{- end }}
+{{- if not $b.sessionKey.existingSecret }}
+{{- fail "browser.sessionKey.existingSecret is required with browser.enabled: the Secret holding the session cookies' key. The chart does not generate one (it would change at every helm upgrade and log everyone out); create it once with\n  kubectl -n <namespace> create secret generic kubegate-session-key --from-literal=session.key=\"$(head -c 32 /dev/urandom | base64)\"\nand set browser.sessionKey.existingSecret=kubegate-session-key" }}
+{{- end }}
+{{- if and (eq $b.sessionStore "memory") (or $v.autoscaling.enabled (gt (int $v.replicas) 1)) }}
+{{- fail (printf "browser.sessionStore=memory with %s: logouts are kept in the memory of the replica that served them, so a logout would not reach the other replicas (the cookie would keep working there until it expires). Use browser.sessionStore=etcd with browser.etcd.endpoints, or run one replica (replicas=1, autoscaling.enabled=false)" (ternary "autoscaling.enabled=true" (printf "replicas=%v" $v.replicas) $v.autoscaling.enabled)) }}
+{{- end }}
+{{- if eq $b.sessionStore "etcd" }}
+{{- if not $b.etcd.endpoints }}
+{{- fail "browser.etcd.endpoints is required with browser.sessionStore=etcd: etcd's client URLs, e.g. --set browser.etcd.endpoints='{https://etcd-0.etcd:2379}'" }}
+{{- end }}
+{{- if and $v.networkPolicy.enabled (not $b.etcd.networkPolicyTo) }}
+{{- fail "browser.etcd.networkPolicyTo is empty, but authz must reach etcd (browser.sessionStore=etcd) through the NetworkPolicy: list etcd's peers, e.g. [{podSelector: {matchLabels: {app: etcd}}}], or set networkPolicy.enabled=false" }}
+{{- end }}
+{{- end }}
+{{- if and $b.oidc.clientSecret.name (not $v.identity.oidc.issuer) }}
+{{- fail "browser.oidc.clientSecret.name is set but identity.oidc.issuer is empty: the browser's OIDC login needs the issuer" }}
+{{- end }}
+{{- if and $b.oidc.clientId (not $v.identity.oidc.issuer) }}
+{{- fail "browser.oidc.clientId is set but identity.oidc.issuer is empty: the browser's OIDC login needs the issuer" }}
+{{- end }}
+{{- if and (ne $v.identity.source "directory") (not $v.identity.oidc.issuer) }}
+{{- fail "browser.enabled: there is no way to log in: passwords need identity.source=directory, and OIDC login needs identity.oidc.issuer" }}
+{{- end }}
 {{- end }}
 {{- end }}
