@@ -2,13 +2,20 @@ package extauthz
 
 import (
 	"context"
+	"encoding/base64"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
+	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/directory"
+	idsession "kubegate.dev/kubegate/identity/session"
 	"kubegate.dev/kubegate/policy"
 	"kubegate.dev/kubegate/test/realsize"
 )
@@ -34,20 +41,47 @@ func BenchmarkCheckRealSizeInProcess(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := NewServer(agent, &Snapshot{Engine: e, Authenticator: dir, Memberships: dir}, slog.New(slog.NewJSONHandler(discard{}, nil)), nil)
+	// Browser sessions on, as a gateway serving the Dashboard runs: the session
+	// authenticator first in the chain (identity/backends does the same).
+	keys := filepath.Join(b.TempDir(), "session.keys")
+	if err := os.WriteFile(keys, []byte(base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	sessions, err := idsession.New(idsession.Config{KeyFile: keys})
 	if err != nil {
 		b.Fatal(err)
 	}
+	lookup := idsession.UserLookupFunc(func(_ context.Context, name string) (identity.User, bool, error) {
+		u, ok := dir.UserByName(name)
+		return u, ok, nil
+	})
+	authn := identity.Union{sessions.Authenticator(lookup), dir}
+	srv, err := NewServer(agent, &Snapshot{Engine: e, Authenticator: authn, Memberships: dir}, slog.New(slog.NewJSONHandler(discard{}, nil)), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.SetAllowedOrigins([]string{"https://gateway.example:8443"}); err != nil {
+		b.Fatal(err)
+	}
+	alice, _ := dir.UserByName(data.User)
+	rec := httptest.NewRecorder()
+	sess, err := sessions.Issue(rec, alice, idsession.MethodPassword)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cookie := (&http.Response{Header: rec.Header()}).Cookies()[0]
 	for _, tc := range []struct {
 		name string
 		req  *authv3.CheckRequest
 	}{
 		{"allowed", checkRequest("GET", podsPath, pat(data.Token))},
+		{"allowed-session", checkRequest("GET", podsPath, hdr{"cookie", cookie.Name + "=" + cookie.Value}, hdr{"gitlab-agent-id", "1"},
+			hdr{"x-csrf-token", sess.CSRFToken}, hdr{"sec-fetch-site", "same-origin"})},
 		{"denied-403", checkRequest("GET", podsPath, pat(data.OutsiderToken))},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			if _, err := srv.Check(context.Background(), tc.req); err != nil {
-				b.Fatal(err)
+			if resp, err := srv.Check(context.Background(), tc.req); err != nil || (tc.name != "denied-403" && resp.GetOkResponse() == nil) {
+				b.Fatal(resp.GetDeniedResponse(), err)
 			}
 			b.ReportAllocs()
 			for b.Loop() {
