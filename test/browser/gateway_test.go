@@ -39,17 +39,27 @@ import (
 // plane's upstream recorder and the API server's audit log).
 func TestThroughTheGateway(t *testing.T) {
 	var seen stack.Recorder
+	// The stack's work directory (its logs: authz, the data plane's access log) is
+	// kept when the test fails, and named.
+	work, err := os.MkdirTemp("", "kubegate-browser-stack-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the stack's logs are kept in %s", filepath.Join(work, "logs"))
+			return
+		}
+		os.RemoveAll(work)
+	})
 	s, err := stack.Start(t.Context(), stack.Options{
-		WorkDir: t.TempDir(), Browser: true, Kubelet: true, Observe: seen.Add,
+		WorkDir: work, Browser: true, Kubelet: true, Observe: seen.Add,
 		Logf: func(f string, a ...any) { t.Logf("[stack] "+f, a...) },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("authz log: %s", s.Authz.LogPath())
-		}
 		_ = s.Stop()
 	})
 	ctx := t.Context()
