@@ -278,26 +278,5 @@ func TestBrowserRouteMatches(t *testing.T) {
 // TestEachBrowserRuleAlone is TestEachRuleAlone for a configuration rendered with
 // --browser.
 func TestEachBrowserRuleAlone(t *testing.T) {
-	for _, tt := range browserRuleCases(t) {
-		t.Run(tt.rule+"/"+tt.name, func(t *testing.T) {
-			b, err := Bootstrap(browserOptions(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			tt.mutate(b)
-			y, err := MarshalYAML(b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fs := Validate(y)
-			if len(fs) == 0 {
-				t.Fatalf("no finding; want rule %s", tt.rule)
-			}
-			for _, f := range fs {
-				if f.Rule != tt.rule {
-					t.Errorf("finding of another rule: %s", f)
-				}
-			}
-		})
-	}
+	breakEachRule(t, browserOptions(t), browserRuleCases(t))
 }

@@ -603,10 +603,19 @@ func ruleCases(t *testing.T) []struct {
 
 // TestEachRuleAlone starts from a rendered configuration, breaks one rule, and
 // expects findings of that rule only — through the YAML, as a user's file would be.
-func TestEachRuleAlone(t *testing.T) {
-	for _, tt := range ruleCases(t) {
+func TestEachRuleAlone(t *testing.T) { breakEachRule(t, testOptions(t), ruleCases(t)) }
+
+// breakEachRule renders opts, applies each case's mutation, and expects findings of
+// the case's rule only, each with a path and a message.
+func breakEachRule(t *testing.T, opts Options, cases []struct {
+	name   string
+	rule   string
+	mutate func(*bootstrapv3.Bootstrap)
+}) {
+	t.Helper()
+	for _, tt := range cases {
 		t.Run(tt.rule+"/"+tt.name, func(t *testing.T) {
-			b, err := Bootstrap(testOptions(t))
+			b, err := Bootstrap(opts)
 			if err != nil {
 				t.Fatal(err)
 			}
