@@ -38,12 +38,7 @@ func parse(t *testing.T, args ...string) (Options, error) {
 }
 
 func TestFlags(t *testing.T) {
-	tests := []struct {
-		name    string
-		args    []string
-		wantErr string
-		check   func(t *testing.T, o Options)
-	}{
+	tests := []flagCase{
 		{name: "defaults: the directory, no OIDC, access.md's cache TTLs", check: func(t *testing.T, o Options) {
 			if o.Source != SourceDirectory || o.OIDCIssuer != "" || o.CacheTTL != 30*time.Second || o.CacheFailureTTL != 5*time.Second ||
 				o.GitLabPATCheck != "admin" || o.OIDCUserID != "lookup" || strings.Join(o.OIDCUsernameClaims, ",") != "nickname,preferred_username" {
@@ -101,23 +96,7 @@ func TestFlags(t *testing.T) {
 		{name: "zero cache size", args: []string{"--cache-size=0"}, wantErr: "--cache-size must be positive"},
 		{name: "tiny cache bytes", args: []string{"--cache-bytes=1000"}, wantErr: "--cache-bytes must be at least 1048576"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			o, err := parse(t, tt.args...)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("got %v, want an error containing %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tt.check != nil {
-				tt.check(t, o)
-			}
-		})
-	}
+	runFlagCases(t, tests)
 }
 
 func sandboxDirectory(t *testing.T) *directory.Directory {
@@ -460,4 +439,35 @@ func TestAgentConfigClient(t *testing.T) {
 			t.Fatalf("err %v", err)
 		}
 	})
+}
+
+// flagCase is one row of a flag table: the flags, and either the error they must
+// give or a check of the options they parse to.
+type flagCase struct {
+	name    string
+	args    []string
+	wantErr string
+	check   func(t *testing.T, o Options)
+}
+
+// runFlagCases parses each case's flags (parse: AddFlags, then Validate).
+func runFlagCases(t *testing.T, tests []flagCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parse(t, tt.args...)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got %v, want an error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.check != nil {
+				tt.check(t, o)
+			}
+		})
+	}
 }

@@ -34,12 +34,7 @@ func sessionKeyFile(t *testing.T) string {
 }
 
 func TestSessionFlags(t *testing.T) {
-	tests := []struct {
-		name    string
-		args    []string
-		wantErr string
-		check   func(t *testing.T, o Options)
-	}{
+	tests := []flagCase{
 		{name: "defaults: sessions off, 30m idle, 8h absolute", check: func(t *testing.T, o Options) {
 			if o.SessionKeyFile != "" || o.SessionIdleTimeout != 30*time.Minute || o.SessionMaxAge != 8*time.Hour {
 				t.Errorf("defaults %q %v %v", o.SessionKeyFile, o.SessionIdleTimeout, o.SessionMaxAge)
@@ -56,23 +51,7 @@ func TestSessionFlags(t *testing.T) {
 		{name: "max age over a week", args: []string{"--session-max-age=169h", "--session-idle-timeout=1h"}, wantErr: "at most 168h"},
 		{name: "a week is allowed", args: []string{"--session-max-age=168h"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			o, err := parse(t, tt.args...)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tt.check != nil {
-				tt.check(t, o)
-			}
-		})
-	}
+	runFlagCases(t, tests)
 }
 
 func TestSessionsOff(t *testing.T) {
@@ -332,12 +311,7 @@ func TestBackendsRunWatchesKeys(t *testing.T) {
 }
 
 func TestSessionStoreFlags(t *testing.T) {
-	tests := []struct {
-		name    string
-		args    []string
-		wantErr string
-		check   func(t *testing.T, o Options)
-	}{
+	tests := []flagCase{
 		{name: "defaults: memory, the documented prefix, 5s", check: func(t *testing.T, o Options) {
 			if o.SessionStore != "memory" || o.SessionEtcdPrefix != "/kubegate/sessions/revoked/" || o.SessionSyncBound != 5*time.Second || len(o.SessionEtcd) != 0 {
 				t.Errorf("defaults %q %q %v %v", o.SessionStore, o.SessionEtcdPrefix, o.SessionSyncBound, o.SessionEtcd)
@@ -360,23 +334,7 @@ func TestSessionStoreFlags(t *testing.T) {
 		{name: "relative prefix", args: []string{"--session-key-file=/k", "--session-store=etcd", "--session-etcd-endpoints=https://e:2379", "--session-etcd-prefix=x/"}, wantErr: "must start with /"},
 		{name: "sync bound too long", args: []string{"--session-sync-bound=2m"}, wantErr: "between 100ms and 1m"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			o, err := parse(t, tt.args...)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tt.check != nil {
-				tt.check(t, o)
-			}
-		})
-	}
+	runFlagCases(t, tests)
 }
 
 // TestSessionStoreEtcd: two authz replicas built from the flags share their logouts
