@@ -13,6 +13,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
+	"kubegate.dev/kubegate/contract/handoff"
 	"kubegate.dev/kubegate/identity"
 	"kubegate.dev/kubegate/identity/directory"
 	idsession "kubegate.dev/kubegate/identity/session"
@@ -101,8 +102,9 @@ func (discard) Write(p []byte) (int, error) { return len(p), nil }
 // once its decision is cached (after a GC): heap-B/identity over the users of
 // test/realsize but alice, each checked once, and heap-B/alice for alice checked
 // after them (243 groups, the largest identity; role strings of entries others
-// share are already built by then). The process-level resident figure is
-// test/perf's BenchmarkLifecycle.
+// share are already built by then); identity-B/alice is the length of alice's
+// encoded hand-off identity (contract/handoff), as her Check response carries it.
+// The process-level resident figure is test/perf's BenchmarkLifecycle.
 func BenchmarkIdentityMemoryRealSize(b *testing.B) {
 	data, err := realsize.Generate(realsize.Default())
 	if err != nil {
@@ -129,12 +131,14 @@ func BenchmarkIdentityMemoryRealSize(b *testing.B) {
 		runtime.ReadMemStats(&m)
 		return int64(m.HeapAlloc)
 	}
-	check := func(srv *Server, token string) {
-		if _, err := srv.Check(context.Background(), checkRequest("GET", podsPath, pat(token))); err != nil {
+	check := func(srv *Server, token string) *authv3.CheckResponse {
+		resp, err := srv.Check(context.Background(), checkRequest("GET", podsPath, pat(token)))
+		if err != nil {
 			b.Fatal(err)
 		}
+		return resp
 	}
-	var perIdentity, alice float64
+	var perIdentity, alice, encoded float64
 	for range b.N {
 		e, err := policy.NewEngine(context.Background(), agent, cfg, nil)
 		if err != nil {
@@ -150,12 +154,18 @@ func BenchmarkIdentityMemoryRealSize(b *testing.B) {
 			check(srv, tok)
 		}
 		h1 := heap()
-		check(srv, data.Token)
+		resp := check(srv, data.Token)
 		h2 := heap()
+		ident := resp.GetDynamicMetadata().GetFields()[handoff.Key].GetStructValue().GetFields()["identity"].GetStringValue()
+		if ident == "" {
+			b.Fatalf("alice's Check carried no hand-off identity: %v", resp)
+		}
+		encoded += float64(len(ident))
 		perIdentity += float64(h1-h0) / float64(len(others))
 		alice += float64(h2 - h1)
 		runtime.KeepAlive(srv)
 	}
 	b.ReportMetric(perIdentity/float64(b.N), "heap-B/identity")
 	b.ReportMetric(alice/float64(b.N), "heap-B/alice")
+	b.ReportMetric(encoded/float64(b.N), "identity-B/alice")
 }
