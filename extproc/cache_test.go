@@ -149,7 +149,11 @@ func TestMalformedIdentityIsNeverKept(t *testing.T) {
 	}
 	s := openStream(t, serve(t, srv, true))
 	good := handoff.EncodeIdentity("gitlab:user:alice", []string{"gitlab:user"}, nil)
-	for _, enc := range []string{good + "1:x", good[:len(good)-1], strings.Replace(good, "17:", "017:", 1)} {
+	for _, enc := range []string{
+		good + "1:x", good[:len(good)-1], strings.Replace(good, "17:", "017:", 1),
+		"17:gitlab:user:alice1;11:gitlab:user0;",                   // the version 2 form
+		"17:gitlab:user:alice2;0;11:gitlab:user0;11:gitlab:user0;", // a shared prefix not the longest
+	} {
 		md, _ := handoff.Encode("r", handoff.AccessAsUser, handoff.NewIdentity("gitlab:user:alice", []string{"gitlab:user"}, nil))
 		md.Fields[handoff.Key].GetStructValue().Fields["identity"] = structpb.NewStringValue(enc)
 		for i := range 2 {

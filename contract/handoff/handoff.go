@@ -10,10 +10,10 @@
 // The decoder is strict and fails closed: a missing, unknown-version or malformed
 // decision is an error, and ext_proc answers it with a denial, never a pass-through.
 //
-// Wire form (google.protobuf.Struct), version 2:
+// Wire form (google.protobuf.Struct), version 3:
 //
 //	kubegate:
-//	  version: 2
+//	  version: 3
 //	  decision_id: "<Envoy request id or random id>"   # correlates the two services' logs
 //	  access_as: "agent" | "user"
 //	  identity: "<compact identity>"                     # user mode only
@@ -25,11 +25,33 @@
 // form is a sequence of length-prefixed strings and counts, canonical (one encoding
 // per identity, extra keys sorted), so the decoder can refuse anything else:
 //
-//	identity = str(user) count(groups) str(group)… count(extra keys) (str(key) count(values) str(value)…)…
+//	identity = str(user) count(groups) group… count(extra keys) (str(key) count(values) str(value)…)…
+//	group    = count(shared) str(suffix)
 //	str      = <decimal byte length> ":" <bytes>
 //	count    = <decimal> ";"
 //
 // Decimals have no sign and no leading zero. Lengths are bytes of UTF-8 text.
+//
+// The groups are front-coded (version 3): a group is the number of bytes it
+// shares with the previous group, then the bytes that follow them; shared is the
+// longest common prefix of the two made of whole runes, exactly (0 for the first
+// group), so the decoder refuses a shared longer than the previous group, one that
+// ends inside a rune, or one shorter than the whole runes the two have in common.
+// Whole runes rather than the longest common byte prefix: the identity travels as
+// a protobuf string (google.protobuf.Value's string_value, proto3), which must be
+// UTF-8 as a whole, and a suffix that began inside a rune would not be (Go's
+// protobuf refuses to marshal it: google.golang.org/protobuf internal/impl
+// codec_field.go, errInvalidUTF8). So every suffix, and every reconstructed
+// group, is UTF-8 text like the other strings. The groups policy/builtin.go emits
+// are "gitlab:user" and, per qualifying project or group, its role strings in
+// order ("gitlab:project_role:<id>:guest", "...:planner", "...:reporter", …), so
+// adjacent groups share most of their bytes: the test/realsize user under test
+// (243 groups and the four extras) encodes in 8,510 bytes as version 2 and in
+// 3,0XX bytes as version 3, and the encoded identity is what ext_authz's decision
+// cache keeps per identity and ext_proc's response cache keys on (see README.md,
+// "Performance at real size", for the heap and resident figures). The decoded
+// size is bounded like the encoded one (MaxIdentityBytes), since a few bytes of
+// input may repeat a long shared prefix many times.
 //
 // In user mode ext_authz also sets the request header Impersonate-User itself (one
 // line, OkHttpResponse.headers with OVERWRITE_IF_EXISTS_OR_ADD), so that a request
@@ -62,9 +84,11 @@ const (
 )
 
 // Version of the wire form. Bumped on any incompatible change; a decoder refuses
-// versions it does not know. 2: the identity is one compact string (1: one
-// protobuf Value per group).
-const Version = 2
+// every version but its own (kubegate authz and extproc ship in one image and run
+// in one pod: deploy/helm, deploy/compose). 3: the groups are front-coded (2: the
+// identity is one compact string, each group written whole; 1: one protobuf
+// Value per group).
+const Version = 3
 
 // Access modes on the wire.
 const (
@@ -76,9 +100,10 @@ const (
 // ext_proc checks (k8s.io/apiserver endpoints/filters/impersonation.go reads it).
 const HeaderImpersonateUser = contract.HeaderImpersonateUser
 
-// MaxIdentityBytes bounds an encoded identity. Envoy's default request headers
-// limit is 60 KiB (max_request_headers_kb), and every group becomes a header line,
-// so an identity beyond it could not reach the API server anyway.
+// MaxIdentityBytes bounds an encoded identity, and also the bytes of its groups
+// once decoded (front coding lets a small input expand). Envoy's default request
+// headers limit is 60 KiB (max_request_headers_kb), and every group becomes a
+// header line, so an identity beyond it could not reach the API server anyway.
 const MaxIdentityBytes = 1 << 20
 
 // Decision is what ext_proc needs to shape the upstream request.
@@ -125,9 +150,10 @@ func (id *Identity) Bytes() int { return id.size }
 // User is the identity's user.
 func (id *Identity) User() string { return id.userHeader.GetHeader().GetValue() }
 
-// Decode reads the identity back (its strings share the encoded form's memory):
-// for the few readers of the groups and extra, which are kept only encoded.
-// An identity whose text is not UTF-8 does not decode (nor would ext_proc accept it).
+// Decode reads the identity back, as DecodeIdentity (the groups are rebuilt in one
+// new buffer; the user and extra share the encoded form's memory): for the few
+// readers of the groups and extra, which are kept only encoded. An identity whose
+// text is not UTF-8 does not decode (nor would ext_proc accept it).
 func (id *Identity) Decode() (user string, groups []string, extra map[string][]string, err error) {
 	return DecodeIdentity(id.encoded.GetStringValue())
 }
@@ -145,14 +171,17 @@ func NewIdentity(user string, groups []string, extra map[string][]string) *Ident
 	}
 }
 
-// EncodeIdentity is the compact form of an identity (see the package doc): extra
-// keys sorted, everything else in order.
+// EncodeIdentity is the compact form of an identity (see the package doc): groups
+// in order, each front-coded against the one before, extra keys sorted.
 func EncodeIdentity(user string, groups []string, extra map[string][]string) string {
 	// The exact length, so the string keeps no spare capacity: it is cached for
 	// the identity's life.
 	n := strLen(user) + countLen(len(groups)) + countLen(len(extra))
+	prev := ""
 	for _, g := range groups {
-		n += strLen(g)
+		shared := sharedPrefix(prev, g)
+		n += countLen(shared) + strLen(g[shared:])
+		prev = g
 	}
 	keys := make([]string, 0, len(extra))
 	for k, vs := range extra {
@@ -164,7 +193,7 @@ func EncodeIdentity(user string, groups []string, extra map[string][]string) str
 	}
 	slices.Sort(keys)
 	// One buffer of exactly that size, handed over as the string without a copy
-	// (strings.Builder): at real size the identity is ~10 KB, made per new identity.
+	// (strings.Builder): at real size the identity is ~3 KB, made per new identity.
 	var b strings.Builder
 	b.Grow(n)
 	var scratch [20]byte
@@ -179,8 +208,12 @@ func EncodeIdentity(user string, groups []string, extra map[string][]string) str
 	}
 	appendStr(user)
 	appendCount(len(groups))
+	prev = ""
 	for _, g := range groups {
-		appendStr(g)
+		shared := sharedPrefix(prev, g)
+		appendCount(shared)
+		appendStr(g[shared:])
+		prev = g
 	}
 	appendCount(len(keys))
 	for _, k := range keys {
@@ -191,6 +224,22 @@ func EncodeIdentity(user string, groups []string, extra map[string][]string) str
 		}
 	}
 	return b.String()
+}
+
+// sharedPrefix is the length of the longest common prefix of a and b made of
+// whole runes: their longest common byte prefix, cut back to the start of the
+// rune it ends inside, if any (a byte of b after it that is not a rune's first
+// byte; for UTF-8 text, a and b agree on where their runes start in it).
+func sharedPrefix(a, b string) int {
+	n := min(len(a), len(b))
+	i := 0
+	for i < n && a[i] == b[i] {
+		i++
+	}
+	for i > 0 && i < len(b) && !utf8.RuneStart(b[i]) {
+		i--
+	}
+	return i
 }
 
 // decimalLen is the number of decimal digits of n.
@@ -288,7 +337,7 @@ func ReadEnvelope(md *corev3.Metadata) (Envelope, error) {
 		case "version":
 			n, ok := val.GetKind().(*structpb.Value_NumberValue)
 			if !ok || n.NumberValue != Version {
-				err = fmt.Errorf("version %v is not %d (are kubegate authz and extproc the same version?)", val.AsInterface(), Version)
+				err = fmt.Errorf("version %v is not %d: kubegate authz and extproc must be the same kubegate version (deploy both from one image, as deploy/helm and deploy/compose do)", val.AsInterface(), Version)
 			}
 			seen++
 		case "decision_id":
@@ -335,22 +384,36 @@ func (e Envelope) Decode() (Decision, error) {
 }
 
 // DecodeIdentity reads the compact form strictly: a non-canonical number, a
-// length past the end, text that is not UTF-8, unsorted or repeated extra keys, a
-// missing part or trailing data are errors. The strings returned share enc's memory.
+// length past the end, a shared prefix longer than the previous group or shorter
+// than the prefix the two groups have in common, text that is not UTF-8 (a whole
+// group, the user, an extra key or value), unsorted or repeated extra keys, a
+// missing part, trailing data, and an identity or its decoded groups over
+// MaxIdentityBytes are errors. The groups are rebuilt in one buffer of their total
+// size, each a substring of it, so a decoded identity holds two allocations for
+// them (the slice and the buffer) whatever their number; the user and the extra
+// strings share enc's memory.
 func DecodeIdentity(enc string) (user string, groups []string, extra map[string][]string, err error) {
 	if len(enc) > MaxIdentityBytes {
 		return "", nil, nil, fmt.Errorf("identity of %d bytes is over the %d-byte bound", len(enc), MaxIdentityBytes)
 	}
 	r := reader{s: enc}
 	user = r.str("user")
-	n := r.count("groups")
+	n := r.count("groups", minGroupBytes)
 	if r.err == nil && n > 0 {
-		groups = make([]string, n)
-		for i := range groups {
-			groups[i] = r.str("group")
+		// Two passes over the groups: the first checks their form and sums their
+		// decoded size, refused over the bound before anything is allocated for
+		// it; the second rebuilds them into one buffer of exactly that size.
+		start := r.pos
+		size := r.groups(n, nil, nil)
+		if r.err == nil {
+			var b strings.Builder
+			b.Grow(size)
+			groups = make([]string, n)
+			r.pos = start
+			r.groups(n, &b, groups)
 		}
 	}
-	nk := r.count("extra keys")
+	nk := r.count("extra keys", minExtraKeyBytes)
 	if r.err == nil && nk > 0 {
 		extra = make(map[string][]string, nk)
 		prev := ""
@@ -360,7 +423,7 @@ func DecodeIdentity(enc string) (user string, groups []string, extra map[string]
 				r.fail("extra key %q is not after %q (keys are sorted and unique)", k, prev)
 			}
 			prev = k
-			nv := r.count("extra values")
+			nv := r.count("extra values", minStrBytes)
 			vs := make([]string, 0, nv)
 			for j := 0; j < nv && r.err == nil; j++ {
 				vs = append(vs, r.str("extra value"))
@@ -390,26 +453,31 @@ func (r *reader) fail(format string, args ...any) {
 	}
 }
 
-// number reads a canonical decimal ended by term.
+// number reads a canonical decimal ended by term: a count, or with ':' the length
+// of the str what.
 func (r *reader) number(what string, term byte) int {
 	if r.err != nil {
 		return 0
 	}
+	unit := ""
+	if term == ':' {
+		unit = " length" // joined only on failure: decoding allocates per identity, not per string
+	}
 	end := strings.IndexByte(r.s[r.pos:], term)
 	if end < 0 {
-		r.fail("%s: no %q-terminated number", what, term)
+		r.fail("%s%s: no %q-terminated number", what, unit, term)
 		return 0
 	}
 	digits := r.s[r.pos : r.pos+end]
 	if digits == "" || len(digits) > 7 || (len(digits) > 1 && digits[0] == '0') {
-		r.fail("%s: %q is not a canonical number", what, digits)
+		r.fail("%s%s: %q is not a canonical number", what, unit, digits)
 		return 0
 	}
 	n := 0
 	for i := 0; i < len(digits); i++ {
 		c := digits[i]
 		if c < '0' || c > '9' {
-			r.fail("%s: %q is not a canonical number", what, digits)
+			r.fail("%s%s: %q is not a canonical number", what, unit, digits)
 			return 0
 		}
 		n = n*10 + int(c-'0')
@@ -418,8 +486,9 @@ func (r *reader) number(what string, term byte) int {
 	return n
 }
 
+// str reads a str of UTF-8 text.
 func (r *reader) str(what string) string {
-	n := r.number(what+" length", ':')
+	n := r.number(what, ':')
 	if r.err != nil {
 		return ""
 	}
@@ -436,11 +505,63 @@ func (r *reader) str(what string) string {
 	return s
 }
 
-// count reads a number of items; each takes at least two bytes ("0:"), so a count
-// the rest cannot hold is refused before anything is allocated for it.
-func (r *reader) count(what string) int {
+// groups reads n front-coded groups. Without b it checks their form and returns
+// their decoded size; with b (grown to that size) it also rebuilds them into b,
+// each group a substring of b's one buffer (a strings.Builder only appends, and
+// after Grow(size) writes that much "without another allocation", so what its
+// String returned earlier stays in place and unchanged), stored in out.
+func (r *reader) groups(n int, b *strings.Builder, out []string) (size int) {
+	prev, prevLen := "", 0
+	for i := 0; i < n && r.err == nil; i++ {
+		shared := r.number("group shared prefix", ';')
+		suffix := r.str("group suffix")
+		switch {
+		case r.err != nil:
+			return 0
+		case shared > prevLen:
+			r.fail("group %d shares %d bytes with the previous group, which has %d", i, shared, prevLen)
+			return 0
+		}
+		prevLen = shared + len(suffix)
+		if size += prevLen; size > MaxIdentityBytes {
+			r.fail("the groups decode to more than the %d-byte bound", MaxIdentityBytes)
+			return 0
+		}
+		if b == nil {
+			continue
+		}
+		// Both are UTF-8 here (suffix by r.str, prev as checked below), so equal
+		// first runes are equal bytes of the first rune's length.
+		if _, n := utf8.DecodeRuneInString(suffix); n > 0 && strings.HasPrefix(prev[shared:], suffix[:n]) {
+			r.fail("group %d shares %d bytes with the previous group, not the longest prefix of whole runes they have in common", i, shared)
+			return 0
+		}
+		at := b.Len()
+		b.WriteString(prev[:shared])
+		b.WriteString(suffix)
+		g := b.String()[at:]
+		if !utf8.ValidString(g) { // prev[:shared] ended inside a rune
+			r.fail("group %d is not UTF-8 (its shared prefix ends inside a rune)", i)
+			return 0
+		}
+		out[i] = g
+		prev = g
+	}
+	return size
+}
+
+// The fewest bytes an item of a count can take, so that a count the rest cannot
+// hold is refused before anything is allocated for it.
+const (
+	minStrBytes      = len("0:")
+	minGroupBytes    = len("0;0:")
+	minExtraKeyBytes = len("0:0;")
+)
+
+// count reads a number of items, each at least least bytes long.
+func (r *reader) count(what string, least int) int {
 	n := r.number(what, ';')
-	if r.err == nil && n > (len(r.s)-r.pos)/2 {
+	if r.err == nil && n > (len(r.s)-r.pos)/least {
 		r.fail("%d %s cannot fit in the %d bytes left", n, what, len(r.s)-r.pos)
 		return 0
 	}
