@@ -86,10 +86,10 @@ const (
 )
 
 // Version of the wire form. Bumped on any incompatible change; a decoder refuses
-// every version but its own (kubegate authz and extproc ship in one image and run
-// in one pod: deploy/helm, deploy/compose). 3: the groups are front-coded (2: the
-// identity is one compact string, each group written whole; 1: one protobuf
-// Value per group).
+// every version but its own: kubegate authz and extproc ship in one image (the
+// Helm chart, deploy/helm, runs both in one pod; docker-compose.yaml runs both
+// from kubegate:local). 3: the groups are front-coded (2: the identity is one
+// compact string, each group written whole; 1: one protobuf Value per group).
 const Version = 3
 
 // Access modes on the wire.
@@ -339,7 +339,7 @@ func ReadEnvelope(md *corev3.Metadata) (Envelope, error) {
 		case "version":
 			n, ok := val.GetKind().(*structpb.Value_NumberValue)
 			if !ok || n.NumberValue != Version {
-				err = fmt.Errorf("version %v is not %d: kubegate authz and extproc must be the same kubegate version (deploy both from one image, as deploy/helm and deploy/compose do)", val.AsInterface(), Version)
+				err = fmt.Errorf("version %v is not %d: kubegate authz and extproc must be the same kubegate version (deploy both from one image)", val.AsInterface(), Version)
 			}
 			seen++
 		case "decision_id":
