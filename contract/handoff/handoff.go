@@ -386,14 +386,14 @@ func (e Envelope) Decode() (Decision, error) {
 }
 
 // DecodeIdentity reads the compact form strictly: a non-canonical number, a
-// length past the end, a shared prefix longer than the previous group or shorter
-// than the prefix the two groups have in common, text that is not UTF-8 (a whole
-// group, the user, an extra key or value), unsorted or repeated extra keys, a
-// missing part, trailing data, and an identity or its decoded groups over
-// MaxIdentityBytes are errors. The groups are rebuilt in one buffer of their total
-// size, each a substring of it, so a decoded identity holds two allocations for
-// them (the slice and the buffer) whatever their number; the user and the extra
-// strings share enc's memory.
+// length past the end, a shared prefix longer than the previous group, ending
+// inside a rune or shorter than the whole runes the two groups have in common,
+// text that is not UTF-8 (a group's suffix or the whole group, the user, an extra
+// key or value), unsorted or repeated extra keys, a missing part, trailing data,
+// and an identity or its decoded groups over MaxIdentityBytes are errors. The
+// groups are rebuilt in one new buffer of their total size, each a substring of
+// it, so they hold two allocations (the slice and the buffer) whatever their
+// number; the user and the extra strings share enc's memory.
 func DecodeIdentity(enc string) (user string, groups []string, extra map[string][]string, err error) {
 	if len(enc) > MaxIdentityBytes {
 		return "", nil, nil, fmt.Errorf("identity of %d bytes is over the %d-byte bound", len(enc), MaxIdentityBytes)
@@ -534,7 +534,7 @@ func (r *reader) groups(n int, b *strings.Builder, out []string) (size int) {
 		}
 		// Both are UTF-8 here (suffix by r.str, prev as checked below), so equal
 		// first runes are equal bytes of the first rune's length.
-		if _, n := utf8.DecodeRuneInString(suffix); n > 0 && strings.HasPrefix(prev[shared:], suffix[:n]) {
+		if _, w := utf8.DecodeRuneInString(suffix); w > 0 && strings.HasPrefix(prev[shared:], suffix[:w]) {
 			r.fail("group %d shares %d bytes with the previous group, not the longest prefix of whole runes they have in common", i, shared)
 			return 0
 		}
