@@ -292,15 +292,38 @@ func build(ff fileFormat) (*Directory, []string) {
 		}
 	}
 
-	type userProject struct {
-		u *user
-		p *project
+	// Memberships in two passes: count each user's, then append them into windows
+	// of one backing array per kind, sized exactly. Growing a thousand slices entry
+	// by entry, and sets of (user, entity) pairs to find repeated memberships, were
+	// 3 MB of garbage per real-size load, and at start-up every fresh page costs
+	// more than the parse that fills it. Repeats are looked for afterwards, per user
+	// (repeatedMemberships); only a file that has one pays for the exact messages.
+	type counts struct{ projects, groups int }
+	perUser := make(map[*user]*counts, len(d.usersByID))
+	var nP, nG int
+	for _, m := range ff.Memberships {
+		u := d.usersByName[strings.ToLower(m.User)]
+		if u == nil {
+			continue
+		}
+		c := perUser[u]
+		if c == nil {
+			c = &counts{}
+			perUser[u] = c
+		}
+		if m.Project != "" {
+			c.projects++
+			nP++
+		} else {
+			c.groups++
+			nG++
+		}
 	}
-	type userGroup struct {
-		u *user
-		g *group
+	allP, allG := make([]projectLevel, nP), make([]groupLevel, nG)
+	for u, c := range perUser {
+		u.directP, allP = allP[:0:c.projects], allP[c.projects:]
+		u.directG, allG = allG[:0:c.groups], allG[c.groups:]
 	}
-	seenP, seenG := make(map[userProject]bool, len(ff.Memberships)), make(map[userGroup]bool, len(ff.Memberships)/2)
 	for i, m := range ff.Memberships {
 		where := entryAt{"memberships", i}
 		u := d.usersByName[strings.ToLower(m.User)]
@@ -317,24 +340,46 @@ func build(ff fileFormat) (*Directory, []string) {
 		case (m.Project == "") == (m.Group == ""):
 			bad(m.line, "%s needs exactly one of project or group", where)
 		case m.Project != "":
-			p := d.projects[strings.ToLower(m.Project)]
-			if p == nil {
+			if p := d.projects[strings.ToLower(m.Project)]; p == nil {
 				bad(m.line, "%s.project %q is not in projects", where, m.Project)
-			} else if seenP[userProject{u, p}] {
-				bad(m.line, "%s: %s is already a member of project %s", where, m.User, m.Project)
 			} else {
-				seenP[userProject{u, p}] = true
 				u.directP = append(u.directP, projectLevel{p, level})
 			}
 		default:
-			g := d.groups[strings.ToLower(m.Group)]
-			if g == nil {
+			if g := d.groups[strings.ToLower(m.Group)]; g == nil {
 				bad(m.line, "%s.group %q is not in groups", where, m.Group)
-			} else if seenG[userGroup{u, g}] {
-				bad(m.line, "%s: %s is already a member of group %s", where, m.User, m.Group)
 			} else {
-				seenG[userGroup{u, g}] = true
 				u.directG = append(u.directG, groupLevel{g, level})
+			}
+		}
+	}
+	if repeatedMemberships(d.usersByID) {
+		// A file with errors is refused whole, so the repeats appended above are
+		// never used; this pass only names them, in file order.
+		type userProject struct {
+			u *user
+			p *project
+		}
+		type userGroup struct {
+			u *user
+			g *group
+		}
+		seenP, seenG := map[userProject]bool{}, map[userGroup]bool{}
+		for i, m := range ff.Memberships {
+			u := d.usersByName[strings.ToLower(m.User)]
+			if _, err := membershipLevel(m); u == nil || err != nil || (m.Project == "") == (m.Group == "") {
+				continue // refused above, and never appended
+			}
+			if p := d.projects[strings.ToLower(m.Project)]; m.Project != "" && p != nil {
+				if seenP[userProject{u, p}] {
+					bad(m.line, "%s: %s is already a member of project %s", entryAt{"memberships", i}, m.User, m.Project)
+				}
+				seenP[userProject{u, p}] = true
+			} else if g := d.groups[strings.ToLower(m.Group)]; m.Project == "" && g != nil {
+				if seenG[userGroup{u, g}] {
+					bad(m.line, "%s: %s is already a member of group %s", entryAt{"memberships", i}, m.User, m.Group)
+				}
+				seenG[userGroup{u, g}] = true
 			}
 		}
 	}
@@ -375,6 +420,38 @@ func cloneScopes(scopes []string) []string {
 		}
 	}
 	return out
+}
+
+// repeatedMemberships reports whether any user is a direct member of one project
+// or group twice: each user's entity ids, sorted in one scratch slice, side by side.
+func repeatedMemberships(users map[int64]*user) bool {
+	var ids []int64
+	repeated := func() bool {
+		slices.Sort(ids)
+		for i := 1; i < len(ids); i++ {
+			if ids[i] == ids[i-1] {
+				return true
+			}
+		}
+		return false
+	}
+	for _, u := range users {
+		ids = ids[:0]
+		for _, m := range u.directP {
+			ids = append(ids, m.project.id)
+		}
+		if repeated() {
+			return true
+		}
+		ids = ids[:0]
+		for _, m := range u.directG {
+			ids = append(ids, m.group.id)
+		}
+		if repeated() {
+			return true
+		}
+	}
+	return false
 }
 
 // entryAt names an entry in messages ("users[3]"); formatted only when a message
