@@ -66,6 +66,10 @@ func (f *File) Run(ctx context.Context, onChange func(Version), onError func(err
 	return nil
 }
 
+// Read reads the file once, bounded and with Run's errors, without watching it:
+// for a caller that parses it ahead of Run's first delivery (extauthz.Preparsed).
+func (f *File) Read() ([]byte, error) { return f.read() }
+
 func (f *File) read() ([]byte, error) {
 	file, err := os.Open(f.Path)
 	if err != nil {

@@ -80,6 +80,7 @@ type Server struct {
 	order      []*agentSlot // as configured
 	shared     atomic.Pointer[Shared]
 	engineOpts []policy.Option
+	preparsed  *Preparsed
 	build      sync.Mutex // serialises engine builds, so a module change and an agent's reload never interleave
 	log        *slog.Logger
 	metrics    *metrics
@@ -109,6 +110,9 @@ type GatewayOptions struct {
 	// cross_origin); with none, every session-cookie request is. PAT and OIDC
 	// requests are not checked (origin.go says why).
 	AllowedOrigins []string
+	// Preparsed, if set, holds agent configurations parsed ahead of their first
+	// load (see Preparsed).
+	Preparsed *Preparsed
 }
 
 // NewGateway makes the Check service for agents. Each agent is served once its
@@ -132,7 +136,7 @@ func NewGateway(agents []AgentSpec, shared *Shared, o GatewayOptions) (*Server, 
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{agents: map[int64]*agentSlot{}, engineOpts: o.EngineOptions, log: o.Log, metrics: m, reloads: rm}
+	s := &Server{agents: map[int64]*agentSlot{}, engineOpts: o.EngineOptions, preparsed: o.Preparsed, log: o.Log, metrics: m, reloads: rm}
 	if err := s.SetAllowedOrigins(o.AllowedOrigins); err != nil {
 		return nil, err
 	}
@@ -265,9 +269,12 @@ func (s *Server) LoadAgentConfig(ctx context.Context, id int64, v agentconfig.Ve
 }
 
 func (s *Server) loadAgentConfig(ctx context.Context, slot *agentSlot, v agentconfig.Version) error {
-	cfg, err := policy.ParseAgentConfig(v.Name, v.Data)
-	if err != nil {
-		return err
+	cfg := s.preparsed.take(v.Name, v.Data)
+	if cfg == nil {
+		var err error
+		if cfg, err = policy.ParseAgentConfig(v.Name, v.Data); err != nil {
+			return err
+		}
 	}
 	s.build.Lock()
 	defer s.build.Unlock()

@@ -308,7 +308,23 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 		// Before the build: an edit made while it reads the files is then a change.
 		reloader.Baseline()
 	}
+	// Each agent file is read and parsed while the directory loads (at real size
+	// the two took 15 and 70 ms one after the other); the first load of the same
+	// bytes takes the parse (extauthz.Preparsed).
+	preparsed := &extauthz.Preparsed{}
+	prepared := make(chan struct{})
+	go func() {
+		defer close(prepared)
+		for _, a := range agents {
+			if f, ok := a.source.(*agentconfig.File); ok {
+				if data, err := f.Read(); err == nil {
+					preparsed.Parse(f.Path, data)
+				}
+			}
+		}
+	}()
 	shared, err := o.buildShared(ctx)
+	<-prepared
 	if err != nil {
 		return fmt.Errorf("cannot start: %w", err)
 	}
@@ -320,7 +336,7 @@ func (o *authzOptions) run(cmd *cobra.Command) error {
 	if o.browser.publicURL != "" {
 		origins = []string{o.browser.publicURL}
 	}
-	srv, err := extauthz.NewGateway(specs, shared, extauthz.GatewayOptions{Log: log, Registerer: reg, EngineOptions: []policy.Option{policy.WithDecisionCache(cache)}, AllowedOrigins: origins})
+	srv, err := extauthz.NewGateway(specs, shared, extauthz.GatewayOptions{Log: log, Registerer: reg, EngineOptions: []policy.Option{policy.WithDecisionCache(cache)}, AllowedOrigins: origins, Preparsed: preparsed})
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package directory
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/sha256"
@@ -113,18 +112,26 @@ func Load(file string) (*Directory, error) {
 		return nil, fmt.Errorf("directory: %w", err)
 	}
 	defer f.Close()
-	data, tooLarge, err := boundedread.File(f, maxFileSize)
+	// Read as a string, parsed in place: at real size a copy per line was 4 MB of
+	// fresh memory, and at start-up every fresh page costs (a page fault, ~14 µs
+	// each on a 2-core VM) more than the parse that fills it. build clones what the
+	// Directory keeps, so the file's text is garbage once Load returns.
+	data, tooLarge, err := boundedread.String(f, maxFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("directory %s: %w", file, err)
 	}
 	if tooLarge {
 		return nil, fmt.Errorf("directory %s: larger than %d MiB, the most kubegate reads; is it the directory file? A directory this large belongs in GitLab (--identity-source gitlab)", file, maxFileSize>>20)
 	}
-	return Parse(file, data)
+	return parse(file, data)
 }
 
 // Parse validates a directory document; name is used in error messages.
 func Parse(name string, data []byte) (*Directory, error) {
+	return parse(name, string(data))
+}
+
+func parse(name, data string) (*Directory, error) {
 	ff, err := decode(data)
 	if err != nil {
 		return nil, fmt.Errorf("directory %s: %v", name, err)
@@ -138,16 +145,16 @@ func Parse(name string, data []byte) (*Directory, error) {
 
 // decode reads the file's entries: by the line reader when the file is in the
 // one-flow-mapping-per-line shape it knows, else by the YAML decoder.
-func decode(data []byte) (fileFormat, error) {
+func decode(data string) (fileFormat, error) {
 	if ff, ok := parseFlowLines(data); ok {
 		return ff, nil
 	}
 	return decodeYAML(data)
 }
 
-func decodeYAML(data []byte) (fileFormat, error) {
+func decodeYAML(data string) (fileFormat, error) {
 	var ff fileFormat
-	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec := yaml.NewDecoder(strings.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&ff); err != nil && !errors.Is(err, io.EOF) {
 		return fileFormat{}, err
@@ -165,7 +172,8 @@ func (e *LoadError) Error() string {
 	return fmt.Sprintf("directory %s: %d problem(s):\n  %s", e.File, len(e.Problems), strings.Join(e.Problems, "\n  "))
 }
 
-var userStates = map[string]bool{"active": true, "blocked": true, "deactivated": true, "banned": true}
+// userStates maps each state a file may give to the Directory's own copy of it.
+var userStates = map[string]string{"active": "active", "blocked": "blocked", "deactivated": "deactivated", "banned": "banned"}
 
 func build(ff fileFormat) (*Directory, []string) {
 	var errs []string
@@ -200,7 +208,7 @@ func build(ff fileFormat) (*Directory, []string) {
 			bad(u.line, "%s.id must be a positive number", where)
 		case u.Username == "" || strings.ContainsAny(u.Username, " /:\t"):
 			bad(u.line, "%s.username %q must be non-empty without spaces, '/' or ':'", where, u.Username)
-		case !userStates[state]:
+		case userStates[state] == "":
 			bad(u.line, "%s.state %q must be active, blocked, deactivated or banned", where, u.State)
 		case d.usersByID[u.ID] != nil:
 			bad(u.line, "%s.id %d is used twice", where, u.ID)
@@ -212,9 +220,10 @@ func build(ff fileFormat) (*Directory, []string) {
 			if pw != nil {
 				hashes = append(hashes, pw)
 			}
-			nu := &user{User: identity.User{ID: u.ID, Username: u.Username}, state: state, password: pw}
+			name := strings.Clone(u.Username)
+			nu := &user{User: identity.User{ID: u.ID, Username: name}, state: userStates[state], password: pw}
 			d.usersByID[u.ID] = nu
-			d.usersByName[strings.ToLower(u.Username)] = nu
+			d.usersByName[strings.ToLower(name)] = nu
 		}
 	}
 
@@ -235,7 +244,8 @@ func build(ff fileFormat) (*Directory, []string) {
 			bad(g.line, "%s.path %q is used twice", where, g.Path)
 		default:
 			ids[g.ID] = true
-			d.groups[key] = &group{id: g.ID, path: g.Path}
+			p := strings.Clone(g.Path)
+			d.groups[strings.ToLower(p)] = &group{id: g.ID, path: p}
 		}
 	}
 	// Parents resolve once every group is known, so the file order does not matter.
@@ -277,19 +287,43 @@ func build(ff fileFormat) (*Directory, []string) {
 			bad(p.line, "%s.path %q is used twice", where, p.Path)
 		default:
 			pids[p.ID] = true
-			d.projects[key] = &project{id: p.ID, path: p.Path, namespace: d.groups[strings.ToLower(ns)]}
+			pp := strings.Clone(p.Path)
+			d.projects[strings.ToLower(pp)] = &project{id: p.ID, path: pp, namespace: d.groups[strings.ToLower(ns)]}
 		}
 	}
 
-	type userProject struct {
-		u *user
-		p *project
+	// Memberships in two passes: count each user's, then append them into windows
+	// of one backing array per kind, sized exactly. Growing a thousand slices entry
+	// by entry, and sets of (user, entity) pairs to find repeated memberships, were
+	// 3 MB of garbage per real-size load, and at start-up every fresh page costs
+	// more than the parse that fills it. Repeats are looked for afterwards, per user
+	// (repeatedMemberships); only a file that has one pays for the exact messages.
+	type counts struct{ projects, groups int }
+	perUser := make(map[*user]*counts, len(d.usersByID))
+	var nP, nG int
+	for _, m := range ff.Memberships {
+		u := d.usersByName[strings.ToLower(m.User)]
+		if u == nil {
+			continue
+		}
+		c := perUser[u]
+		if c == nil {
+			c = &counts{}
+			perUser[u] = c
+		}
+		if m.Project != "" {
+			c.projects++
+			nP++
+		} else {
+			c.groups++
+			nG++
+		}
 	}
-	type userGroup struct {
-		u *user
-		g *group
+	allP, allG := make([]projectLevel, nP), make([]groupLevel, nG)
+	for u, c := range perUser {
+		u.directP, allP = allP[:0:c.projects], allP[c.projects:]
+		u.directG, allG = allG[:0:c.groups], allG[c.groups:]
 	}
-	seenP, seenG := make(map[userProject]bool, len(ff.Memberships)), make(map[userGroup]bool, len(ff.Memberships)/2)
 	for i, m := range ff.Memberships {
 		where := entryAt{"memberships", i}
 		u := d.usersByName[strings.ToLower(m.User)]
@@ -306,24 +340,46 @@ func build(ff fileFormat) (*Directory, []string) {
 		case (m.Project == "") == (m.Group == ""):
 			bad(m.line, "%s needs exactly one of project or group", where)
 		case m.Project != "":
-			p := d.projects[strings.ToLower(m.Project)]
-			if p == nil {
+			if p := d.projects[strings.ToLower(m.Project)]; p == nil {
 				bad(m.line, "%s.project %q is not in projects", where, m.Project)
-			} else if seenP[userProject{u, p}] {
-				bad(m.line, "%s: %s is already a member of project %s", where, m.User, m.Project)
 			} else {
-				seenP[userProject{u, p}] = true
 				u.directP = append(u.directP, projectLevel{p, level})
 			}
 		default:
-			g := d.groups[strings.ToLower(m.Group)]
-			if g == nil {
+			if g := d.groups[strings.ToLower(m.Group)]; g == nil {
 				bad(m.line, "%s.group %q is not in groups", where, m.Group)
-			} else if seenG[userGroup{u, g}] {
-				bad(m.line, "%s: %s is already a member of group %s", where, m.User, m.Group)
 			} else {
-				seenG[userGroup{u, g}] = true
 				u.directG = append(u.directG, groupLevel{g, level})
+			}
+		}
+	}
+	if repeatedMemberships(d.usersByID) {
+		// A file with errors is refused whole, so the repeats appended above are
+		// never used; this pass only names them, in file order.
+		type userProject struct {
+			u *user
+			p *project
+		}
+		type userGroup struct {
+			u *user
+			g *group
+		}
+		seenP, seenG := map[userProject]bool{}, map[userGroup]bool{}
+		for i, m := range ff.Memberships {
+			u := d.usersByName[strings.ToLower(m.User)]
+			if _, err := membershipLevel(m); u == nil || err != nil || (m.Project == "") == (m.Group == "") {
+				continue // refused above, and never appended
+			}
+			if p := d.projects[strings.ToLower(m.Project)]; m.Project != "" && p != nil {
+				if seenP[userProject{u, p}] {
+					bad(m.line, "%s: %s is already a member of project %s", entryAt{"memberships", i}, m.User, m.Project)
+				}
+				seenP[userProject{u, p}] = true
+			} else if g := d.groups[strings.ToLower(m.Group)]; m.Project == "" && g != nil {
+				if seenG[userGroup{u, g}] {
+					bad(m.line, "%s: %s is already a member of group %s", entryAt{"memberships", i}, m.User, m.Group)
+				}
+				seenG[userGroup{u, g}] = true
 			}
 		}
 	}
@@ -342,10 +398,60 @@ func build(ff fileFormat) (*Directory, []string) {
 		case d.tokens[digest] != nil:
 			bad(t.line, "%s.digest is used twice", where)
 		default:
-			d.tokens[digest] = &token{user: u, name: t.Name, scopes: t.Scopes, expiresAt: t.ExpiresAt.Time, revoked: t.Revoked}
+			d.tokens[digest] = &token{user: u, name: strings.Clone(t.Name), scopes: cloneScopes(t.Scopes), expiresAt: t.ExpiresAt.Time, revoked: t.Revoked}
 		}
 	}
 	return d, errs
+}
+
+// cloneScopes is a token's scopes in memory of their own (the parsed values are
+// substrings of the file's text, which the Directory must not keep alive); the
+// scope every gateway token carries is the package's constant.
+func cloneScopes(scopes []string) []string {
+	if scopes == nil {
+		return nil
+	}
+	out := make([]string, len(scopes))
+	for i, sc := range scopes {
+		if sc == ScopeK8sProxy {
+			out[i] = ScopeK8sProxy
+		} else {
+			out[i] = strings.Clone(sc)
+		}
+	}
+	return out
+}
+
+// repeatedMemberships reports whether any user is a direct member of one project
+// or group twice: each user's entity ids, sorted in one scratch slice, side by side.
+func repeatedMemberships(users map[int64]*user) bool {
+	var ids []int64
+	repeated := func() bool {
+		slices.Sort(ids)
+		for i := 1; i < len(ids); i++ {
+			if ids[i] == ids[i-1] {
+				return true
+			}
+		}
+		return false
+	}
+	for _, u := range users {
+		ids = ids[:0]
+		for _, m := range u.directP {
+			ids = append(ids, m.project.id)
+		}
+		if repeated() {
+			return true
+		}
+		ids = ids[:0]
+		for _, m := range u.directG {
+			ids = append(ids, m.group.id)
+		}
+		if repeated() {
+			return true
+		}
+	}
+	return false
 }
 
 // entryAt names an entry in messages ("users[3]"); formatted only when a message

@@ -194,6 +194,8 @@ func TestParseErrors(t *testing.T) {
 		{"membership bad role", "users: [{id: 1, username: a}]\ngroups: [{id: 1, path: g}]\nmemberships: [{user: a, group: g, role: admin}]", `unknown role "admin"`},
 		{"membership bad level", "users: [{id: 1, username: a}]\ngroups: [{id: 1, path: g}]\nmemberships: [{user: a, group: g, access_level: 35}]", "access_level 35 is not one of"},
 		{"duplicate membership", "users: [{id: 1, username: a}]\ngroups: [{id: 1, path: g}]\nmemberships: [{user: a, group: g, role: developer}, {user: a, group: G, role: owner}]", "already a member of group G"},
+		{"duplicate project membership, apart, by the line reader", "users:\n  - {id: 1, username: a}\n  - {id: 2, username: b}\ngroups:\n  - {id: 1, path: g}\nprojects:\n  - {id: 1, path: g/p}\nmemberships:\n  - {user: a, project: g/p, role: developer}\n  - {user: b, project: g/p, role: developer}\n  - {user: A, project: G/P, role: owner}\n", "line 11: memberships[2]: A is already a member of project G/P"},
+		{"repeat only among refused memberships", "users: [{id: 1, username: a}]\ngroups: [{id: 1, path: g}]\nmemberships: [{user: a, group: g, role: admin}, {user: a, group: g, role: admin}]", `memberships[1]: unknown role "admin"`},
 		{"plaintext token", "users: [{id: 1, username: a}]\ntokens: [{user: a, name: n, digest: glpat-xyz}]", `digest must look like "sha256:`},
 		{"duplicate digest", "users: [{id: 1, username: a}]\ntokens: [{user: a, name: n, digest: '" + digest + "'}, {user: a, name: m, digest: '" + digest + "'}]", "tokens[1].digest is used twice"},
 		{"bad expiry", "users: [{id: 1, username: a}]\ntokens: [{user: a, name: n, digest: '" + digest + "', expires_at: tomorrow}]", `expires_at "tomorrow"`},
@@ -231,4 +233,31 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("exactly one of directory and error must be set: %v %v", d, err)
 		}
 	})
+}
+
+// TestRepeatedMembershipsNamedOnce: repeats are found after the memberships are
+// read (repeatedMemberships); the messages are the ones a set would give: the later
+// entry each time, none for entries refused for another reason, none when nothing
+// repeats.
+func TestRepeatedMembershipsNamedOnce(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		want int // "already a member" messages
+	}{
+		{"three times", "users: [{id: 1, username: a}]\ngroups: [{id: 1, path: g}]\nmemberships: [{user: a, group: g, role: developer}, {user: a, group: g, role: owner}, {user: a, group: g, role: guest}]", 2},
+		{"refused entries do not count", "users: [{id: 1, username: a}]\ngroups: [{id: 1, path: g}]\nmemberships: [{user: a, group: g, role: admin}, {user: a, group: g, role: admin}, {user: a, group: g, role: developer}]", 0},
+		{"a project and a group of one id are not a repeat", "users: [{id: 1, username: a}, {id: 2, username: b}]\ngroups: [{id: 7, path: g}]\nprojects: [{id: 7, path: g/p}]\nmemberships: [{user: a, group: g, role: developer}, {user: a, project: g/p, role: developer}, {user: b, group: g, role: admin}]", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("dir.yaml", []byte(tt.doc))
+			if err == nil {
+				t.Fatal("the directory loaded; every case has an error")
+			}
+			if got := strings.Count(err.Error(), "already a member"); got != tt.want {
+				t.Fatalf("%d repeat messages, want %d:\n%v", got, tt.want, err)
+			}
+		})
+	}
 }

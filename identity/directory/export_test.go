@@ -3,6 +3,7 @@ package directory
 import (
 	"context"
 	"reflect"
+	"unsafe"
 
 	"kubegate.dev/kubegate/identity"
 )
@@ -64,10 +65,48 @@ func (d *Directory) Users() []identity.User {
 // FlowLinesAgree reports whether the line reader handles data, and if it does,
 // whether it reads exactly what the YAML decoder reads.
 func FlowLinesAgree(data []byte) (handled, same bool, err error) {
-	fast, ok := parseFlowLines(data)
+	fast, ok := parseFlowLines(string(data))
 	if !ok {
 		return false, false, nil
 	}
-	slow, err := decodeYAML(data)
+	slow, err := decodeYAML(string(data))
 	return true, reflect.DeepEqual(fast, slow), err
+}
+
+// TextKept parses text as Load does (in place, the values substrings of it) and
+// returns every string the Directory keeps that points into text: none may, or
+// one kept name would keep the whole file in memory.
+func TextKept(text string) ([]string, error) {
+	d, err := parse("directory.yaml", text)
+	if err != nil {
+		return nil, err
+	}
+	lo := uintptr(unsafe.Pointer(unsafe.StringData(text)))
+	hi := lo + uintptr(len(text))
+	var kept []string
+	check := func(what, s string) {
+		if p := uintptr(unsafe.Pointer(unsafe.StringData(s))); len(s) > 0 && p >= lo && p < hi {
+			kept = append(kept, what+" "+s)
+		}
+	}
+	for name, u := range d.usersByName {
+		check("users key", name)
+		check("username", u.Username)
+		check("state", u.state)
+	}
+	for key, g := range d.groups {
+		check("groups key", key)
+		check("group path", g.path)
+	}
+	for key, p := range d.projects {
+		check("projects key", key)
+		check("project path", p.path)
+	}
+	for _, t := range d.tokens {
+		check("token name", t.name)
+		for _, sc := range t.scopes {
+			check("token scope", sc)
+		}
+	}
+	return kept, nil
 }

@@ -1,7 +1,6 @@
 package directory
 
 import (
-	"bytes"
 	"runtime"
 	"strconv"
 	"strings"
@@ -22,7 +21,7 @@ import (
 // any scalar YAML would not read as the same plain string, int or bool, an unknown
 // or repeated key, a key out of place). TestFlowLinesAgreeWithYAML and
 // FuzzFlowLinesAgreeWithYAML hold the two paths to the same result.
-func parseFlowLines(data []byte) (fileFormat, bool) {
+func parseFlowLines(data string) (fileFormat, bool) {
 	var ff fileFormat
 	if !printableASCII(data) {
 		return ff, false // YAML refuses control characters and checks UTF-8: let it decide
@@ -128,9 +127,9 @@ func gather[E any](all []E, chunks []*chunk, name string, list func(*fileFormat)
 
 // countEntries counts the lines of body that start "  - ": planSections' count of
 // a section's entries, per chunk.
-func countEntries(body []byte) int {
-	n := bytes.Count(body, []byte("\n  - "))
-	if bytes.HasPrefix(body, []byte("  - ")) {
+func countEntries(body string) int {
+	n := strings.Count(body, "\n  - ")
+	if strings.HasPrefix(body, "  - ") {
 		n++
 	}
 	return n
@@ -151,7 +150,7 @@ const minChunkEntries = 4096
 // chunk is a run of whole lines of one section, parsed on its own.
 type chunk struct {
 	section string
-	body    []byte
+	body    string
 	line    int
 	entries int        // lines starting "  - " (countEntries)
 	out     fileFormat // only the section's own list is used
@@ -161,28 +160,28 @@ type chunk struct {
 // planSections walks the top-level keys: each must be a known section, once,
 // with nothing but a comment after its colon, and nothing but comments and blank
 // lines may come before the first. Tabs anywhere leave the file to YAML.
-func planSections(data []byte) ([]chunkPlan, bool) {
+func planSections(data string) ([]chunkPlan, bool) {
 	var secs []section
 	seen := map[string]bool{}
 	line := 0
 	for off := 0; off < len(data); {
 		line++
 		l, next := data[off:], len(data)
-		if i := bytes.IndexByte(l, '\n'); i >= 0 {
+		if i := strings.IndexByte(l, '\n'); i >= 0 {
 			l, next = l[:i], off+i+1
 		}
-		if bytes.IndexByte(l, '\t') >= 0 {
+		if strings.IndexByte(l, '\t') >= 0 {
 			return nil, false
 		}
-		trimmed := bytes.TrimLeft(l, " ")
+		trimmed := strings.TrimLeft(l, " ")
 		switch {
 		case len(trimmed) == 0 || trimmed[0] == '#':
 		case len(trimmed) == len(l): // column 1: a top-level key
-			key, rest, ok := bytes.Cut(l, []byte{':'})
+			key, rest, ok := strings.Cut(l, ":")
 			if !ok || !onlyComment(rest) {
 				return nil, false
 			}
-			switch name := string(key); name {
+			switch name := key; name {
 			case "users", "groups", "projects", "memberships", "tokens":
 				if seen[name] {
 					return nil, false
@@ -197,7 +196,7 @@ func planSections(data []byte) ([]chunkPlan, bool) {
 			}
 		case len(secs) == 0:
 			return nil, false // an entry before any section
-		case bytes.HasPrefix(l, []byte("  - ")):
+		case strings.HasPrefix(l, "  - "):
 			secs[len(secs)-1].entries++
 		}
 		off = next
@@ -212,7 +211,7 @@ func planSections(data []byte) ([]chunkPlan, bool) {
 // chunkPlan is a section with its lines.
 type chunkPlan struct {
 	section
-	body []byte
+	body string
 }
 
 // split cuts the section into up to n chunks of whole lines, each with about
@@ -223,13 +222,13 @@ func (p chunkPlan) split(n int) []*chunk {
 	body, line := p.body, p.line
 	for i := n; i > 1; i-- {
 		cut := len(body) / i
-		nl := bytes.IndexByte(body[cut:], '\n')
+		nl := strings.IndexByte(body[cut:], '\n')
 		if nl < 0 {
 			break
 		}
 		cut += nl + 1
 		out = append(out, &chunk{section: p.name, body: body[:cut], line: line, entries: countEntries(body[:cut])})
-		line += bytes.Count(body[:cut], []byte{'\n'})
+		line += strings.Count(body[:cut], "\n")
 		body = body[cut:]
 	}
 	return append(out, &chunk{section: p.name, body: body, line: line, entries: countEntries(body)})
@@ -242,24 +241,24 @@ func (c *chunk) parse() {
 	line, data := c.line-1, c.body
 	for len(data) > 0 {
 		line++
-		var l []byte
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		var l string
+		if i := strings.IndexByte(data, '\n'); i >= 0 {
 			l, data = data[:i], data[i+1:]
 		} else {
-			l, data = data, nil
+			l, data = data, ""
 		}
-		trimmed := bytes.TrimLeft(l, " ")
+		trimmed := strings.TrimLeft(l, " ")
 		if len(trimmed) == 0 || trimmed[0] == '#' {
 			continue
 		}
-		if len(l)-len(trimmed) != 2 || !bytes.HasPrefix(trimmed, []byte("- {")) {
+		if len(l)-len(trimmed) != 2 || !strings.HasPrefix(trimmed, "- {") {
 			return
 		}
-		body, rest, ok := bytes.Cut(trimmed[3:], []byte{'}'})
+		body, rest, ok := strings.Cut(trimmed[3:], "}")
 		if !ok || !onlyComment(rest) {
 			return
 		}
-		if !fields.parse(string(body)) {
+		if !fields.parse(body) {
 			return
 		}
 		if !c.out.add(c.section, &fields, line) {
@@ -270,8 +269,8 @@ func (c *chunk) parse() {
 }
 
 // onlyComment: nothing, or whitespace then a comment.
-func onlyComment(rest []byte) bool {
-	t := bytes.TrimLeft(rest, " ")
+func onlyComment(rest string) bool {
+	t := strings.TrimLeft(rest, " ")
 	return len(t) == 0 || t[0] == '#' && len(t) < len(rest)
 }
 
@@ -505,8 +504,9 @@ func (ff *fileFormat) add(section string, f *flowFields, line int) bool {
 // leaves the file to the YAML decoder, which refuses some of it
 // (FuzzFlowLinesAgreeWithYAML found the line reader accepting a control character
 // in a comment).
-func printableASCII(data []byte) bool {
-	for _, c := range data {
+func printableASCII(data string) bool {
+	for i := 0; i < len(data); i++ {
+		c := data[i]
 		if (c < 0x20 && c != '\n' && c != '\t') || c >= 0x7f {
 			return false
 		}

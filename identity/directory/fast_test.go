@@ -85,14 +85,14 @@ func TestFlowLinesAgreeWithYAML(t *testing.T) {
 // compare checks that the line reader declines doc, or reads what YAML reads.
 func compare(t *testing.T, doc string, wantFast bool) {
 	t.Helper()
-	fast, ok := parseFlowLines([]byte(doc))
+	fast, ok := parseFlowLines(doc)
 	if ok != wantFast {
 		t.Fatalf("line reader ok=%v, want %v for\n%s", ok, wantFast, doc)
 	}
 	if !ok {
 		return
 	}
-	slow, err := decodeYAML([]byte(doc))
+	slow, err := decodeYAML(doc)
 	if err != nil {
 		t.Fatalf("the line reader accepted what YAML refuses (%v):\n%s", err, doc)
 	}
@@ -120,11 +120,11 @@ func FuzzFlowLinesAgreeWithYAML(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, doc []byte) {
-		fast, ok := parseFlowLines(doc)
+		fast, ok := parseFlowLines(string(doc))
 		if !ok {
 			return
 		}
-		slow, err := decodeYAML(doc)
+		slow, err := decodeYAML(string(doc))
 		if err != nil {
 			t.Fatalf("the line reader accepted what YAML refuses (%v):\n%q", err, doc)
 		}
@@ -155,7 +155,7 @@ func TestChunkedSectionsAgreeWithYAML(t *testing.T) {
 	for i := range 20000 {
 		fmt.Fprintf(&b, "  - {user: user%d, project: org/p%d, role: developer}   # line %d\n", i%9000, i%300, i)
 	}
-	doc := []byte(b.String())
+	doc := b.String()
 	plans, ok := planSections(doc)
 	if !ok {
 		t.Fatal("the plan refused the file")
@@ -180,8 +180,8 @@ func TestChunkedSectionsAgreeWithYAML(t *testing.T) {
 	if got := fast.Memberships[len(fast.Memberships)-1].line; got != strings.Count(b.String(), "\n") {
 		t.Fatalf("the last membership is on line %d, want %d", got, strings.Count(b.String(), "\n"))
 	}
-	bad := []byte(strings.Replace(b.String(), "role: developer}   # line 19999", "role: developer, nope: 1}   # line 19999", 1))
-	if string(bad) == b.String() {
+	bad := strings.Replace(b.String(), "role: developer}   # line 19999", "role: developer, nope: 1}   # line 19999", 1)
+	if bad == b.String() {
 		t.Fatal("the test did not plant its bad line")
 	}
 	if _, ok := parseFlowLines(bad); ok {

@@ -136,6 +136,26 @@ func BenchmarkParseRealSize(b *testing.B) {
 	b.ReportMetric(float64(len(data.Directory))/(1<<20), "file-MB")
 }
 
+// BenchmarkLoadRealSize is start-up's path: Load reads the file into one string
+// and parses it in place (Parse copies its []byte first), so its B/op is the
+// fresh memory a start-up touches for the directory.
+func BenchmarkLoadRealSize(b *testing.B) {
+	data, err := realsize.Generate(realsize.Default())
+	if err != nil {
+		b.Fatal(err)
+	}
+	file := filepath.Join(b.TempDir(), "directory.yaml")
+	if err := os.WriteFile(file, data.Directory, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := directory.Load(file); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // checkExplained holds ExplainMemberships to Memberships (TestMembershipsMatchReference
 // runs it for every user and listing): the highest level among the grants that
 // count is the effective level, and each grant's relation matches the paths.
@@ -211,5 +231,49 @@ func TestTenTimesRealSizeIsRefusedUnread(t *testing.T) {
 	}
 	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
 		t.Fatalf("refusing the 10× directory allocated %d bytes; it must not read it", alloc)
+	}
+}
+
+// TestDirectoryKeepsNoFileText: Load parses the file's text in place, so every
+// value is a substring of it; the Directory must keep copies, or one kept name
+// would keep the whole file (4 MB at real size) resident for the Directory's
+// life. Both readers are checked: the line reader (the real-size file) and the
+// YAML decoder (a block-style file).
+func TestDirectoryKeepsNoFileText(t *testing.T) {
+	data, err := realsize.Generate(realsize.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := `users:
+  - id: 1
+    username: alice
+    state: active
+    password_hash: "$2b$04$abcdefghijklmnopqrstuuJq0bP2Wq0xGxM8dZ6hWm3T2o0VYv8Gm"
+groups:
+  - id: 2
+    path: Org
+projects:
+  - id: 3
+    path: Org/App
+memberships:
+  - user: alice
+    project: Org/App
+    role: developer
+tokens:
+  - user: alice
+    name: laptop
+    digest: sha256:` + strings.Repeat("ab", 32) + `
+    scopes: [k8s_proxy, read_api]
+`
+	for name, text := range map[string]string{"line reader, real size": string(data.Directory), "YAML decoder": block} {
+		t.Run(name, func(t *testing.T) {
+			kept, err := directory.TextKept(text)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(kept) > 0 {
+				t.Fatalf("the Directory keeps %d strings of the file's text, e.g. %q", len(kept), kept[:min(len(kept), 5)])
+			}
+		})
 	}
 }

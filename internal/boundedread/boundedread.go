@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"io"
 	"os"
+	"strings"
 )
 
 // File reads f whole. tooLarge reports a file over max bytes (then data is nil):
@@ -32,4 +33,27 @@ func File(f *os.File, max int64) (data []byte, tooLarge bool, err error) {
 		return nil, true, nil
 	}
 	return buf.Bytes(), false, nil
+}
+
+// String is File for a parser that works on text: the file is read into the
+// string's own buffer (strings.Builder hands it over without a copy), so the
+// parser's substrings need no per-value copy of their own. Keeping any of them
+// keeps the whole file in memory: a caller that retains values clones them.
+func String(f *os.File, max int64) (data string, tooLarge bool, err error) {
+	var size int64
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+		if size = fi.Size(); size > max {
+			return "", true, nil
+		}
+	}
+	var b strings.Builder
+	// One byte beyond the size: a file that does not change is read without growing.
+	b.Grow(int(size) + 1)
+	if _, err := io.Copy(&b, io.LimitReader(f, max+1)); err != nil {
+		return "", false, err
+	}
+	if int64(b.Len()) > max {
+		return "", true, nil
+	}
+	return b.String(), false, nil
 }

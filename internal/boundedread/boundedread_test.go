@@ -47,6 +47,21 @@ func TestFile(t *testing.T) {
 			case !tooLarge && !bytes.Equal(data, want):
 				t.Fatalf("read %d bytes, want the file's %d", len(data), len(want))
 			}
+			// String reads the same, as text.
+			if _, err := f.Seek(0, 0); err != nil {
+				t.Fatal(err)
+			}
+			text, tooLarge, err := String(f, tt.max)
+			switch {
+			case err != nil:
+				t.Fatal(err)
+			case tooLarge != tt.tooLarge:
+				t.Fatalf("String: tooLarge = %v, want %v", tooLarge, tt.tooLarge)
+			case tooLarge && text != "":
+				t.Fatalf("String: a file over the bound returned %d bytes", len(text))
+			case !tooLarge && text != string(want):
+				t.Fatalf("String: read %d bytes, want the file's %d", len(text), len(want))
+			}
 		})
 	}
 }
@@ -70,5 +85,26 @@ func TestFileNotRegular(t *testing.T) {
 	data, tooLarge, err := File(r, 4096)
 	if err != nil || !tooLarge || data != nil {
 		t.Fatalf("File(pipe) = %d bytes, %v, %v; want too large", len(data), tooLarge, err)
+	}
+}
+
+// TestStringNotRegular: String bounds a pipe the same way.
+func TestStringNotRegular(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() {
+		defer w.Close()
+		for range 100 {
+			if _, err := w.Write(bytes.Repeat([]byte("y"), 1024)); err != nil {
+				return
+			}
+		}
+	}()
+	text, tooLarge, err := String(r, 4096)
+	if err != nil || !tooLarge || text != "" {
+		t.Fatalf("String(pipe) = %d bytes, %v, %v; want too large", len(text), tooLarge, err)
 	}
 }
