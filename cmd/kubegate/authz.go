@@ -139,6 +139,9 @@ func (o *authzOptions) validate() error {
 	if err := o.identity.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := o.service.workers(); err != nil {
+		errs = append(errs, err)
+	}
 	// Refuse an exposed --listen before anything is loaded.
 	if a, err := envoy.ParseAddr(o.service.listen); err == nil {
 		if err := checkPrivateListen(a, o.service.allowNonLoopback, authzPrivate); err != nil {
