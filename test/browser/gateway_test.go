@@ -1,7 +1,6 @@
 package browser_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -118,7 +117,7 @@ func TestThroughTheGateway(t *testing.T) {
 	var aliceCookie, aliceCSRF string
 	t.Run("alice logs in; the cookie is as specified", func(t *testing.T) {
 		p := p.For(t)
-		p.LoginAs(base, "alice", logins["ALICE_PASSWORD"])
+		p.LoginAs(base, "alice", logins["alice"])
 		c := p.Cookie(base, contract.SessionCookie)
 		if c == nil {
 			t.Fatal("no session cookie after the login")
@@ -341,7 +340,7 @@ func TestThroughTheGateway(t *testing.T) {
 
 	t.Run("bob logs in and sees kubegate's refusal", func(t *testing.T) {
 		p := p.For(t)
-		p.LoginAs(base, "bob", logins["BOB_PASSWORD"])
+		p.LoginAs(base, "bob", logins["bob"])
 		p.WaitText(browser.SelMessage, "cannot reach any agent")
 		// His own page asking for agent 1 anyway: kubegate's 403, the gateway's
 		// answer (x-kubegate-error), and nothing reached the cluster.
@@ -358,26 +357,14 @@ func TestThroughTheGateway(t *testing.T) {
 	})
 }
 
-// demoLogins reads the sandbox's demo passwords (deploy/sandbox/demo-logins.env).
+// demoLogins is stack.DemoPasswords (lower-case user → password), fatal on error.
 func demoLogins(t *testing.T) map[string]string {
 	t.Helper()
-	f, err := os.Open(filepath.Join(stack.ModuleRoot(), "deploy", "sandbox", "demo-logins.env"))
+	pw, err := stack.DemoPasswords()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	out := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
-			out[k] = v
-		}
-	}
-	if out["ALICE_PASSWORD"] == "" || out["BOB_PASSWORD"] == "" {
-		t.Fatalf("demo-logins.env lacks ALICE_PASSWORD or BOB_PASSWORD: %v", out)
-	}
-	return out
+	return pw
 }
 
 // gatewayClient trusts the gateway's CA only.

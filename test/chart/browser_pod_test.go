@@ -1,7 +1,6 @@
 package chart
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,8 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,30 +19,14 @@ import (
 	"kubegate.dev/kubegate/test/stack"
 )
 
-// demoPasswords reads deploy/sandbox/demo-logins.env (NAME_PASSWORD=value lines).
+// demoPasswords is stack.DemoPasswords, fatal on error.
 func demoPasswords(t *testing.T) map[string]string {
 	t.Helper()
-	f, err := os.Open(filepath.Join(root, "deploy", "sandbox", "demo-logins.env"))
+	pw, err := stack.DemoPasswords()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	out := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		name, value, ok := strings.Cut(line, "=")
-		if user, isPassword := strings.CutSuffix(name, "_PASSWORD"); ok && isPassword {
-			out[strings.ToLower(user)] = value
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return pw
 }
 
 // browserClient talks to the gateway's listener as a browser on publicURL would:
